@@ -1,0 +1,119 @@
+"""``flowlm`` command line: thin wrappers over :mod:`flowlm.api` and :func:`flowlm.train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from flowlm.errors import FlowLMError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowlm", description="Flow language models: train and sample.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tr = sub.add_parser(
+        "train",
+        help="train a model (resumes an interrupted run in the same --out folder)",
+        description="Train a model from a preset; any option can be overridden as section.key=value "
+        "(e.g. train.lr=1e-3 model.n_blocks=6 data.seq_len=128).",
+    )
+    tr.add_argument("--preset", default="tiny", help="tiny (CPU, default), small / lm1b-small, owt-small")
+    tr.add_argument("--method", help="training method (default: the preset's, flm)")
+    tr.add_argument("--data", help="corpus: shakespeare (embedded), a .txt file or folder, lm1b, openwebtext, wikitext")
+    tr.add_argument("--tokenizer", help="bert-base-uncased, gpt2, bpe:<size>, or a Hugging Face tokenizer name")
+    tr.add_argument("--steps", type=int, help="number of optimizer steps (train.max_steps)")
+    tr.add_argument("--out", help="run folder (default runs/<preset>-<method>)")
+    tr.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    sa = sub.add_parser(
+        "sample",
+        help="generate text from a checkpoint",
+        description="Generate text from a model folder (or a run folder). Prints the texts, or writes JSONL "
+        "with provenance when --out is given.",
+    )
+    sa.add_argument("checkpoint", help="model folder written by flowlm train (or its run folder)")
+    sa.add_argument("--steps", type=int, default=64, help="network calls per sample (default 64)")
+    sa.add_argument("--num-samples", "-n", type=int, default=4, help="how many samples (default 4)")
+    sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sa.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
+    sa.add_argument("--guidance", type=float, help="autoguidance strength η (FLM; default off)")
+    sa.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
+    sa.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    sa.add_argument("--out", help="write JSONL here instead of printing")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from flowlm.train.run import train
+
+    overrides = list(args.overrides)
+    for flag, key in (("method", "train.method"), ("data", "data.corpus"), ("tokenizer", "data.tokenizer"),
+                      ("steps", "train.max_steps")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    model_dir = train(args.preset, overrides, out=args.out, resume=not args.no_resume, progress=not args.quiet)
+    print(f"model written to {model_dir}")
+    print(f"sample from it with: flowlm sample {model_dir} --steps 64")
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    import flowlm
+
+    model = flowlm.load(args.checkpoint, device=args.device)
+    start = time.perf_counter()
+    tokens = model.sample_tokens(
+        args.num_samples, args.steps, seed=args.seed, seq_len=args.seq_len, guidance=args.guidance,
+        batch_size=args.batch_size,
+    )
+    seconds = time.perf_counter() - start
+    texts = model.decode(tokens)
+    if args.out is None:
+        for i, text in enumerate(texts):
+            print(f"--- sample {i} ---\n{text}")
+        print(f"[{args.num_samples} samples, {args.steps} steps, {seconds / args.num_samples:.3f} s/sample]",
+              file=sys.stderr)
+        return
+    provenance = {
+        "checkpoint": str(model.path),
+        "weights_sha256": model.meta.get("weights_sha256"),
+        "method": model.method,
+        "sampler": "euler",
+        "steps": args.steps,
+        "seed": args.seed,
+        "guidance": args.guidance,
+        "precision": "float32",
+        "num_samples": args.num_samples,
+        "seconds_per_sample": seconds / args.num_samples,
+        "code_version": flowlm.__version__,
+        "command": " ".join(sys.argv),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for i, (text, row) in enumerate(zip(texts, tokens.tolist())):
+            f.write(json.dumps({"index": i, "text": text, "tokens": row, "provenance": provenance}) + "\n")
+    print(f"wrote {len(texts)} samples to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"train": run_train, "sample": run_sample}[args.command](args)
+    except FlowLMError as err:
+        print(f"flowlm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flowlm: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

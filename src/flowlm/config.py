@@ -1,0 +1,181 @@
+"""Typed run configuration: presets (YAML in ``flowlm/presets``) plus dotted ``key=value`` overrides.
+
+A run is ``RunConfig(data, model, train)``. ``model`` holds the DiT sizes except the vocabulary
+size and length, which come from the tokenizer and ``data.seq_len``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from flowlm.errors import ConfigError
+from flowlm.nn.dit import DiTConfig
+
+PRESET_ALIASES = {"small": "lm1b-small"}
+METHODS = ("flm",)
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "shakespeare"
+    tokenizer: str = "bpe:1024"
+    seq_len: int = 64
+    cache_dir: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    """DiT options (see :class:`flowlm.nn.dit.DiTConfig`) without ``vocab_size``/``seq_len``."""
+
+    hidden_size: int = 768
+    n_blocks: int = 12
+    n_heads: int = 12
+    cond_dim: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    attn_softcap: float | None = 50.0
+    logit_cap: float | None = 30.0
+    time_inputs: int = 1
+    pos_embed: bool = False
+    input_std: float | None = None
+    attn_backend: str = "auto"
+
+    def dit(self, vocab_size: int, seq_len: int) -> DiTConfig:
+        return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **asdict(self))
+
+
+@dataclass
+class TrainConfig:
+    method: str = "flm"
+    max_steps: int = 1_000_000
+    batch_size: int = 512
+    micro_batch_size: int | None = None
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 2500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    loss_weighting: bool = False
+    precision: str = "auto"
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
+    val_every: int = 1000
+    val_batches: int = 4
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> RunConfig:
+        cfg = cls()
+        for section, values in (raw or {}).items():
+            for key, value in (values or {}).items():
+                set_field(cfg, f"{section}.{key}", value)
+        validate(cfg)
+        return cfg
+
+
+def available_presets() -> list[str]:
+    names = [p.name[: -len(".yaml")] for p in resources.files("flowlm.presets").iterdir() if p.name.endswith(".yaml")]
+    return sorted(names + list(PRESET_ALIASES))
+
+
+def load_preset(name: str) -> RunConfig:
+    """The named preset as a :class:`RunConfig`; unknown names raise a ConfigError listing the choices."""
+    file = resources.files("flowlm.presets") / f"{PRESET_ALIASES.get(name, name)}.yaml"
+    if not file.is_file():
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(available_presets())}")
+    return RunConfig.from_dict(yaml.safe_load(file.read_text()))
+
+
+def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
+    """Set ``section.key`` on ``cfg``, coercing ``value`` to the field's type."""
+    section_name, _, key = dotted.partition(".")
+    section = getattr(cfg, section_name, None) if section_name in {f.name for f in fields(cfg)} else None
+    if section is None or not key:
+        raise ConfigError(f"unknown option {dotted!r}: options look like data.X, model.X or train.X")
+    known = {f.name: f for f in fields(section)}
+    if key not in known:
+        raise ConfigError(f"unknown option {dotted!r}: {section_name} has {', '.join(sorted(known))}")
+    setattr(section, key, coerce(dotted, value, getattr(section, key), known[key]))
+
+
+def coerce(dotted: str, value: Any, current: Any, spec: dataclasses.Field) -> Any:
+    kind = str(spec.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{dotted} cannot be null")
+    if isinstance(current, bool) or kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{dotted}={value!r}: expected true or false")
+    if kind.startswith("tuple"):
+        if isinstance(value, (list, tuple)) and len(value) == len(current):
+            return tuple(float(v) for v in value)
+        raise ConfigError(f"{dotted}={value!r}: expected a list like [0.9, 0.999]")
+    try:
+        if "int" in kind and "str" in kind:
+            return value if isinstance(value, str) else int(value)
+        if "int" in kind and not isinstance(value, float):
+            return int(value)
+        if "float" in kind or "int" in kind:
+            as_float = float(value)
+            if "float" not in kind:
+                if not as_float.is_integer():
+                    raise ValueError
+                return int(as_float)
+            return as_float
+    except (TypeError, ValueError):
+        raise ConfigError(f"{dotted}={value!r}: expected a number") from None
+    return str(value)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` strings (values parsed as YAML) and re-validate."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value: write e.g. train.lr=1e-3")
+        key, _, raw = item.partition("=")
+        set_field(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    t = cfg.train
+    if t.method not in METHODS:
+        raise ConfigError(f"unknown method {t.method!r}: choose one of {', '.join(METHODS)}")
+    for name in ("max_steps", "batch_size", "log_every", "ckpt_every", "val_every"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name}={getattr(t, name)} must be >= 1")
+    if t.micro_batch_size is not None and t.micro_batch_size < 1:
+        raise ConfigError(f"train.micro_batch_size={t.micro_batch_size} must be >= 1")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
+    if t.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):
+        raise ConfigError(f"train.precision={t.precision!r}: use auto, 32, bf16-mixed, 16-mixed or 64")
+    if cfg.data.seq_len < 3:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: blocks need room for BOS, EOS and text (>= 3)")
+    cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len)

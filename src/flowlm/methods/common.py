@@ -1,0 +1,87 @@
+"""Pieces shared by the continuous-state methods (FLM, FMLM): time draws, the interpolant,
+the velocity, and the optional learnable loss weighting.
+
+Clocks (SPEC §1): ``t`` is the interpolation time of the state ``x_t = (1 − t)·x₀ + t·x₁``;
+``τ = T_V(t)`` is what the network is conditioned on and what grids are uniform in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowlm.nn.dit import TimestepEmbedder
+
+VELOCITY_GUARD = 1e-5
+
+
+def stratified_times(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Stratified uniform draws on [0, 1): ``τ_i = (u_i/n + i/n) mod 1``, shuffled. Shape [n].
+
+    One draw lands in each interval [i/n, (i+1)/n), so a batch covers the clock evenly.
+    """
+    u = torch.rand(n, generator=generator, device=device)
+    tau = (u / n + torch.arange(n, device=device) / n) % 1.0
+    return tau[torch.randperm(n, generator=generator, device=device)]
+
+
+def one_hot(tokens: torch.Tensor, vocab_size: int, dtype=torch.float32) -> torch.Tensor:
+    """tokens [B, L] -> one-hot [B, L, V]."""
+    return F.one_hot(tokens, vocab_size).to(dtype)
+
+
+def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x_t = (1 − t)·x₀ + t·x₁``; x0, x1 [B, L, V], t [B] (broadcast over positions and V)."""
+    t = t.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
+    return (1 - t) * x0 + t * x1
+
+
+def velocity(denoised: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``b(x, t) = (D(x) − x) / (1 − t)`` with a 1e-5 guard; D, x [B, L, V], t [B] or scalar."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.ndim:
+        t = t.view(-1, *([1] * (x.ndim - 1)))
+    return (denoised - x) / torch.clamp(1 - t, min=VELOCITY_GUARD)
+
+
+def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy [B, L]; ``target`` is token ids [B, L] or distributions [B, L, V]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    if target.dtype in (torch.int32, torch.int64):
+        return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return -(target.float() * logp).sum(-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of [B, L] values over valid positions (all when ``mask`` is None)."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+class LossWeighting(nn.Module):
+    """Learnable time weighting ``exp(−w)·ℓ + w`` (SPEC §2, §4); zero-initialized so w = 0 at start.
+
+    ``forward(tau [B], tau_end [B] | None) -> w [B]``.
+    """
+
+    def __init__(self, cond_dim: int = 128, hidden: int = 128, two_times: bool = False):
+        super().__init__()
+        self.embed = TimestepEmbedder(cond_dim)
+        self.embed_end = TimestepEmbedder(cond_dim) if two_times else None
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(tau)
+        if self.embed_end is not None and tau_end is not None:
+            emb = emb + self.embed_end(tau_end)
+        return self.mlp(emb).squeeze(-1)
+
+    @staticmethod
+    def apply(per_sequence_loss: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of ``exp(−w_i)·ℓ_i + w_i``; both [B]."""
+        return (torch.exp(-w) * per_sequence_loss + w).mean()

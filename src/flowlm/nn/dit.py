@@ -1,0 +1,329 @@
+"""Diffusion transformer (DiT) backbone for flow language models (SPEC §5).
+
+A bidirectional transformer conditioned on one or two diffusion times through adaLN-zero.
+Parameter names follow the reference implementation (``vocab_embed.embedding``, ``sigma_map``,
+``blocks.{i}.attn_qkv`` ...) so its checkpoints map onto this module by name.
+
+Shapes: ``B`` batch, ``L`` sequence length, ``V`` vocabulary, ``d`` width, ``H`` heads.
+
+The network is called as ``model(x, tau, tau_end=None) -> logits [B, L, V]`` where ``x`` is either
+integer tokens ``[B, L]`` (an embedding lookup) or a soft state ``[B, L, V]`` (a matmul with the
+same ``V x d`` matrix). ``tau`` is the network clock (SPEC §1), shape ``[B]``; ``tau_end`` is the
+second time of a flow map, shape ``[B]``. Logits are float32 and soft-capped (``logit_cap``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowlm.errors import ConfigError
+
+ATTENTION_BACKENDS = ("auto", "math", "sdpa", "flash")
+
+
+@dataclass
+class DiTConfig:
+    """Sizes and options of the DiT. ``vocab_size`` and ``seq_len`` come from the data."""
+
+    vocab_size: int
+    seq_len: int = 128
+    hidden_size: int = 768
+    n_blocks: int = 12
+    n_heads: int = 12
+    cond_dim: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    attn_softcap: float | None = 50.0
+    logit_cap: float | None = 30.0
+    time_inputs: int = 1
+    pos_embed: bool = False
+    input_std: float | None = None
+    attn_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 2:
+            raise ConfigError(f"model.vocab_size={self.vocab_size}: a vocabulary needs at least 2 tokens")
+        if self.hidden_size % self.n_heads:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.n_heads={self.n_heads}: "
+                "pick sizes whose ratio is an integer"
+            )
+        if (self.hidden_size // self.n_heads) % 2:
+            raise ConfigError("rotary embeddings need an even head size: change model.hidden_size or n_heads")
+        if self.time_inputs not in (1, 2):
+            raise ConfigError(f"model.time_inputs={self.time_inputs}: use 1 (FLM) or 2 (flow map)")
+        if self.attn_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(f"model.attn_backend={self.attn_backend!r}: use one of {ATTENTION_BACKENDS}")
+        for name in ("attn_softcap", "logit_cap"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.{name}={value}: use a positive cap, or null to disable it")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_heads
+
+    def resolved_input_std(self) -> float:
+        """Std of the ``V x d`` input matrix.
+
+        The reference draws it from U(±1/√d) (std 1/√(3d)), so the projected noise ``x₀ @ W``
+        has per-coordinate variance V/(3d): ample at V = 30k but tiny for small vocabularies, where
+        the state is then swamped by the network's own O(1) activations and nothing is learned
+        (SPEC §5). The default keeps the reference scale and raises it where needed so that the
+        projected noise has variance at least 4 per coordinate.
+        """
+        if self.input_std is not None:
+            return self.input_std
+        return max(1.0 / math.sqrt(3 * self.hidden_size), 2.0 / math.sqrt(self.vocab_size))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap * tanh(x / cap)``; identity when ``cap`` is None."""
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation ``x (1 + scale) + shift`` with ``shift, scale`` of shape [B, 1, d]."""
+    return x * (1 + scale) + shift
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a weight and no bias, computed in float32 (as the reference)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = F.layer_norm(x.float(), (x.shape[-1],))
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of a scalar time (256) followed by an MLP to ``cond_dim``.
+
+    ``forward(tau [B]) -> [B, cond_dim]``.
+    """
+
+    def __init__(self, cond_dim: int, frequency_dim: int = 256, max_period: float = 10_000.0):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.max_period = max_period
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, tau: torch.Tensor) -> torch.Tensor:
+        half = self.frequency_dim // 2
+        freqs = torch.exp(
+            -math.log(self.max_period) * torch.arange(half, device=tau.device, dtype=torch.float32) / half
+        )
+        args = tau.float()[:, None] * freqs[None]
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (rotate-half convention) for ``[B, L, H, hd]`` tensors."""
+
+    def __init__(self, head_dim: int, base: float = 10_000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq)
+
+    def cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape [L, 1, hd] in float32."""
+        pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq.to(device))
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None, :]
+        return emb.cos(), emb.sin()
+
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.float().chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float | None, backend: str
+) -> torch.Tensor:
+    """Bidirectional multi-head attention with an optional tanh soft-cap on the logits.
+
+    ``q, k, v``: [B, L, H, hd] -> [B, L, H, hd]. Backends:
+    ``math`` (explicit logits; works everywhere, supports the soft-cap),
+    ``sdpa`` (``F.scaled_dot_product_attention``; only without a soft-cap),
+    ``flash`` (the ``flash-attn`` package on CUDA in fp16/bf16; supports the soft-cap),
+    ``auto`` (flash when usable, else sdpa when there is no cap, else math).
+    """
+    if backend == "auto":
+        usable_flash = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func()
+        backend = "flash" if usable_flash else ("sdpa" if softcap is None else "math")
+    if backend == "flash":
+        flash = _flash_attn_func()
+        if flash is None or not q.is_cuda:
+            raise ConfigError(
+                "model.attn_backend='flash' needs the flash-attn package and a CUDA device: "
+                "pip install 'flowlm[flash]' or set model.attn_backend=auto"
+            )
+        return flash(q, k, v, dropout_p=0.0, causal=False, softcap=0.0 if softcap is None else softcap)
+    if backend == "sdpa":
+        if softcap is not None:
+            raise ConfigError("model.attn_backend='sdpa' cannot apply model.attn_softcap: use 'math' or 'auto'")
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(q.shape[-1])
+    probs = torch.softmax(soft_cap(scores.float(), softcap), dim=-1).to(v.dtype)
+    return torch.einsum("bhij,bjhd->bihd", probs, v)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-zero: ``forward(x [B,L,d], cos, sin, c [B,cond]) -> [B,L,d]``."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.n_heads = cfg.n_heads
+        self.softcap = cfg.attn_softcap
+        self.backend = cfg.attn_backend
+        self.norm1 = LayerNorm(d)
+        self.attn_qkv = nn.Linear(d, 3 * d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.norm2 = LayerNorm(d)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(approximate="tanh"), nn.Linear(cfg.mlp_ratio * d, d)
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.adaLN_modulation = nn.Linear(cfg.cond_dim, 6 * d)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        b, seq, d = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift1, scale1)
+        q, k, v = self.attn_qkv(h).view(b, seq, 3, self.n_heads, d // self.n_heads).unbind(dim=2)
+        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        attn = attention(q, k, v, self.softcap, self.backend).reshape(b, seq, d)
+        x = x + gate1 * self.dropout(self.attn_out(attn))
+        h = modulate(self.norm2(x), shift2, scale2)
+        return x + gate2 * self.dropout(self.mlp(h))
+
+
+class FinalLayer(nn.Module):
+    """Final adaLN + zero-initialized linear head to V: ``[B,L,d] -> [B,L,V]``."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.norm_final = LayerNorm(cfg.hidden_size)
+        self.linear = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        self.adaLN_modulation = nn.Linear(cfg.cond_dim, 2 * cfg.hidden_size)
+        for layer in (self.linear, self.adaLN_modulation):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class VocabEmbedding(nn.Module):
+    """The ``V x d`` input matrix: a lookup for tokens [B, L], a matmul for states [B, L, V]."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.randn(cfg.vocab_size, cfg.hidden_size) * cfg.resolved_input_std())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.int32, torch.int64):
+            return self.embedding[x]
+        return x.to(self.embedding.dtype) @ self.embedding
+
+
+class DiT(nn.Module):
+    """The backbone: ``forward(x, tau, tau_end=None) -> float32 logits [B, L, V]`` (soft-capped)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.config = cfg
+        self.vocab_embed = VocabEmbedding(cfg)
+        self.pos_embed = (
+            nn.Parameter(torch.randn(cfg.seq_len, cfg.hidden_size) * cfg.resolved_input_std())
+            if cfg.pos_embed
+            else None
+        )
+        self.sigma_map = TimestepEmbedder(cfg.cond_dim)
+        self.sigma_map_prime = TimestepEmbedder(cfg.cond_dim) if cfg.time_inputs == 2 else None
+        if self.sigma_map_prime is not None:
+            zero_last_time_layer(self.sigma_map_prime)
+        self.rotary_emb = Rotary(cfg.head_dim)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_blocks))
+        self.output_layer = FinalLayer(cfg)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Project the input (tokens [B, L] or state [B, L, V]) to the residual stream [B, L, d]."""
+        self.check_input(x)
+        return self.vocab_embed(x)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] != cfg.vocab_size):
+            raise ConfigError(
+                f"model input has shape {tuple(x.shape)}: pass tokens [B, L] or a state [B, L, {cfg.vocab_size}]"
+            )
+        if x.shape[1] > cfg.seq_len:
+            raise ConfigError(
+                f"sequence length {x.shape[1]} exceeds the model's seq_len={cfg.seq_len}: "
+                f"use at most {cfg.seq_len} positions or train a model with a longer model.seq_len"
+            )
+
+    def conditioning(self, tau: torch.Tensor, tau_end: torch.Tensor | None) -> torch.Tensor:
+        """``silu(emb(tau) [+ emb'(tau_end)])`` of shape [B, cond_dim]."""
+        emb = self.sigma_map(tau)
+        if tau_end is not None:
+            if self.sigma_map_prime is None:
+                raise ConfigError("this model has one time input: tau_end needs a flow-map model (time_inputs=2)")
+            emb = emb + self.sigma_map_prime(tau_end)
+        return F.silu(emb)
+
+    def forward_embedded(
+        self, h: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run the transformer on an already projected input ``h`` [B, L, d] -> logits [B, L, V]."""
+        seq = h.shape[1]
+        if self.pos_embed is not None:
+            h = h + self.pos_embed[:seq]
+        c = self.conditioning(tau, tau_end)
+        cos, sin = self.rotary_emb.cos_sin(seq, h.device)
+        for block in self.blocks:
+            h = block(h, cos, sin, c)
+        logits = self.output_layer(h, c).float()
+        return soft_cap(logits, self.config.logit_cap)
+
+    def forward(self, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_embedded(self.embed(x), tau, tau_end)
+
+
+def zero_last_time_layer(embedder: TimestepEmbedder) -> None:
+    """Zero the last linear layer of a time embedder, so it adds nothing at initialization."""
+    nn.init.zeros_(embedder.mlp[2].weight)
+    nn.init.zeros_(embedder.mlp[2].bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

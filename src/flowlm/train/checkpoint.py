@@ -1,0 +1,161 @@
+"""The flowlm model checkpoint: a folder with ``model.safetensors`` (EMA weights),
+``flowlm.json`` (provenance) and ``tokenizer/``. Written atomically; loaded strictly.
+
+``flowlm.json`` holds: format, method, the DiT config, the run config, tokenizer spec and
+vocabulary size, training step, which weights (EMA), code version, the command line, the time of
+writing and the SHA-256 of the weights file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flowlm.errors import CheckpointError
+
+FORMAT = "flowlm-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "flowlm.json"
+TOKENIZER = "tokenizer"
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    from flowlm import __version__
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+g{commit}" if commit else __version__
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(**fields) -> dict:
+    """Common provenance fields (code version, command line, time) merged with ``fields``."""
+    return {
+        "code_version": code_version(),
+        "command": " ".join(sys.argv),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **fields,
+    }
+
+
+def atomic_write_dir(target: Path, fill) -> Path:
+    """Build a folder with ``fill(tmp_dir)`` next to ``target`` and move it into place atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_model(directory: Path, state_dict: dict[str, torch.Tensor], meta: dict, tokenizer) -> Path:
+    """Write a model checkpoint folder atomically and return its path."""
+
+    def fill(tmp: Path) -> None:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        tokenizer.save(tmp / TOKENIZER)
+        document = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+        document["weights_sha256"] = sha256_file(tmp / WEIGHTS)
+        (tmp / META).write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+    return atomic_write_dir(Path(directory), fill)
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """Accept a model folder or a training run folder (uses its ``model/``)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a model folder or a training run folder")
+    if (path / META).is_file():
+        return path
+    if (path / "model" / META).is_file():
+        return path / "model"
+    raise CheckpointError(
+        f"{str(path)!r} is not a flowlm checkpoint (no {META}): pass the folder written by flowlm train"
+    )
+
+
+def read_meta(directory: Path) -> dict:
+    try:
+        meta = json.loads((directory / META).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{directory / META} is unreadable ({err}): the checkpoint is corrupt; re-export it") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{directory / META} is not a flowlm checkpoint description (format={meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory} was written by a newer flowlm (format {meta['format_version']}): upgrade flowlm"
+        )
+    return meta
+
+
+def read_weights(directory: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """Load the weights, verifying the recorded SHA-256 first."""
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing: the checkpoint is incomplete; re-export it")
+    expected = meta.get("weights_sha256")
+    if expected and sha256_file(weights) != expected:
+        raise CheckpointError(f"{weights} does not match its recorded SHA-256: the file is corrupt; re-export it")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights} cannot be read ({err}): the file is corrupt; re-export it") from None
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` that names every missing, unexpected or mis-shaped tensor."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if shapes:
+            parts.append(f"shape mismatch {shapes[:5]}")
+        raise CheckpointError(f"{source} does not match the model ({'; '.join(parts)}): it was written for another model")
+    module.load_state_dict(state, strict=True)

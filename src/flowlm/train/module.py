@@ -1,0 +1,129 @@
+"""Lightning module that trains any flowlm method on the DiT backbone.
+
+It owns the network, the EMA, the optimizer and the per-step random streams; the math lives in
+``flowlm.methods`` and is called through :func:`method_loss`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+from flowlm.config import RunConfig
+from flowlm.errors import TrainingDivergedError
+from flowlm.methods.common import LossWeighting
+from flowlm.methods.flm import flm_loss
+from flowlm.nn.dit import DiT
+from flowlm.train.ema import EMA
+
+
+def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
+    """A distinct 63-bit seed for (run seed, optimizer step, micro-batch, stream)."""
+    value = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + micro * 0x94D049BB133111EB + stream) & (
+        (1 << 63) - 1
+    )
+    return value
+
+
+class FlowLMModule(L.LightningModule):
+    """``training_step`` computes the method's loss on one micro-batch of tokens [B, L]."""
+
+    def __init__(self, cfg: RunConfig, vocab_size: int, accumulate: int = 1):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.accumulate = accumulate
+        self.net = DiT(cfg.model.dit(vocab_size, cfg.data.seq_len))
+        self.weighting = LossWeighting(cfg.model.cond_dim) if cfg.train.loss_weighting else None
+        self.ema = EMA(self.net, cfg.train.ema_decay)
+        self._compiled = torch.compile(self.net) if cfg.train.compile else None
+        self._ema_step = -1
+        self._pending_rng: dict | None = None
+        self._nonfinite = None
+        self._tokens = 0
+        self._clock = time.perf_counter()
+        self._ema_context = None
+
+    @property
+    def train_net(self):
+        return self._compiled if self._compiled is not None else self.net
+
+    def method_loss(self, net, tokens: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return flm_loss(net, tokens, self.vocab_size, generator=generator, weighting=self.weighting)
+
+    def generator(self, step: int, micro: int, stream: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.train.seed, step, micro, stream))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        micro = batch_idx % self.accumulate
+        g = self.generator(self.global_step, micro, 1 + self.global_rank)
+        out = self.method_loss(self.train_net, batch, g)
+        loss = out["loss"]
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
+        self._tokens += batch.numel() * self.trainer.world_size
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log("train/denoising_ce", out["ce"])
+        return loss
+
+    def check_finite(self) -> None:
+        """Raise if any loss since the last check was NaN/inf (one host sync)."""
+        if self._nonfinite is not None and bool(self._nonfinite):
+            raise TrainingDivergedError(
+                f"the training loss became NaN or infinite before step {self.global_step}: training stopped and "
+                "the last good checkpoint was kept; lower train.lr or raise train.warmup_steps and resume"
+            )
+        self._nonfinite = None
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            torch.set_rng_state(self._pending_rng["cpu"])
+            if torch.cuda.is_available() and self._pending_rng.get("cuda"):
+                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+            self._pending_rng = None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.global_step != self._ema_step:
+            self._ema_step = self.global_step
+            self.ema.update()
+            if self.global_step % self.cfg.train.log_every == 0:
+                self.check_finite()
+                now = time.perf_counter()
+                self.log("train/tokens_per_s", self._tokens / max(now - self._clock, 1e-9), prog_bar=True)
+                self._tokens, self._clock = 0, now
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        g = self.generator(0, batch_idx, 0)
+        out = self.method_loss(self.net, batch, g)
+        self.log("val/denoising_ce", out["ce"], prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._ema_context = self.ema.applied()
+        self._ema_context.__enter__()
+
+    def on_validation_epoch_end(self) -> None:
+        if self._ema_context is not None:
+            self._ema_context.__exit__(None, None, None)
+            self._ema_context = None
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+        warmup = max(1, t.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ema"] = self.ema.state_dict()
+        checkpoint["rng"] = {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.ema.load_state_dict(checkpoint["ema"])
+        self._pending_rng = checkpoint.get("rng")
+        self._ema_step = checkpoint.get("global_step", -1)

@@ -1,0 +1,196 @@
+"""``flowlm.train(...)``: prepare data, build the Lightning trainer, fit, export the EMA model.
+
+A run folder holds ``config.json`` (the resolved run config), ``checkpoints/last.ckpt`` (the full
+training state: weights, EMA, optimizer, loop position, RNG; for exact resumption), ``model/``
+(the latest exported EMA model, see :mod:`flowlm.train.checkpoint`) and ``logs/`` (CSV and
+TensorBoard).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from flowlm.config import RunConfig, apply_overrides, load_preset
+from flowlm.data import prepare_blocks, prepare_tokenizer
+from flowlm.errors import ConfigError
+from flowlm.train.batches import RangeSampler, StepBatches
+from flowlm.train.checkpoint import provenance, save_model
+from flowlm.train.module import FlowLMModule
+
+LAST = "last.ckpt"
+
+
+class Checkpointing(Callback):
+    """Every ``ckpt_every`` optimizer steps and at the end: save the training state and export the model."""
+
+    def __init__(self, run_dir: Path, tokenizer, every: int):
+        self.run_dir = run_dir
+        self.tokenizer = tokenizer
+        self.every = every
+        self._saved_step = -1
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 and step != self._saved_step:
+            self.save(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        if trainer.global_step != self._saved_step:
+            self.save(trainer, module)
+
+    def save(self, trainer, module: FlowLMModule) -> None:
+        module.check_finite()
+        self._saved_step = trainer.global_step
+        trainer.save_checkpoint(self.run_dir / "checkpoints" / LAST)
+        if trainer.is_global_zero:
+            export_model(self.run_dir / "model", module, self.tokenizer, trainer.global_step)
+
+
+def export_model(directory: Path, module: FlowLMModule, tokenizer, step: int) -> Path:
+    """Write the EMA weights of ``module.net`` with provenance to ``directory``."""
+    cfg = module.cfg
+    meta = provenance(
+        method=cfg.train.method,
+        model=module.net.config.to_dict(),
+        run=cfg.to_dict(),
+        tokenizer={"spec": tokenizer.spec, "name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
+        vocab_size=module.vocab_size,
+        step=step,
+        weights="ema",
+        ema_decay=cfg.train.ema_decay,
+    )
+    return save_model(directory, module.ema.weights(), meta, tokenizer)
+
+
+def world_size(cfg: RunConfig) -> int:
+    devices = cfg.train.devices
+    if devices in ("auto", -1, "-1"):
+        devices = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    return int(devices) * cfg.train.num_nodes
+
+
+def batch_split(cfg: RunConfig, world: int) -> tuple[int, int]:
+    """(per-device micro-batch, accumulation) with micro × world × accumulation = batch_size."""
+    t = cfg.train
+    micro = t.micro_batch_size or t.batch_size // world
+    if micro < 1 or t.batch_size % (micro * world):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is not a multiple of micro_batch_size={micro} x {world} devices: "
+            "choose sizes so that batch_size = micro_batch_size x devices x accumulation"
+        )
+    return micro, t.batch_size // (micro * world)
+
+
+def resolve_precision(cfg: RunConfig) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    use_gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if use_gpu else "32-true"
+
+
+def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        return
+    before = json.loads(saved.read_text())["run"]
+    now = json.loads(json.dumps(cfg.to_dict()))
+    ignore = {"max_steps", "log_every", "ckpt_every", "val_every", "num_workers"}
+    diffs = sorted(
+        f"{section}.{key}"
+        for section in now
+        for key in now[section]
+        if key not in ignore and before.get(section, {}).get(key) != now[section][key]
+    )
+    if diffs:
+        raise ConfigError(
+            f"{run_dir} holds a run with a different config ({', '.join(diffs)}): "
+            "resume with the same options or pass a new --out folder"
+        )
+
+
+def train(
+    preset: str = "tiny",
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path | None = None,
+    config: RunConfig | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Train a model and return the exported model folder (``<out>/model``).
+
+    ``preset`` names a YAML preset (``tiny``, ``small``, ``lm1b-small``, ``owt-small``) and
+    ``overrides`` are ``section.key=value`` strings, exactly as on the command line. With
+    ``resume`` (default) an existing ``<out>/checkpoints/last.ckpt`` is continued exactly.
+    """
+    cfg = apply_overrides(config if config is not None else load_preset(preset), list(overrides))
+    run_dir = Path(out or f"runs/{preset}-{cfg.train.method}")
+    last = run_dir / "checkpoints" / LAST
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path:
+        check_resumable(run_dir, cfg)
+
+    tokenizer = prepare_tokenizer(cfg.data.tokenizer, cfg.data.corpus, cache_dir=cfg.data.cache_dir)
+    train_blocks = prepare_blocks(cfg.data.corpus, tokenizer, cfg.data.seq_len, "train", cache_dir=cfg.data.cache_dir)
+    val_blocks = prepare_blocks(
+        cfg.data.corpus, tokenizer, cfg.data.seq_len, "validation", cache_dir=cfg.data.cache_dir
+    )
+
+    world = world_size(cfg)
+    micro, accumulate = batch_split(cfg, world)
+    L.seed_everything(cfg.train.seed, verbose=False)
+    module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(
+        json.dumps(provenance(run=cfg.to_dict(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.spec), indent=2)
+    )
+
+    trainer = L.Trainer(
+        max_steps=cfg.train.max_steps,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=cfg.train.grad_clip,
+        precision=resolve_precision(cfg),
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes,
+        strategy=cfg.train.strategy,
+        logger=[
+            CSVLogger(run_dir, name="logs", version=""),
+            TensorBoardLogger(run_dir, name="logs", version="", default_hp_metric=False),
+        ],
+        callbacks=[Checkpointing(run_dir, tokenizer, cfg.train.ckpt_every)]
+        + ([TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 5))] if progress else []),
+        enable_progress_bar=progress,
+        enable_checkpointing=False,
+        enable_model_summary=progress,
+        num_sanity_val_steps=0,
+        val_check_interval=cfg.train.val_every * accumulate,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.train.val_batches,
+        log_every_n_steps=cfg.train.log_every,
+        use_distributed_sampler=False,
+        default_root_dir=run_dir,
+    )
+    total = cfg.train.max_steps * accumulate
+    rank = trainer.global_rank
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            start = trainer.global_step * accumulate
+            dataset = StepBatches(train_blocks, micro, cfg.train.seed, rank, world, length=total)
+            return DataLoader(
+                dataset, batch_size=None, sampler=RangeSampler(start, total), num_workers=cfg.train.num_workers
+            )
+
+        def val_dataloader(self):
+            dataset = StepBatches(val_blocks, micro, cfg.train.seed + 1, rank, world, length=cfg.train.val_batches)
+            return DataLoader(dataset, batch_size=None, sampler=RangeSampler(0, cfg.train.val_batches))
+
+    trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
+    return run_dir / "model"
