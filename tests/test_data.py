@@ -77,8 +77,7 @@ def test_assets_match_sha256sums():
     for line in (ASSETS / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
         sums[name] = digest
-    assert set(sums) == {"bert-base-uncased-vocab.txt", "gpt2-encoder.json", "gpt2-vocab.bpe",
-                         "shakespeare.txt.xz"}
+    assert set(sums) == {"bert-base-uncased-vocab.txt", "gpt2-encoder.json", "gpt2-vocab.bpe", "shakespeare.txt.xz"}
     for name, digest in sums.items():
         data = (ASSETS / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == digest, name
@@ -91,8 +90,12 @@ def test_vendor_script_check_mode():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.check() == []
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "vendor_assets.py"), "--check"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "vendor_assets.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -101,10 +104,23 @@ BERT_CASES = {
     "hello world": [7592, 2088],
     "Hello, my dog is cute": [7592, 1010, 2026, 3899, 2003, 10140],
     "unaffable": [14477, 20961, 3468],
-    "The quick brown fox jumps over the lazy dog.":
-        [1996, 4248, 2829, 4419, 14523, 2058, 1996, 13971, 3899, 1012],
-    "I've been waiting for a HuggingFace course my whole life.":
-        [1045, 1005, 2310, 2042, 3403, 2005, 1037, 17662, 12172, 2607, 2026, 2878, 2166, 1012],
+    "The quick brown fox jumps over the lazy dog.": [1996, 4248, 2829, 4419, 14523, 2058, 1996, 13971, 3899, 1012],
+    "I've been waiting for a HuggingFace course my whole life.": [
+        1045,
+        1005,
+        2310,
+        2042,
+        3403,
+        2005,
+        1037,
+        17662,
+        12172,
+        2607,
+        2026,
+        2878,
+        2166,
+        1012,
+    ],
 }
 GPT2_CASES = {
     "Hello world": [15496, 995],
@@ -157,13 +173,16 @@ def test_char_tokenizer_round_trip():
     assert tok.encode("z") == [tok.token_to_id("[UNK]")]
 
 
-@pytest.mark.parametrize("spec,texts,match", [
-    ("bpe:4096", None, "no train_texts"),
-    ("bpe:abc", ["x"], "bpe:<size>"),
-    ("bpe:100", ["x"], "at least 259"),
-    ("char", None, "no train_texts"),
-    ("", None, "non-empty"),
-])
+@pytest.mark.parametrize(
+    "spec,texts,match",
+    [
+        ("bpe:4096", None, "no train_texts"),
+        ("bpe:abc", ["x"], "bpe:<size>"),
+        ("bpe:100", ["x"], "at least 259"),
+        ("char", None, "no train_texts"),
+        ("", None, "non-empty"),
+    ],
+)
 def test_tokenizer_spec_errors(spec, texts, match):
     with pytest.raises(DataError, match=match) as e:
         load_tokenizer(spec, train_texts=texts)
@@ -191,7 +210,12 @@ def test_save_load_identical(tmp_path, gpt2, shakespeare_sample):
         for other in (again, via_spec):
             assert other.encode_batch(shakespeare_sample[:100]) == tok.encode_batch(shakespeare_sample[:100])
             assert (other.vocab_size, other.bos_id, other.eos_id, other.pad_id, other.spec) == (
-                tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.spec)
+                tok.vocab_size,
+                tok.bos_id,
+                tok.eos_id,
+                tok.pad_id,
+                tok.spec,
+            )
             assert other.fingerprint == tok.fingerprint
     assert pickle.loads(pickle.dumps(gpt2)).encode("Hello world") == [15496, 995]
 
@@ -201,15 +225,17 @@ def test_hugging_face_tokenizer_by_path(tmp_path, gpt2, bert, offline):
     from transformers import PreTrainedTokenizerFast
 
     backend = tokenizers.Tokenizer.from_str(gpt2.backend.to_str())
-    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
-                            eos_token="<|endoftext|>").save_pretrained(tmp_path / "gpt2_hf")
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    ).save_pretrained(tmp_path / "gpt2_hf")
     tok = load_tokenizer(str(tmp_path / "gpt2_hf"))
     assert tok.encode("Hello world") == [15496, 995]
     assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (50258, 50256, 50256, 50257)
 
     backend = tokenizers.Tokenizer.from_str(bert.backend.to_str())
-    PreTrainedTokenizerFast(tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]",
-                            pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path / "bert_hf")
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
+    ).save_pretrained(tmp_path / "bert_hf")
     tok = load_tokenizer(str(tmp_path / "bert_hf"))
     assert tok.encode("hello world") == [7592, 2088]
     assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (30522, 101, 102, 0)
@@ -220,7 +246,7 @@ def reference_pack(docs, block_len, bos, eos):
     stream = [t for d in docs for t in [*d, eos]]
     chunk = block_len - 2
     n = len(stream) // chunk
-    blocks = [[bos, *stream[i * chunk:(i + 1) * chunk], eos] for i in range(n)]
+    blocks = [[bos, *stream[i * chunk : (i + 1) * chunk], eos] for i in range(n)]
     return blocks, len(stream) - n * chunk
 
 
@@ -245,7 +271,9 @@ def test_pack_hand_cases():
     assert (stats.n_blocks, stats.n_dropped) == (0, 6)
     # a long document runs across blocks, each block re-opened with BOS
     assert [b.tolist() for b in pack_wrapped([list(range(1, 8))], 6, 0, 99)] == [
-        [0, 1, 2, 3, 4, 99], [0, 5, 6, 7, 99, 99]]
+        [0, 1, 2, 3, 4, 99],
+        [0, 5, 6, 7, 99, 99],
+    ]
     # empty documents contribute a lone EOS; no documents, no blocks
     assert [b.tolist() for b in pack_wrapped([[], [], [5]], 4, 0, 9)] == [[0, 9, 9, 9], [0, 5, 9, 9]]
     stats = PackStats()
@@ -290,8 +318,10 @@ def test_local_text_file_paragraphs_and_lines(tmp_path):
     para.write_text("".join(f"para {i} line a\npara {i} line b\n\n  \n" for i in range(40)))
     docs = list(load_corpus(str(para)))
     assert len(docs) == 38 and docs[0] == "para 0 line a\npara 0 line b"
-    assert list(load_corpus(str(para), "validation")) == ["para 19 line a\npara 19 line b",
-                                                          "para 39 line a\npara 39 line b"]
+    assert list(load_corpus(str(para), "validation")) == [
+        "para 19 line a\npara 19 line b",
+        "para 39 line a\npara 39 line b",
+    ]
     lines = tmp_path / "l.txt"
     lines.write_text("".join(f"sentence {i}.\n" for i in range(20)))
     assert list(load_corpus(str(lines), "validation")) == ["sentence 19."]
@@ -358,7 +388,8 @@ def test_hf_data_files_through_load_dataset(offline):
     folder.mkdir()
     for split, n in (("train", 12), ("test", 3)):
         (folder / f"{split}.jsonl").write_text(
-            "".join(json.dumps({"text": f"{split} {i}", "label": i}) + "\n" for i in range(n)))
+            "".join(json.dumps({"text": f"{split} {i}", "label": i}) + "\n" for i in range(n))
+        )
     assert list(load_corpus(f"hf:{folder}", "validation")) == ["test 0", "test 1", "test 2"]
     assert len(list(load_corpus(f"hf:{folder}", streaming=True))) == 12
     (folder / "train.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
@@ -374,13 +405,22 @@ def test_known_datasets_with_local_stand_ins(offline, monkeypatch):
     assert list(load_corpus("lm1b")) == ["It's here, he said."]
     assert list(load_corpus("lm1b", "validation")) == ["Don't go (now)!"]
 
-    rows = [" = Alpha = \n", "", " Alpha is a 3 @,@ 000 @-@ year old thing , see \" this \" . \n", "",
-            " = = History = = \n", " Old . \n", " = Beta = \n", " Beta text . \n"]
+    rows = [
+        " = Alpha = \n",
+        "",
+        ' Alpha is a 3 @,@ 000 @-@ year old thing , see " this " . \n',
+        "",
+        " = = History = = \n",
+        " Old . \n",
+        " = Beta = \n",
+        " Beta text . \n",
+    ]
     wiki = _save_dict(offline / "wiki", train=rows, validation=rows[-2:])
     monkeypatch.setitem(hf.KNOWN, "wikitext2", hf._Source(str(wiki), group=hf.wikitext_articles))
     assert list(load_corpus("wikitext2")) == [
         '= Alpha =\n\nAlpha is a 3,000-year old thing, see "this".\n\n== History ==\n\nOld.',
-        "= Beta =\n\nBeta text."]
+        "= Beta =\n\nBeta text.",
+    ]
 
     owt = _save_dict(offline / "owt", train=[f"doc {i}" for i in range(10)])
     monkeypatch.setitem(hf.KNOWN, "openwebtext", hf._Source(str(owt), owt_split=True))
@@ -400,8 +440,10 @@ def test_hub_datasets_offline_raise_data_error(offline, spec):
 
 
 def test_detokenizers():
-    assert hf.lm1b_detokenize("The U.S. said it 's `` fine '' , see http : / / x.org .") == \
-        "The U.S. said it's `` fine '', see http://x.org."
+    assert (
+        hf.lm1b_detokenize("The U.S. said it 's `` fine '' , see http : / / x.org .")
+        == "The U.S. said it's `` fine '', see http://x.org."
+    )
     assert hf.lm1b_detokenize('He said " yes " ( twice ) ; costs $ 5 .') == 'He said "yes" (twice); costs $5.'
     assert hf.wikitext_detokenize(" = = = Sub = = = ") == "=== Sub ==="
     assert hf.wikitext_detokenize(" 1 @.@ 5 m @-@ long , isn 't it ? ") == "1.5 m-long, isn't it?"
@@ -413,8 +455,9 @@ def small_corpus(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
     rng = random.Random(1)
     words = "the of and to a in that is was he for it with as his on be at by i".split()
-    path.write_text("".join(" ".join(rng.choice(words) for _ in range(rng.randrange(1, 60))) + "\n\n"
-                            for _ in range(400)))
+    path.write_text(
+        "".join(" ".join(rng.choice(words) for _ in range(rng.randrange(1, 60))) + "\n\n" for _ in range(400))
+    )
     return path
 
 

@@ -94,8 +94,16 @@ def test_bidirectional_attention_sees_the_future():
     assert not torch.allclose(a[0, 0], b[0, 0])
 
 
-@pytest.mark.parametrize("bad", [dict(hidden_size=30, n_heads=4), dict(time_inputs=3), dict(attn_backend="x"),
-                                 dict(attn_softcap=-1.0), dict(vocab_size=1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(hidden_size=30, n_heads=4),
+        dict(time_inputs=3),
+        dict(attn_backend="x"),
+        dict(attn_softcap=-1.0),
+        dict(vocab_size=1),
+    ],
+)
 def test_bad_configs_raise_config_error(bad):
     with pytest.raises(ConfigError):
         tiny_config(**bad)
@@ -104,8 +112,7 @@ def test_bad_configs_raise_config_error(bad):
 def test_math_and_sdpa_backends_agree_without_softcap():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 10, 4, 8, generator=g) for _ in range(3))
-    torch.testing.assert_close(attention(q, k, v, None, "math"), attention(q, k, v, None, "sdpa"),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, None, "math"), attention(q, k, v, None, "sdpa"), rtol=1e-5, atol=1e-5)
 
 
 def test_attention_softcap_matches_explicit_formula():
@@ -151,5 +158,6 @@ def test_flash_and_math_backends_agree_on_gpu():
     pytest.importorskip("flash_attn")
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 64, 4, 32, generator=g, device="cuda", dtype=torch.bfloat16) * 4 for _ in range(3))
-    torch.testing.assert_close(attention(q, k, v, 50.0, "flash").float(), attention(q, k, v, 50.0, "math").float(),
-                               rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(
+        attention(q, k, v, 50.0, "flash").float(), attention(q, k, v, 50.0, "math").float(), rtol=2e-2, atol=2e-2
+    )

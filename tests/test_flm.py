@@ -119,8 +119,9 @@ def test_loss_weighting_starts_neutral_and_follows_formula():
     assert torch.count_nonzero(w(tau)) == 0
     per_seq, weights = torch.rand(5), torch.randn(5)
     torch.testing.assert_close(LossWeighting.apply(per_seq, weights), (torch.exp(-weights) * per_seq + weights).mean())
-    out = flm_loss(StateProbe(), torch.randint(0, 50, (4, 8)), 50, generator=torch.Generator().manual_seed(0),
-                   weighting=w)
+    out = flm_loss(
+        StateProbe(), torch.randint(0, 50, (4, 8)), 50, generator=torch.Generator().manual_seed(0), weighting=w
+    )
     assert out["loss"].item() == pytest.approx(math.log(50), rel=1e-6)
 
 

@@ -53,8 +53,12 @@ def run_train(args: argparse.Namespace) -> None:
     from flowlm.train.run import train
 
     overrides = list(args.overrides)
-    for flag, key in (("method", "train.method"), ("data", "data.corpus"), ("tokenizer", "data.tokenizer"),
-                      ("steps", "train.max_steps")):
+    for flag, key in (
+        ("method", "train.method"),
+        ("data", "data.corpus"),
+        ("tokenizer", "data.tokenizer"),
+        ("steps", "train.max_steps"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -69,7 +73,11 @@ def run_sample(args: argparse.Namespace) -> None:
     model = flowlm.load(args.checkpoint, device=args.device)
     start = time.perf_counter()
     tokens = model.sample_tokens(
-        args.num_samples, args.steps, seed=args.seed, seq_len=args.seq_len, guidance=args.guidance,
+        args.num_samples,
+        args.steps,
+        seed=args.seed,
+        seq_len=args.seq_len,
+        guidance=args.guidance,
         batch_size=args.batch_size,
     )
     seconds = time.perf_counter() - start
@@ -77,8 +85,10 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.out is None:
         for i, text in enumerate(texts):
             print(f"--- sample {i} ---\n{text}")
-        print(f"[{args.num_samples} samples, {args.steps} steps, {seconds / args.num_samples:.3f} s/sample]",
-              file=sys.stderr)
+        print(
+            f"[{args.num_samples} samples, {args.steps} steps, {seconds / args.num_samples:.3f} s/sample]",
+            file=sys.stderr,
+        )
         return
     provenance = {
         "checkpoint": str(model.path),
@@ -97,7 +107,7 @@ def run_sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
-        for i, (text, row) in enumerate(zip(texts, tokens.tolist())):
+        for i, (text, row) in enumerate(zip(texts, tokens.tolist(), strict=True)):
             f.write(json.dumps({"index": i, "text": text, "tokens": row, "provenance": provenance}) + "\n")
     print(f"wrote {len(texts)} samples to {out}")
 

@@ -114,8 +114,9 @@ def _is_complete(folder: Path) -> bool:
 
 def cache_key(corpus: Corpus, tokenizer: Tokenizer, block_len: int) -> str:
     """Folder name of the cache for this corpus split, tokenizer and block length."""
-    digest = hashlib.sha256("\x00".join(
-        map(str, (CACHE_FORMAT, corpus.fingerprint, tokenizer.fingerprint, block_len))).encode()).hexdigest()
+    digest = hashlib.sha256(
+        "\x00".join(map(str, (CACHE_FORMAT, corpus.fingerprint, tokenizer.fingerprint, block_len))).encode()
+    ).hexdigest()
     return f"{slug(corpus.spec)}-{corpus.split}-{slug(tokenizer.name, 24)}-L{block_len}-{digest[:16]}"
 
 
@@ -162,24 +163,41 @@ def build_token_cache(
     stats = PackStats()
     start = time.perf_counter()
     with atomic_dir(final) as tmp:
-        with tqdm(desc=f"tokenizing {corpus.spec} [{corpus.split}]", unit="doc", disable=not progress,
-                  dynamic_ncols=True) as bar, open(tmp / BLOCKS_FILE, "wb") as out:
+        with (
+            tqdm(
+                desc=f"tokenizing {corpus.spec} [{corpus.split}]", unit="doc", disable=not progress, dynamic_ncols=True
+            ) as bar,
+            open(tmp / BLOCKS_FILE, "wb") as out,
+        ):
             docs = _encoded(corpus, tokenizer, bar, chunk_docs)
-            for blocks in pack_wrapped_batches(docs, block_len, tokenizer.bos_id, tokenizer.eos_id,
-                                               dtype=dtype, stats=stats):
+            for blocks in pack_wrapped_batches(
+                docs, block_len, tokenizer.bos_id, tokenizer.eos_id, dtype=dtype, stats=stats
+            ):
                 blocks.tofile(out)
                 bar.set_postfix(blocks=stats.n_blocks, refresh=False)
         if stats.n_blocks == 0:
-            raise DataError(f"corpus {corpus.spec!r} [{corpus.split}] has {stats.n_tokens} tokens, fewer "
-                            f"than one block of {block_len}: use a shorter block_len or a bigger corpus")
+            raise DataError(
+                f"corpus {corpus.spec!r} [{corpus.split}] has {stats.n_tokens} tokens, fewer "
+                f"than one block of {block_len}: use a shorter block_len or a bigger corpus"
+            )
         seconds = time.perf_counter() - start
         meta = {
-            "format": CACHE_FORMAT, "corpus": corpus.spec, "split": corpus.split,
-            "corpus_fingerprint": corpus.fingerprint, "tokenizer": tokenizer.spec,
-            "tokenizer_fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
-            "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
-            "block_len": block_len, "dtype": dtype.name, "n_blocks": stats.n_blocks, "n_docs": stats.n_docs,
-            "n_tokens": stats.n_tokens, "n_tokens_dropped": stats.n_dropped,
+            "format": CACHE_FORMAT,
+            "corpus": corpus.spec,
+            "split": corpus.split,
+            "corpus_fingerprint": corpus.fingerprint,
+            "tokenizer": tokenizer.spec,
+            "tokenizer_fingerprint": tokenizer.fingerprint,
+            "vocab_size": tokenizer.vocab_size,
+            "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id,
+            "pad_id": tokenizer.pad_id,
+            "block_len": block_len,
+            "dtype": dtype.name,
+            "n_blocks": stats.n_blocks,
+            "n_docs": stats.n_docs,
+            "n_tokens": stats.n_tokens,
+            "n_tokens_dropped": stats.n_dropped,
             "build_seconds": round(seconds, 3),
             "tokens_per_second": round(stats.n_tokens / seconds) if seconds > 0 else None,
         }
@@ -198,22 +216,24 @@ class PackedBlocks(torch.utils.data.Dataset):
         self.path = Path(path)
         meta = _read_meta(self.path)
         if meta is None or not (self.path / BLOCKS_FILE).is_file():
-            raise DataError(f"{str(self.path)!r} is not a flowlm token cache (needs {BLOCKS_FILE} and "
-                            f"{META_FILE}): build it with flowlm.data.build_token_cache")
+            raise DataError(
+                f"{str(self.path)!r} is not a flowlm token cache (needs {BLOCKS_FILE} and "
+                f"{META_FILE}): build it with flowlm.data.build_token_cache"
+            )
         self.meta = meta
         self.block_len: int = meta["block_len"]
         self.vocab_size: int = meta["vocab_size"]
         self.dtype = np.dtype(meta["dtype"])
         self._n: int = meta["n_blocks"]
         if not _is_complete(self.path):
-            raise DataError(f"token cache {str(self.path)!r} is incomplete or corrupt: delete the folder "
-                            "and build it again")
+            raise DataError(
+                f"token cache {str(self.path)!r} is incomplete or corrupt: delete the folder and build it again"
+            )
         self._mm: np.memmap | None = None
 
     def _blocks(self) -> np.memmap:
         if self._mm is None:
-            self._mm = np.memmap(self.path / BLOCKS_FILE, dtype=self.dtype, mode="r",
-                                 shape=(self._n, self.block_len))
+            self._mm = np.memmap(self.path / BLOCKS_FILE, dtype=self.dtype, mode="r", shape=(self._n, self.block_len))
         return self._mm
 
     def __getstate__(self) -> dict:
@@ -233,5 +253,7 @@ class PackedBlocks(torch.utils.data.Dataset):
         return torch.from_numpy(self._blocks()[i].astype(np.int64))
 
     def __repr__(self) -> str:
-        return (f"PackedBlocks({self.meta['corpus']!r} [{self.meta['split']}], {self.meta['tokenizer']!r}, "
-                f"{self._n} blocks of {self.block_len})")
+        return (
+            f"PackedBlocks({self.meta['corpus']!r} [{self.meta['split']}], {self.meta['tokenizer']!r}, "
+            f"{self._n} blocks of {self.block_len})"
+        )

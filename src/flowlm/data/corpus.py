@@ -34,10 +34,17 @@ SHAKESPEARE_FILE = "shakespeare.txt.xz"
 WORK_SEPARATOR = "\n\f\n"
 VALID_EVERY = 20
 SPLITS = ("train", "validation", "test")
-_SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
-                  "test": "test"}
-CHOICES = ("'shakespeare', a .txt file or a folder of them, 'lm1b', 'openwebtext', 'wikitext', 'wikitext2', "
-           "or 'hf:<name>[:<config>]'")
+_SPLIT_ALIASES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "test": "test",
+}
+CHOICES = (
+    "'shakespeare', a .txt file or a folder of them, 'lm1b', 'openwebtext', 'wikitext', 'wikitext2', "
+    "or 'hf:<name>[:<config>]'"
+)
 # Bump when the rules turning files into documents change, so old token caches are not reused.
 CORPUS_FORMAT = 1
 
@@ -49,8 +56,7 @@ class Corpus(Iterable[str]):
     which is what the token cache keys on.
     """
 
-    def __init__(self, spec: str, split: str, make_iter: Callable[[], Iterator[str]],
-                 fingerprint: str) -> None:
+    def __init__(self, spec: str, split: str, make_iter: Callable[[], Iterator[str]], fingerprint: str) -> None:
         self.spec, self.split, self._make_iter, self.fingerprint = spec, split, make_iter, fingerprint
 
     def __iter__(self) -> Iterator[str]:
@@ -74,8 +80,9 @@ def normalize_split(split: str) -> str:
 
 def _held_out(split: str, spec: str) -> Callable[[int], bool]:
     if split == "test":
-        raise DataError(f"corpus {spec!r} has no test split (5% of its documents form 'validation'): "
-                        "use split='validation'")
+        raise DataError(
+            f"corpus {spec!r} has no test split (5% of its documents form 'validation'): use split='validation'"
+        )
     want_valid = split == "validation"
     return lambda i: (i % VALID_EVERY == VALID_EVERY - 1) == want_valid
 
@@ -100,8 +107,7 @@ def shakespeare_works() -> list[str]:
     """The 42 works of the embedded corpus as strings, in the vendored order."""
     path = ASSETS / SHAKESPEARE_FILE
     if not path.is_file():
-        raise DataError(f"embedded corpus {path} is missing: reinstall flowlm or run "
-                        "scripts/vendor_assets.py")
+        raise DataError(f"embedded corpus {path} is missing: reinstall flowlm or run scripts/vendor_assets.py")
     return lzma.decompress(path.read_bytes()).decode("utf-8").split(WORK_SEPARATOR)
 
 
@@ -113,8 +119,9 @@ def _shakespeare(split: str) -> Corpus:
             yield from _paragraphs(work)
 
     digest = hashlib.sha256((ASSETS / SHAKESPEARE_FILE).read_bytes()).hexdigest()
-    return Corpus("shakespeare", split, lambda: _select(docs(), keep),
-                  _hash("shakespeare", digest, split, CORPUS_FORMAT))
+    return Corpus(
+        "shakespeare", split, lambda: _select(docs(), keep), _hash("shakespeare", digest, split, CORPUS_FORMAT)
+    )
 
 
 def _has_blank_line(path: Path) -> bool:
@@ -140,15 +147,15 @@ def _file_docs(path: Path) -> Iterator[str]:
             if para:
                 yield "\n".join(para).strip()
     except UnicodeDecodeError as e:
-        raise DataError(f"{str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}): "
-                        "convert it to UTF-8") from e
+        raise DataError(f"{str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8") from e
 
 
 def _text_files(root: Path) -> list[Path]:
     files = sorted(p for p in root.rglob("*.txt") if p.is_file())
     if not files:
-        raise DataError(f"folder {str(root)!r} holds no .txt files: add some, or give a .txt file or a "
-                        "saved Hugging Face dataset")
+        raise DataError(
+            f"folder {str(root)!r} holds no .txt files: add some, or give a .txt file or a saved Hugging Face dataset"
+        )
     return files
 
 

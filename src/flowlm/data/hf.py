@@ -110,8 +110,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def _load_error(label: str, e: Exception) -> DataError:
-    return DataError(f"cannot load Hugging Face dataset {label!r} ({_one_line(e)}): it needs network access "
-                     "or a local copy; check the name, or use a local corpus such as 'shakespeare'")
+    return DataError(
+        f"cannot load Hugging Face dataset {label!r} ({_one_line(e)}): it needs network access "
+        "or a local copy; check the name, or use a local corpus such as 'shakespeare'"
+    )
 
 
 def _pick_split(available: Iterable[str], split: str, label: str) -> tuple[str, bool]:
@@ -125,8 +127,7 @@ def _pick_split(available: Iterable[str], split: str, label: str) -> tuple[str, 
             return name, False
     if split == "validation" and "train" in names:
         return "train", True
-    raise DataError(f"dataset {label!r} has no {split!r} split (it has {', '.join(names) or 'none'}): "
-                    "use one of those")
+    raise DataError(f"dataset {label!r} has no {split!r} split (it has {', '.join(names) or 'none'}): use one of those")
 
 
 def _hold_out(docs: Iterator[str], split: str) -> Iterator[str]:
@@ -139,8 +140,10 @@ def _hold_out(docs: Iterator[str], split: str) -> Iterator[str]:
 def _texts(ds, label: str) -> Iterator[str]:
     for batch in ds.iter(batch_size=BATCH):
         if "text" not in batch:
-            raise DataError(f"dataset {label!r} has no 'text' field (it has {', '.join(batch)}): "
-                            "flowlm reads the 'text' field; pick a dataset with one")
+            raise DataError(
+                f"dataset {label!r} has no 'text' field (it has {', '.join(batch)}): "
+                "flowlm reads the 'text' field; pick a dataset with one"
+            )
         yield from batch["text"]
 
 
@@ -155,8 +158,7 @@ def _open(source: _Source, label: str, split: str, streaming: bool):
             if isinstance(loaded, datasets.Dataset):  # already memory-mapped: streaming is moot
                 loaded = datasets.DatasetDict({"train": loaded})
         elif source.owt_split:
-            loaded = {"train": datasets.load_dataset(source.path, source.config, split="train",
-                                                     streaming=streaming)}
+            loaded = {"train": datasets.load_dataset(source.path, source.config, split="train", streaming=streaming)}
         else:
             loaded = datasets.load_dataset(source.path, source.config, streaming=streaming)
     except DataError:
@@ -187,8 +189,11 @@ def _fingerprint(source: _Source, split: str) -> str:
     local = Path(source.path)
     if local.exists():
         parts.append(str(local.resolve()))
-        parts += [(str(p.relative_to(local)), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in sorted(local.rglob("*")) if p.is_file()]
+        parts += [
+            (str(p.relative_to(local)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(local.rglob("*"))
+            if p.is_file()
+        ]
     return hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()
 
 
@@ -206,8 +211,7 @@ def hf_corpus(spec: str, split: str, *, streaming: bool | None = None) -> Corpus
             name, _, config = rest.partition(":")
             source = _Source(name, config or None)
     if source.owt_split and split == "test":
-        raise DataError(f"dataset {spec!r} has no test split: use 'validation' (its last "
-                        f"{OWT_VALID_DOCS:,} documents)")
+        raise DataError(f"dataset {spec!r} has no test split: use 'validation' (its last {OWT_VALID_DOCS:,} documents)")
     stream = source.stream_default if streaming is None else bool(streaming)
     label = spec
 

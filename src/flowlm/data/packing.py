@@ -44,8 +44,7 @@ class PackStats:
 
 def _check(block_len: int, bos_id: int, eos_id: int) -> None:
     if int(block_len) != block_len or block_len < 3:
-        raise ValueError(f"block_len must be an integer >= 3 (BOS + at least one token + EOS), "
-                         f"got {block_len}")
+        raise ValueError(f"block_len must be an integer >= 3 (BOS + at least one token + EOS), got {block_len}")
     for label, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         if int(value) != value or value < 0:
             raise ValueError(f"{label} must be a non-negative integer, got {value}")
@@ -62,8 +61,14 @@ def pack_wrapped_batches(
 ) -> Iterator[np.ndarray]:
     """Like :func:`pack_wrapped` but yields 2-D arrays ``[n, block_len]`` of several blocks at a time."""
     _check(block_len, bos_id, eos_id)
-    return _batches(token_docs, int(block_len), int(bos_id), int(eos_id), np.dtype(dtype),
-                    stats if stats is not None else PackStats())
+    return _batches(
+        token_docs,
+        int(block_len),
+        int(bos_id),
+        int(eos_id),
+        np.dtype(dtype),
+        stats if stats is not None else PackStats(),
+    )
 
 
 def _batches(docs, block_len, bos, eos, dtype, stats) -> Iterator[np.ndarray]:
@@ -78,7 +83,7 @@ def _batches(docs, block_len, bos, eos, dtype, stats) -> Iterator[np.ndarray]:
         blocks[:, 1:-1] = np.asarray(ids[: n * chunk], dtype=dtype).reshape(n, chunk)
         blocks[:, -1] = eos
         stats.n_blocks += n
-        return blocks, ids[n * chunk:]
+        return blocks, ids[n * chunk :]
 
     for doc in docs:
         before = len(buf)

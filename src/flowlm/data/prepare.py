@@ -47,8 +47,9 @@ def prepare_tokenizer(
         parse_bpe_size(spec)  # reject a bad size before reading the corpus
     corpus = load_corpus(corpus_spec, "train")
     budget = int(max_train_mb * 1e6)
-    digest = hashlib.sha256("\x00".join(
-        map(str, (TRAIN_FORMAT, spec, corpus.fingerprint, budget))).encode()).hexdigest()
+    digest = hashlib.sha256(
+        "\x00".join(map(str, (TRAIN_FORMAT, spec, corpus.fingerprint, budget))).encode()
+    ).hexdigest()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = root / "tokenizers" / f"{slug(spec, 16)}-{slug(corpus.spec)}-{digest[:16]}"
     if not (folder / META_FILE).is_file():

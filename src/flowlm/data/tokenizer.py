@@ -37,8 +37,10 @@ from flowlm.errors import DataError
 ASSETS = Path(__file__).resolve().parent / "assets"
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "flowlm_tokenizer.json"
-CHOICES = ("'bert-base-uncased', 'gpt2', 'bpe:<size>', 'char', a tokenizer folder, "
-           "or a Hugging Face tokenizer name (needs network)")
+CHOICES = (
+    "'bert-base-uncased', 'gpt2', 'bpe:<size>', 'char', a tokenizer folder, "
+    "or a Hugging Face tokenizer name (needs network)"
+)
 _TRAINED_SPECIALS = ("[PAD]", "[BOS]", "[EOS]")
 
 
@@ -71,13 +73,17 @@ class Tokenizer:
         self.vocab_size = max(backend.get_vocab(with_added_tokens=True).values()) + 1
         for label, value in (("bos", bos_id), ("eos", eos_id), ("pad", pad_id)):
             if value is not None and not 0 <= value < self.vocab_size:
-                raise DataError(f"tokenizer {spec!r}: {label} id {value} is outside its vocabulary of "
-                                f"{self.vocab_size}; fix the tokenizer's special tokens")
+                raise DataError(
+                    f"tokenizer {spec!r}: {label} id {value} is outside its vocabulary of "
+                    f"{self.vocab_size}; fix the tokenizer's special tokens"
+                )
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
 
     def __repr__(self) -> str:
-        return (f"Tokenizer({self.spec!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
-                f"eos_id={self.eos_id}, pad_id={self.pad_id})")
+        return (
+            f"Tokenizer({self.spec!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
+            f"eos_id={self.eos_id}, pad_id={self.pad_id})"
+        )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without any special token added."""
@@ -101,8 +107,14 @@ class Tokenizer:
         return self.backend.id_to_token(int(i))
 
     def _meta(self) -> dict:
-        return {"spec": self.spec, "name": self.name, "vocab_size": self.vocab_size,
-                "bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
+        return {
+            "spec": self.spec,
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+        }
 
     @property
     def fingerprint(self) -> str:
@@ -128,14 +140,24 @@ class Tokenizer:
             meta = json.loads((directory / META_FILE).read_text())
             backend = tokenizers.Tokenizer.from_file(str(directory / TOKENIZER_FILE))
         except Exception as e:  # missing file, bad JSON, bad tokenizer definition
-            raise DataError(f"cannot load a flowlm tokenizer from {str(directory)!r} ({type(e).__name__}): "
-                            f"the folder needs {TOKENIZER_FILE} and {META_FILE} as written by "
-                            "Tokenizer.save") from e
-        tok = cls(backend, spec=meta["spec"], name=meta.get("name"), bos_id=meta["bos_id"],
-                  eos_id=meta["eos_id"], pad_id=meta.get("pad_id"))
+            raise DataError(
+                f"cannot load a flowlm tokenizer from {str(directory)!r} ({type(e).__name__}): "
+                f"the folder needs {TOKENIZER_FILE} and {META_FILE} as written by "
+                "Tokenizer.save"
+            ) from e
+        tok = cls(
+            backend,
+            spec=meta["spec"],
+            name=meta.get("name"),
+            bos_id=meta["bos_id"],
+            eos_id=meta["eos_id"],
+            pad_id=meta.get("pad_id"),
+        )
         if tok.vocab_size != meta["vocab_size"]:
-            raise DataError(f"tokenizer in {str(directory)!r} has {tok.vocab_size} ids but its metadata says "
-                            f"{meta['vocab_size']}: the folder is corrupt, save the tokenizer again")
+            raise DataError(
+                f"tokenizer in {str(directory)!r} has {tok.vocab_size} ids but its metadata says "
+                f"{meta['vocab_size']}: the folder is corrupt, save the tokenizer again"
+            )
         return tok
 
 
@@ -156,12 +178,14 @@ def bert_base_uncased() -> Tokenizer:
     vocab = {token: i for i, token in enumerate(lines[:-1] if lines[-1] == "" else lines)}
     backend = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     backend.add_special_tokens([_special(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")])
-    return Tokenizer(backend, spec="bert-base-uncased", bos_id=vocab["[CLS]"], eos_id=vocab["[SEP]"],
-                     pad_id=vocab["[PAD]"])
+    return Tokenizer(
+        backend, spec="bert-base-uncased", bos_id=vocab["[CLS]"], eos_id=vocab["[SEP]"], pad_id=vocab["[PAD]"]
+    )
 
 
 def gpt2() -> Tokenizer:
@@ -182,8 +206,10 @@ def gpt2() -> Tokenizer:
 
 def _need_texts(spec: str, train_texts: Iterable[str] | None) -> Iterable[str]:
     if train_texts is None:
-        raise DataError(f"tokenizer {spec!r} is trained on a corpus but no train_texts were given: "
-                        "use flowlm.data.prepare_tokenizer(spec, corpus) or pass train_texts")
+        raise DataError(
+            f"tokenizer {spec!r} is trained on a corpus but no train_texts were given: "
+            "use flowlm.data.prepare_tokenizer(spec, corpus) or pass train_texts"
+        )
     return train_texts
 
 
@@ -196,19 +222,27 @@ def train_bpe(spec: str, size: int, train_texts: Iterable[str]) -> Tokenizer:
     """Byte-level BPE with ``size`` entries: [PAD]=0, [BOS]=1, [EOS]=2, the 256 bytes, then merges."""
     minimum = len(_TRAINED_SPECIALS) + 256
     if size < minimum:
-        raise DataError(f"tokenizer {spec!r}: a byte-level BPE needs at least {minimum} entries "
-                        f"(3 special tokens + 256 bytes): use e.g. 'bpe:4096'")
+        raise DataError(
+            f"tokenizer {spec!r}: a byte-level BPE needs at least {minimum} entries "
+            f"(3 special tokens + 256 bytes): use e.g. 'bpe:4096'"
+        )
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=size, special_tokens=[_special(t) for t in _TRAINED_SPECIALS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=size,
+        special_tokens=[_special(t) for t in _TRAINED_SPECIALS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(train_texts, trainer=trainer)
     tok = _trained(backend, spec, f"bpe-{size}")
     if tok.vocab_size < size:
-        warnings.warn(f"{spec}: the training texts only support {tok.vocab_size} BPE entries, "
-                      f"not {size}; the vocabulary is smaller", stacklevel=3)
+        warnings.warn(
+            f"{spec}: the training texts only support {tok.vocab_size} BPE entries, "
+            f"not {size}; the vocabulary is smaller",
+            stacklevel=3,
+        )
     return tok
 
 
@@ -234,20 +268,25 @@ def from_hugging_face(spec: str) -> Tokenizer:
         hf = AutoTokenizer.from_pretrained(spec)
     except Exception as e:  # transformers raises OSError, ValueError, HTTP errors, ... for the same cause
         if Path(spec).exists():
-            raise DataError(f"no tokenizer found in {spec!r} ({type(e).__name__}): the folder needs a "
-                            f"Hugging Face tokenizer (tokenizer.json, tokenizer_config.json) or a flowlm "
-                            f"{META_FILE}") from e
+            raise DataError(
+                f"no tokenizer found in {spec!r} ({type(e).__name__}): the folder needs a "
+                f"Hugging Face tokenizer (tokenizer.json, tokenizer_config.json) or a flowlm "
+                f"{META_FILE}"
+            ) from e
         raise DataError(f"unknown tokenizer {spec!r} ({type(e).__name__}): use {CHOICES}") from e
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
-        raise DataError(f"tokenizer {spec!r} has no fast (Rust) version, which flowlm needs: pick a "
-                        "tokenizer with a tokenizer.json")
+        raise DataError(
+            f"tokenizer {spec!r} has no fast (Rust) version, which flowlm needs: pick a tokenizer with a tokenizer.json"
+        )
     backend = tokenizers.Tokenizer.from_str(backend.to_str())  # private copy: we may add [PAD]
     bos = hf.bos_token_id if hf.bos_token_id is not None else hf.cls_token_id
     eos = hf.eos_token_id if hf.eos_token_id is not None else hf.sep_token_id
     if bos is None or eos is None:
-        raise DataError(f"tokenizer {spec!r} lacks a bos/cls or an eos/sep token, which packing needs: "
-                        "pick another tokenizer or save one with those tokens set")
+        raise DataError(
+            f"tokenizer {spec!r} lacks a bos/cls or an eos/sep token, which packing needs: "
+            "pick another tokenizer or save one with those tokens set"
+        )
     pad = hf.pad_token_id
     if pad is None:
         backend.add_special_tokens([_special("[PAD]")])
@@ -259,8 +298,7 @@ def parse_bpe_size(spec: str) -> int:
     """The ``<size>`` of a ``bpe:<size>`` spec, or a DataError."""
     m = re.fullmatch(r"bpe:(\d+)", spec.strip())
     if not m:
-        raise DataError(f"bad tokenizer spec {spec!r}: write 'bpe:<size>' with a whole number, "
-                        "e.g. 'bpe:4096'")
+        raise DataError(f"bad tokenizer spec {spec!r}: write 'bpe:<size>' with a whole number, e.g. 'bpe:4096'")
     return int(m.group(1))
 
 

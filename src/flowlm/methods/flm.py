@@ -70,7 +70,7 @@ def dropout_active(model: nn.Module):
     try:
         yield
     finally:
-        for m, mode in zip(layers, modes):
+        for m, mode in zip(layers, modes, strict=True):
             m.train(mode)
 
 

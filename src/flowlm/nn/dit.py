@@ -160,9 +160,7 @@ def _flash_attn_func():
     return flash_attn_func
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float | None, backend: str
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float | None, backend: str) -> torch.Tensor:
     """Bidirectional multi-head attention with an optional tanh soft-cap on the logits.
 
     ``q, k, v``: [B, L, H, hd] -> [B, L, H, hd]. Backends:
@@ -301,9 +299,7 @@ class DiT(nn.Module):
             emb = emb + self.sigma_map_prime(tau_end)
         return F.silu(emb)
 
-    def forward_embedded(
-        self, h: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward_embedded(self, h: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
         """Run the transformer on an already projected input ``h`` [B, L, d] -> logits [B, L, V]."""
         seq = h.shape[1]
         if self.pos_embed is not None:

@@ -119,9 +119,13 @@ def read_meta(directory: Path) -> dict:
     try:
         meta = json.loads((directory / META).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{directory / META} is unreadable ({err}): the checkpoint is corrupt; re-export it") from None
+        raise CheckpointError(
+            f"{directory / META} is unreadable ({err}): the checkpoint is corrupt; re-export it"
+        ) from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{directory / META} is not a flowlm checkpoint description (format={meta.get('format')!r})")
+        raise CheckpointError(
+            f"{directory / META} is not a flowlm checkpoint description (format={meta.get('format')!r})"
+        )
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{directory} was written by a newer flowlm (format {meta['format_version']}): upgrade flowlm"
@@ -148,7 +152,11 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -157,5 +165,7 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
             parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
         if shapes:
             parts.append(f"shape mismatch {shapes[:5]}")
-        raise CheckpointError(f"{source} does not match the model ({'; '.join(parts)}): it was written for another model")
+        raise CheckpointError(
+            f"{source} does not match the model ({'; '.join(parts)}): it was written for another model"
+        )
     module.load_state_dict(state, strict=True)

@@ -101,7 +101,7 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         return
     before = json.loads(saved.read_text())["run"]
     now = json.loads(json.dumps(cfg.to_dict()))
-    ignore = {"max_steps", "log_every", "ckpt_every", "val_every", "num_workers"}
+    ignore = {"max_steps", "log_every", "ckpt_every", "val_every", "val_batches", "num_workers", "cache_dir", "compile"}
     diffs = sorted(
         f"{section}.{key}"
         for section in now
