@@ -20,7 +20,7 @@ from markov import MarkovChain
 
 from flowlm.methods.flm import flm_loss, flm_sample
 from flowlm.nn.dit import DiT, DiTConfig
-from flowlm.train.ema import EMA
+from flowlm.training.ema import EMA
 
 K, LENGTH, TRAIN_STEPS, BATCH, SAMPLES = 8, 16, 1500, 128, 1000
 CHI2_7DOF_P001 = 24.32  # upper 0.1% point of the chi-square distribution with K - 1 = 7 degrees of freedom

@@ -15,7 +15,7 @@ _EXPORTS = {
     "load": "flowlm.api",
     "tau_from_t": "flowlm.schedule",
     "t_from_tau": "flowlm.schedule",
-    "train": "flowlm.train.run",
+    "train": "flowlm.training.run",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -11,7 +11,7 @@ from flowlm.data import Tokenizer
 from flowlm.errors import CheckpointError, ConfigError
 from flowlm.methods.flm import check_steps, flm_sample
 from flowlm.nn.dit import DiT, DiTConfig
-from flowlm.train.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
+from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
 
 
 class FlowLM:

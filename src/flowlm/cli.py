@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from flowlm.train.run import train
+    from flowlm.training.run import train
 
     overrides = list(args.overrides)
     for flag, key in (

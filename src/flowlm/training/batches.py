@@ -8,7 +8,7 @@ each rank takes its slice of it.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class StepBatches(Dataset):
@@ -62,3 +62,14 @@ class RangeSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
+
+
+class StepDataLoader(DataLoader):
+    """A DataLoader that tells Lightning it resumes itself: its position is derived from the
+    restored ``global_step`` (see :class:`StepBatches`), so there is no iterator state to save."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None

@@ -2,7 +2,7 @@
 
 A run folder holds ``config.json`` (the resolved run config), ``checkpoints/last.ckpt`` (the full
 training state: weights, EMA, optimizer, loop position, RNG; for exact resumption), ``model/``
-(the latest exported EMA model, see :mod:`flowlm.train.checkpoint`) and ``logs/`` (CSV and
+(the latest exported EMA model, see :mod:`flowlm.training.checkpoint`) and ``logs/`` (CSV and
 TensorBoard).
 """
 
@@ -15,14 +15,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader
 
 from flowlm.config import RunConfig, apply_overrides, load_preset
 from flowlm.data import prepare_blocks, prepare_tokenizer
 from flowlm.errors import ConfigError
-from flowlm.train.batches import RangeSampler, StepBatches
-from flowlm.train.checkpoint import provenance, save_model
-from flowlm.train.module import FlowLMModule
+from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader
+from flowlm.training.checkpoint import provenance, save_model
+from flowlm.training.module import FlowLMModule
 
 LAST = "last.ckpt"
 
@@ -184,13 +183,13 @@ def train(
         def train_dataloader(self):
             start = trainer.global_step * accumulate
             dataset = StepBatches(train_blocks, micro, cfg.train.seed, rank, world, length=total)
-            return DataLoader(
+            return StepDataLoader(
                 dataset, batch_size=None, sampler=RangeSampler(start, total), num_workers=cfg.train.num_workers
             )
 
         def val_dataloader(self):
             dataset = StepBatches(val_blocks, micro, cfg.train.seed + 1, rank, world, length=cfg.train.val_batches)
-            return DataLoader(dataset, batch_size=None, sampler=RangeSampler(0, cfg.train.val_batches))
+            return StepDataLoader(dataset, batch_size=None, sampler=RangeSampler(0, cfg.train.val_batches))
 
     trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
     return run_dir / "model"

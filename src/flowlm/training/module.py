@@ -16,7 +16,7 @@ from flowlm.errors import TrainingDivergedError
 from flowlm.methods.common import LossWeighting
 from flowlm.methods.flm import flm_loss
 from flowlm.nn.dit import DiT
-from flowlm.train.ema import EMA
+from flowlm.training.ema import EMA
 
 
 def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
