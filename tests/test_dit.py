@@ -124,6 +124,15 @@ def test_attention_softcap_matches_explicit_formula():
     assert not torch.allclose(attention(q, k, v, 5.0, "math"), attention(q, k, v, None, "math"))
 
 
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_flex_backend_matches_math(softcap):
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 8, 2, 8, generator=g) * 3 for _ in range(3))
+    torch.testing.assert_close(
+        attention(q, k, v, softcap, "flex"), attention(q, k, v, softcap, "math"), rtol=1e-4, atol=1e-4
+    )
+
+
 def test_sdpa_refuses_softcap():
     q = torch.randn(1, 4, 2, 4)
     with pytest.raises(ConfigError, match="soft"):
@@ -153,11 +162,13 @@ def test_small_preset_parameter_count_matches_spec():
     assert abs(n - (1537 * 30522 + 92.4e6)) / n < 0.01
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention needs a CUDA device")
-def test_flash_and_math_backends_agree_on_gpu():
-    pytest.importorskip("flash_attn")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["flex", "flash"])
+def test_fused_and_math_backends_agree_on_gpu(backend):
+    if backend == "flash":
+        pytest.importorskip("flash_attn", reason="flash-attn is not installed")
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 64, 4, 32, generator=g, device="cuda", dtype=torch.bfloat16) * 4 for _ in range(3))
     torch.testing.assert_close(
-        attention(q, k, v, 50.0, "flash").float(), attention(q, k, v, 50.0, "math").float(), rtol=2e-2, atol=2e-2
+        attention(q, k, v, 50.0, backend).float(), attention(q, k, v, 50.0, "math").float(), rtol=2e-2, atol=2e-2
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from torch import nn
 
 from flowlm.errors import ConfigError
 
-ATTENTION_BACKENDS = ("auto", "math", "sdpa", "flash")
+ATTENTION_BACKENDS = ("auto", "math", "sdpa", "flex", "flash")
 
 
 @dataclass
@@ -152,6 +153,20 @@ class Rotary(nn.Module):
         return (x.float() * cos + rotated * sin).to(x.dtype)
 
 
+@lru_cache(maxsize=None)
+def _flex_attention(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+def _softcap_score_mod(cap: float):
+    def score_mod(score, batch, head, q_idx, kv_idx):
+        return cap * torch.tanh(score / cap)
+
+    return score_mod
+
+
 def _flash_attn_func():
     try:
         from flash_attn import flash_attn_func
@@ -166,12 +181,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float 
     ``q, k, v``: [B, L, H, hd] -> [B, L, H, hd]. Backends:
     ``math`` (explicit logits; works everywhere, supports the soft-cap),
     ``sdpa`` (``F.scaled_dot_product_attention``; only without a soft-cap),
+    ``flex`` (PyTorch's ``flex_attention``, compiled on CUDA; supports the soft-cap, needs no extra package),
     ``flash`` (the ``flash-attn`` package on CUDA in fp16/bf16; supports the soft-cap),
-    ``auto`` (flash when usable, else sdpa when there is no cap, else math).
+    ``auto`` (on CUDA: flash when installed and in half precision, else flex; on CPU: sdpa without a
+    cap, else math).
     """
     if backend == "auto":
-        usable_flash = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func()
-        backend = "flash" if usable_flash else ("sdpa" if softcap is None else "math")
+        if q.is_cuda:
+            half = q.dtype in (torch.float16, torch.bfloat16)
+            backend = "flash" if half and _flash_attn_func() is not None else "flex"
+        else:
+            backend = "sdpa" if softcap is None else "math"
     if backend == "flash":
         flash = _flash_attn_func()
         if flash is None or not q.is_cuda:
@@ -180,6 +200,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float 
                 "pip install 'flowlm[flash]' or set model.attn_backend=auto"
             )
         return flash(q, k, v, dropout_p=0.0, causal=False, softcap=0.0 if softcap is None else softcap)
+    if backend == "flex":
+        flex = _flex_attention(compiled=q.is_cuda)
+        score_mod = None if softcap is None else _softcap_score_mod(softcap)
+        out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=score_mod)
+        return out.transpose(1, 2)
     if backend == "sdpa":
         if softcap is not None:
             raise ConfigError("model.attn_backend='sdpa' cannot apply model.attn_softcap: use 'math' or 'auto'")
