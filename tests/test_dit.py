@@ -168,7 +168,10 @@ def test_fused_and_math_backends_agree_on_gpu(backend):
     if backend == "flash":
         pytest.importorskip("flash_attn", reason="flash-attn is not installed")
     g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(2, 64, 4, 32, generator=g, device="cuda", dtype=torch.bfloat16) * 4 for _ in range(3))
-    torch.testing.assert_close(
-        attention(q, k, v, 50.0, backend).float(), attention(q, k, v, 50.0, "math").float(), rtol=2e-2, atol=2e-2
-    )
+    q, k, v = (torch.randn(2, 64, 4, 32, generator=g, device="cuda") * 4 for _ in range(3))
+    reference = attention(q, k, v, 50.0, "math")
+    if backend == "flex":  # flex also runs in float32: it must agree to float32 rounding
+        torch.testing.assert_close(attention(q, k, v, 50.0, "flex"), reference, rtol=1e-4, atol=1e-4)
+    half = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 50.0, backend).float()
+    # bf16 inputs carry a relative rounding error of 2^-8; outputs are averages of |v| ~ 4 values.
+    torch.testing.assert_close(half, reference, rtol=0, atol=0.1)

@@ -38,10 +38,10 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Te
 
 
 def velocity(denoised: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``b(x, t) = (D(x) − x) / (1 − t)`` with a 1e-5 guard; D, x [B, L, V], t [B] or scalar."""
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.ndim:
-        t = t.view(-1, *([1] * (x.ndim - 1)))
+    """``b(x, t) = (D(x) − x) / (1 − t)`` with a 1e-5 guard; D, x [B, L, V], t a tensor [B] or a float."""
+    if not isinstance(t, torch.Tensor):  # a grid time: plain float arithmetic, no host-to-device copy
+        return (denoised - x) / max(1.0 - float(t), VELOCITY_GUARD)
+    t = t.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
     return (denoised - x) / torch.clamp(1 - t, min=VELOCITY_GUARD)
 
 

@@ -157,7 +157,7 @@ class Rotary(nn.Module):
 def _flex_attention(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    return torch.compile(flex_attention) if compiled else flex_attention
 
 
 def _softcap_score_mod(cap: float):
@@ -179,7 +179,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float 
     """Bidirectional multi-head attention with an optional tanh soft-cap on the logits.
 
     ``q, k, v``: [B, L, H, hd] -> [B, L, H, hd]. Backends:
-    ``math`` (explicit logits; works everywhere, supports the soft-cap),
+    ``math`` (explicit float32 logits; works everywhere, supports the soft-cap),
     ``sdpa`` (``F.scaled_dot_product_attention``; only without a soft-cap),
     ``flex`` (PyTorch's ``flex_attention``, compiled on CUDA; supports the soft-cap, needs no extra package),
     ``flash`` (the ``flash-attn`` package on CUDA in fp16/bf16; supports the soft-cap),
@@ -210,8 +210,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float 
             raise ConfigError("model.attn_backend='sdpa' cannot apply model.attn_softcap: use 'math' or 'auto'")
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
-    scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(q.shape[-1])
-    probs = torch.softmax(soft_cap(scores.float(), softcap), dim=-1).to(v.dtype)
+    scores = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) / math.sqrt(q.shape[-1])
+    probs = torch.softmax(soft_cap(scores, softcap), dim=-1).to(v.dtype)
     return torch.einsum("bhij,bjhd->bihd", probs, v)
 
 

@@ -1,0 +1,557 @@
+"""FMLM: flow-map language model (SPEC §3, §4). Losses and samplers; no I/O, no training harness.
+
+Flow map and two-time denoiser
+------------------------------
+``X_{s,t}(x_s) = x_t`` moves a state along the FLM probability-flow ODE from time s to time t (both in
+the interpolation clock ``t``). It is parameterized by a two-time denoiser ``δ_{s,t}`` on the simplex:
+
+    X_{s,t}(x) = ((1 − t)/(1 − s))·x + ((t − s)/(1 − s))·δ_{s,t}(x)  =  x + ((t − s)/(1 − s))·(δ_{s,t}(x) − x)
+
+with ``δ_{t,t} = D_t`` (the FLM denoiser) and ``δ_{s,1} = X_{s,1}``. The network sees the τ clock:
+``δ̂_{s,t}(x) = softmax(model(x, τ_s, τ_t))`` with ``τ = T_V(t)``. Composing two maps through u gives
+the semigroup identity ``δ_{s,t}(x) = λ·δ_{s,u}(x) + (1 − λ)·δ_{u,t}(X_{s,u}(x))`` with
+``λ = (1 − t)(u − s)/((1 − u)(t − s))`` (:func:`semigroup_lambda`).
+
+Networks are callables ``model(x [B, L, V], tau [B], tau_end [B] | None) -> logits [B, L, V]`` (the
+:class:`~flowlm.nn.dit.DiT` with ``time_inputs=2`` for flow maps, ``time_inputs=1`` for the FLM teacher).
+
+Pairs of times (PSD and the v1 recipe)
+--------------------------------------
+Each micro-batch is split deterministically into diagonal pairs (``τ_s = τ_t``), boundary pairs
+(``(τ_s, τ_t) = (0, 1)``) and off-diagonal pairs. The split depends only on the global index of the
+samples (``sample_offset``), never on how a global batch is cut into micro-batches or devices: over the
+first n samples of a run there are exactly ``floor(n·boundary_frac)`` boundary pairs and
+``floor((n − floor(n·boundary_frac))·diag_frac/(1 − boundary_frac))`` diagonal pairs (exact rational
+arithmetic), so the shares are the configured ones up to one sample at every point of training. Pass
+``sample_offset`` = the number of samples this run has already drawn before this micro-batch (for data
+parallelism: ``step·global_batch + rank·micro_batches·micro_batch + micro_index·micro_batch``). Within a
+micro-batch the rows are laid out ``[diagonal | boundary | off-diagonal]``; the data rows are i.i.d., so
+the layout carries no information and lets the loss use slices instead of masks (no host sync).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from contextlib import contextmanager
+from fractions import Fraction
+
+import torch
+from torch import nn
+
+from flowlm.errors import ConfigError
+from flowlm.methods.common import (
+    VELOCITY_GUARD,
+    LossWeighting,
+    interpolate,
+    masked_mean,
+    one_hot,
+    stratified_times,
+    token_cross_entropy,
+    velocity,
+)
+from flowlm.methods.flm import check_steps
+from flowlm.nn.dit import DiT, zero_last_time_layer
+from flowlm.schedule import get_schedule
+
+__all__ = [
+    "BOUNDARY",
+    "DIAGONAL",
+    "OFF_DIAGONAL",
+    "check_gamma",
+    "fmlm_denoise",
+    "fmlm_sample",
+    "flow_map_step",
+    "init_stage1",
+    "init_student",
+    "pair_counts",
+    "pair_times",
+    "psd_loss",
+    "psd_target",
+    "semigroup_lambda",
+    "v1_stage1_loss",
+    "v1_stage1_map",
+    "v1_stage1_sample",
+    "v1_stage2_loss",
+]
+
+DIAGONAL, BOUNDARY, OFF_DIAGONAL = 0, 1, 2
+PSD_DIAG_FRAC = 0.5
+PSD_BOUNDARY_FRAC = 0.5 / 32
+V1_STAGE1_BOUNDARY_FRAC = 1 / 64
+V1_STAGE2_BOUNDARY_FRAC = 1 / 128
+
+
+# --- formulas -------------------------------------------------------------------------------------
+
+
+def _as_time(value, like: torch.Tensor) -> torch.Tensor:
+    """A time (float, () or [B] tensor) as a tensor broadcastable against ``like`` [B, ...]."""
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if value.ndim:
+        value = value.view(-1, *([1] * (like.ndim - 1)))
+    return value
+
+
+def flow_map_step(x: torch.Tensor, delta: torch.Tensor, s, t) -> torch.Tensor:
+    """``X_{s,t}(x) = ((1 − t)/(1 − s))·x + ((t − s)/(1 − s))·δ``, written as ``x + ((t − s)/(1 − s))·(δ − x)``.
+
+    Args:
+        x: state [B, L, V] at interpolation time s.
+        delta: two-time denoiser ``δ_{s,t}(x)`` [B, L, V] (with ``δ = D_s`` this is the Euler step
+            ``x + (t − s)·b(x, s)`` of the FLM velocity).
+        s, t: interpolation times (floats, or tensors of shape () or [B]), ``s <= t``.
+
+    Returns the state [B, L, V] at time t. ``1 − s`` has the velocity's 1e-5 guard, so ``s = t``
+    returns ``x`` even at ``s = 1``; ``t = 1`` returns ``δ``.
+    """
+    s, t = _as_time(s, x), _as_time(t, x)
+    return x + (t - s) / torch.clamp(1 - s, min=VELOCITY_GUARD) * (delta - x)
+
+
+def semigroup_lambda(s: torch.Tensor, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Weight of the semigroup identity ``δ_{s,t} = λ·δ_{s,u} + (1 − λ)·δ_{u,t}∘X_{s,u}`` (s <= u <= t).
+
+    ``λ = (1 − t)(u − s) / ((1 − u)(t − s))`` in the interpolation clock; it lies in [0, 1] and is 0 at
+    t = 1. Where ``t = s`` (then u = s and both terms are ``δ_{s,s}``) any weight gives the same target;
+    0.5 is returned there. All arguments broadcast; computed in their dtype (pass float64 for accuracy).
+    """
+    span = t - s
+    ok = span > 0
+    lam = (1 - t) * (u - s) / (torch.clamp(1 - u, min=VELOCITY_GUARD) * torch.where(ok, span, torch.ones_like(span)))
+    return torch.where(ok, lam, torch.full_like(lam, 0.5)).clamp(0.0, 1.0)
+
+
+# --- initialization --------------------------------------------------------------------------------
+
+
+def _two_time_copy(teacher: DiT, **overrides) -> DiT:
+    if not isinstance(teacher, DiT):
+        raise ConfigError(f"the teacher must be a flowlm DiT (got {type(teacher).__name__})")
+    if teacher.config.time_inputs != 1:
+        raise ConfigError("the teacher must be an FLM (time_inputs=1): distill flow maps from an FLM checkpoint")
+    cfg = dataclasses.replace(teacher.config, time_inputs=2, **overrides)
+    ref = next(teacher.parameters())
+    net = DiT(cfg).to(device=ref.device, dtype=ref.dtype)
+    missing, unexpected = net.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("sigma_map_prime.") for k in missing):
+        raise ConfigError(f"teacher weights do not fit a flow-map DiT (missing {missing}, unexpected {unexpected})")
+    with torch.no_grad():
+        # Second time embedder: first layer copied from the first embedder (so the copy is fully
+        # determined by the teacher), last layer zero so that it adds nothing at initialization.
+        net.sigma_map_prime.mlp[0].load_state_dict(teacher.sigma_map.mlp[0].state_dict())
+    zero_last_time_layer(net.sigma_map_prime)
+    net.train(teacher.training)
+    return net
+
+
+def init_student(teacher: DiT) -> DiT:
+    """Flow-map student (SPEC §3): a DiT with ``time_inputs=2`` holding a copy of the teacher's weights.
+
+    Pass the teacher with its EMA weights loaded. The second time embedder's last layer is zero, so at
+    initialization ``student(x, τ_s, τ_t) == teacher(x, τ_s)`` for every τ_t, i.e. ``δ̂_{s,t} = D_s``.
+    The copy shares no storage with the teacher and lives on its device and dtype.
+    """
+    return _two_time_copy(teacher)
+
+
+def init_stage1(teacher: DiT) -> DiT:
+    """Raw-output network ``g(x, τ_s, τ_t)`` of the v1 recipe (SPEC §4), initialized from the teacher.
+
+    Same as :func:`init_student` but without the logit soft-cap (``logit_cap=None``) and with the output
+    linear layer zeroed, so ``g ≡ 0`` at initialization.
+    """
+    net = _two_time_copy(teacher, logit_cap=None)
+    with torch.no_grad():
+        nn.init.zeros_(net.output_layer.linear.weight)
+        nn.init.zeros_(net.output_layer.linear.bias)
+    return net
+
+
+@contextmanager
+def _eval_mode(*models):
+    """Put every ``nn.Module`` among ``models`` in eval mode (no dropout); restore all flags on exit."""
+    saved = [(m, m.training) for model in models if isinstance(model, nn.Module) for m in model.modules()]
+    for model in models:
+        if isinstance(model, nn.Module):
+            model.train(False)
+    try:
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
+
+
+# --- pairs of times ----------------------------------------------------------------------------------
+
+
+def _check_fraction(name: str, value) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name}={value!r}: use a fraction of the batch in [0, 1]")
+    return Fraction(float(value))
+
+
+def _cumulative_counts(n: int, diag: Fraction, boundary: Fraction) -> tuple[int, int]:
+    """(diagonal, boundary) counts among the first n samples of a run (exact integer arithmetic)."""
+    n_boundary = math.floor(n * boundary)
+    n_diag = 0 if boundary == 1 else math.floor((n - n_boundary) * diag / (1 - boundary))
+    return n_diag, n_boundary
+
+
+def pair_counts(
+    batch_size: int,
+    sample_offset: int = 0,
+    diag_frac: float = PSD_DIAG_FRAC,
+    boundary_frac: float = PSD_BOUNDARY_FRAC,
+) -> tuple[int, int, int]:
+    """Numbers of (diagonal, boundary, off-diagonal) pairs in the micro-batch of samples
+    ``[sample_offset, sample_offset + batch_size)`` of a run.
+
+    Deterministic and additive: the counts of consecutive micro-batches add up to those of the union,
+    and over the first n samples there are ``floor(n·boundary_frac)`` boundary pairs and
+    ``floor((n − #boundary)·diag_frac/(1 − boundary_frac))`` diagonal ones (see the module docstring).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        raise ConfigError(f"batch_size={batch_size!r}: use a non-negative integer")
+    if isinstance(sample_offset, bool) or not isinstance(sample_offset, int) or sample_offset < 0:
+        raise ConfigError(f"sample_offset={sample_offset!r}: use the number of samples drawn so far (an int >= 0)")
+    diag, boundary = _check_fraction("diag_frac", diag_frac), _check_fraction("boundary_frac", boundary_frac)
+    if diag + boundary > 1:
+        raise ConfigError(f"diag_frac + boundary_frac = {float(diag + boundary)} > 1: the fractions must leave room")
+    d0, b0 = _cumulative_counts(sample_offset, diag, boundary)
+    d1, b1 = _cumulative_counts(sample_offset + batch_size, diag, boundary)
+    n_diag, n_boundary = d1 - d0, b1 - b0
+    return n_diag, n_boundary, batch_size - n_diag - n_boundary
+
+
+def pair_times(
+    batch_size: int,
+    sample_offset: int = 0,
+    diag_frac: float = PSD_DIAG_FRAC,
+    boundary_frac: float = PSD_BOUNDARY_FRAC,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs ``(τ_s, τ_t)`` for one micro-batch, laid out ``[diagonal | boundary | off-diagonal]``.
+
+    Counts from :func:`pair_counts`. Diagonal: ``τ_s = τ_t`` stratified over the diagonal rows in [0, 1).
+    Boundary: ``(0, 1)``. Off-diagonal: ``d ~ U(0, 1]``, ``τ_s = U[0, 1)·(1 − d)``, ``τ_t = τ_s + d``, so
+    ``0 <= τ_s < τ_t <= 1``.
+
+    Returns ``tau_s`` [B], ``tau_t`` [B] (float32) and ``kind`` [B] (int64: DIAGONAL, BOUNDARY,
+    OFF_DIAGONAL).
+    """
+    n_diag, n_boundary, n_off = pair_counts(batch_size, sample_offset, diag_frac, boundary_frac)
+    diag = stratified_times(n_diag, generator, device)
+    d = 1.0 - torch.rand(n_off, generator=generator, device=device)  # (0, 1]: never a diagonal pair
+    start = torch.rand(n_off, generator=generator, device=device) * (1.0 - d)
+    zeros, ones = torch.zeros(n_boundary, device=device), torch.ones(n_boundary, device=device)
+    tau_s = torch.cat([diag, zeros, start])
+    tau_t = torch.cat([diag, ones, torch.clamp(start + d, max=1.0)])
+    counts = torch.tensor([n_diag, n_boundary, n_off])
+    kind = torch.repeat_interleave(torch.tensor([DIAGONAL, BOUNDARY, OFF_DIAGONAL]), counts).to(device)
+    return tau_s, tau_t, kind
+
+
+def _time_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _clock(tau: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``t = T_V^{-1}(τ)`` computed in float64 (float32 on MPS), shape of ``tau``."""
+    return get_schedule(vocab_size, tau.device).t_from_tau(tau.to(_time_dtype(tau.device)))
+
+
+def _noisy_states(tokens: torch.Tensor, vocab_size: int, s: torch.Tensor, generator) -> torch.Tensor:
+    batch, seq = tokens.shape
+    x0 = torch.randn(batch, seq, vocab_size, generator=generator, device=tokens.device)
+    return interpolate(x0, one_hot(tokens, vocab_size), s)
+
+
+def _weighted(per_token, mask, weighting, tau_s, tau_t) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, unweighted masked mean) of a per-token loss [B, L]."""
+    mean = masked_mean(per_token, mask)
+    if weighting is None:
+        return mean, mean
+    if mask is None:
+        per_sequence = per_token.mean(-1)
+    else:
+        per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return LossWeighting.apply(per_sequence, weighting(tau_s, tau_t)), mean
+
+
+# --- PSD distillation (main recipe) ------------------------------------------------------------------
+
+
+def _probs(model, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
+    logits = model(x, tau) if tau_end is None else model(x, tau, tau_end)
+    return torch.softmax(logits.float(), dim=-1)
+
+
+@torch.no_grad()
+def psd_target(
+    student, teacher, x_s: torch.Tensor, tau_s: torch.Tensor, tau_t: torch.Tensor, n_diag: int, vocab_size: int
+) -> torch.Tensor:
+    """PSD targets [B, L, V] (no gradient), rows laid out as :func:`pair_times` does.
+
+    Rows ``[:n_diag]`` (diagonal): the teacher's denoiser ``D_s(x_s) = softmax(teacher(x_s, τ_s))``.
+    Other rows (boundary and off-diagonal alike): the midpoint composition through ``τ_u = (τ_s + τ_t)/2``
+    with the current student, ``λ·δ̂_{s,u}(x_s) + (1 − λ)·δ̂_{u,t}(X_{s,u}(x_s))``, ``s, u, t = T⁻¹(τ_s, τ_u,
+    τ_t)``; at the boundary ``(0, 1)`` that is ``δ̂_{½,1}(X_{0,u}(x_0))`` since λ = 0 at t = 1.
+    Both networks run in eval mode (no dropout); their modes are restored afterwards.
+    """
+    target = torch.empty(x_s.shape, dtype=torch.float32, device=x_s.device)
+    if n_diag > 0:
+        with _eval_mode(teacher):
+            target[:n_diag] = _probs(teacher, x_s[:n_diag], tau_s[:n_diag])
+    if n_diag < x_s.shape[0]:
+        x, ts, tt = x_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:]
+        tu = (ts + tt) / 2
+        s, u, t = (_clock(tau, vocab_size) for tau in (ts, tu, tt))
+        lam = semigroup_lambda(s, u, t).to(torch.float32).view(-1, 1, 1)
+        with _eval_mode(student):
+            d_su = _probs(student, x, ts, tu)
+            x_su = flow_map_step(x, d_su.to(x.dtype), s.to(x.dtype), u.to(x.dtype))
+            d_ut = _probs(student, x_su, tu, tt)
+        target[n_diag:] = lam * d_su + (1 - lam) * d_ut
+    return target
+
+
+def psd_loss(
+    student,
+    teacher,
+    tokens: torch.Tensor,
+    vocab_size: int,
+    generator: torch.Generator | None = None,
+    sample_offset: int = 0,
+    diag_frac: float = PSD_DIAG_FRAC,
+    boundary_frac: float = PSD_BOUNDARY_FRAC,
+    weighting: LossWeighting | None = None,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """PSD (semigroup self-distillation from a frozen FLM teacher, SPEC §3) on tokens [B, L].
+
+    Pairs from :func:`pair_times` (``sample_offset`` = samples drawn before this micro-batch), states
+    ``x_s = (1 − s)·x₀ + s·x₁`` with ``s = T⁻¹(τ_s)``, targets from :func:`psd_target` (teacher under
+    ``no_grad``: no gradient ever reaches it), loss ``−Σ_v target_v·log δ̂_{s,t}(x_s)_v`` averaged over
+    valid tokens; with ``weighting`` (a ``LossWeighting(two_times=True)``) the per-sequence mean ℓ is
+    replaced by ``exp(−w(τ_s, τ_t))·ℓ + w``.
+
+    Returns ``loss`` (to minimize), ``ce`` (unweighted cross-entropy, detached), ``ce_diag`` /
+    ``ce_off`` (the same over diagonal / other rows, 0 when there are none), ``tau_s``, ``tau_t`` [B].
+    """
+    batch = tokens.shape[0]
+    device = tokens.device
+    n_diag, _, _ = pair_counts(batch, sample_offset, diag_frac, boundary_frac)
+    tau_s, tau_t, _ = pair_times(batch, sample_offset, diag_frac, boundary_frac, generator, device)
+    x_s = _noisy_states(tokens, vocab_size, _clock(tau_s, vocab_size), generator)
+    logits = student(x_s, tau_s, tau_t)
+    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size)
+    ce = token_cross_entropy(logits, target)
+    loss, mean_ce = _weighted(ce, mask, weighting, tau_s, tau_t)
+    with torch.no_grad():
+        m = torch.ones_like(ce) if mask is None else mask.to(ce.dtype)
+        parts = [
+            (ce[rows] * m[rows]).sum() / m[rows].sum().clamp(min=1) for rows in (slice(0, n_diag), slice(n_diag, None))
+        ]
+    return {
+        "loss": loss,
+        "ce": mean_ce.detach(),
+        "ce_diag": parts[0],
+        "ce_off": parts[1],
+        "tau_s": tau_s,
+        "tau_t": tau_t,
+    }
+
+
+# --- sampling ----------------------------------------------------------------------------------------
+
+
+def check_gamma(gamma) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 <= float(gamma) <= 1.0:
+        raise ConfigError(f"gamma={gamma!r}: the churn of the flow-map sampler must be a number in [0, 1]")
+    return float(gamma)
+
+
+def fmlm_denoise(model, x: torch.Tensor, tau_s: float, tau_t: float) -> torch.Tensor:
+    """``δ̂_{s,t}(x) = softmax(model(x, τ_s, τ_t))`` [B, L, V] at scalar network times τ_s, τ_t."""
+    full = lambda v: torch.full((x.shape[0],), float(v), device=x.device)  # noqa: E731
+    return _probs(model, x, full(tau_s), full(tau_t))
+
+
+@torch.no_grad()
+def fmlm_sample(
+    model,
+    num_samples: int,
+    seq_len: int,
+    vocab_size: int,
+    steps: int,
+    gamma: float = 0.0,
+    generator: torch.Generator | None = None,
+    device=None,
+    x0: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Flow-map sampler with churn γ (SPEC §3); returns tokens [num_samples, seq_len].
+
+    Grid ``τ_k = k/N``. Step k: ``t = T⁻¹(τ_k)``, ``σ = 1 − T⁻¹(τ_{k+1})``, ``σ̃ = σ·√(1 − γ²)``,
+    ``t̃ = 1 − σ̃``, ``τ̃ = T(t̃)`` (``τ̃ = τ_{k+1}`` exactly when γ = 0), ``δ = δ̂_{τ_k, τ̃}(x)``; the last step
+    returns arg-max δ, the others set ``x ← X_{t,t̃}(x) + (σ̃ − σ)·δ + γσ·ξ`` with ``ξ ~ N(0, I)`` drawn from
+    ``generator``. γ = 0 is the deterministic chain of flow maps ``X_{t_k, t_{k+1}}``; γ = 1 re-noises
+    the clean estimate ``δ̂_{τ_k,1}`` to time ``t_{k+1}``. N = 1 is one call: arg-max ``δ̂_{0,1}(x₀)``.
+    ``x0`` (default: drawn from ``generator``) is the starting noise [n, L, V].
+    """
+    check_steps(steps)
+    gamma = check_gamma(gamma)
+    if x0 is None:
+        x0 = torch.randn(num_samples, seq_len, vocab_size, generator=generator, device=device)
+    sched = get_schedule(vocab_size, "cpu")
+    taus = torch.arange(steps + 1, dtype=torch.float64) / steps
+    ts = sched.t_from_tau(taus).tolist()
+    x = x0
+    for k in range(steps):
+        t, sigma = ts[k], 1.0 - ts[k + 1]
+        sigma_tilde = sigma * math.sqrt(1.0 - gamma * gamma)
+        t_tilde = 1.0 - sigma_tilde
+        if gamma == 0.0 or sigma_tilde == 0.0:
+            tau_tilde = taus[k + 1].item() if gamma == 0.0 else 1.0
+        else:
+            tau_tilde = sched.tau_from_t(torch.tensor(t_tilde, dtype=torch.float64)).item()
+        delta = fmlm_denoise(model, x, taus[k].item(), tau_tilde)
+        if k == steps - 1:
+            return delta.argmax(dim=-1)
+        delta = delta.to(x.dtype)
+        x = flow_map_step(x, delta, t, t_tilde) + (sigma_tilde - sigma) * delta
+        if gamma > 0.0:
+            x = x + gamma * sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- seed-version recipe (SPEC §4) ---------------------------------------------------------------------
+
+
+def v1_stage1_map(g_net, teacher, x: torch.Tensor, tau_s: torch.Tensor, tau_t: torch.Tensor, s, t) -> torch.Tensor:
+    """Stage-1 map ``X_{s,t}(x) = x + Δ·b_T(x, s) + ½Δ²·g(x, τ_s, τ_t)``, ``Δ = t − s`` [B, L, V].
+
+    ``tau_s, tau_t`` [B] are what the networks see; ``s, t`` the matching interpolation times (floats or
+    tensors () / [B]). At t = 1 the map is ``D_T(x, τ_s) + ½(1 − s)²·g``. Gradients flow to whatever
+    network has them enabled (use under ``torch.no_grad`` for targets and sampling).
+    """
+    s, t = _as_time(s, x), _as_time(t, x)
+    span = t - s
+    b = (_probs(teacher, x, tau_s).to(x.dtype) - x) / torch.clamp(1 - s, min=VELOCITY_GUARD)  # b_T(x, s)
+    return x + span * b + 0.5 * span * span * g_net(x, tau_s, tau_t).to(x.dtype)
+
+
+def v1_stage1_loss(
+    g_net,
+    teacher,
+    tokens: torch.Tensor,
+    vocab_size: int,
+    generator: torch.Generator | None = None,
+    sample_offset: int = 0,
+    boundary_frac: float = V1_STAGE1_BOUNDARY_FRAC,
+    weighting: LossWeighting | None = None,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Stage 1 of the v1 recipe (SPEC §4): semigroup-bootstrapped MSE for the raw network ``g``.
+
+    Pairs: off-diagonal ``d ~ U(0, 1]``, ``τ_s ~ U[0, 1 − d)``, ``τ_t = τ_s + d`` and the boundary pair
+    (0, 1) for a ``boundary_frac`` share of the samples (the deterministic split of :func:`pair_counts`
+    rather than an independent coin per sample: same expected share, exact at every step). With
+    ``τ_u = (τ_s + τ_t)/2``, ``Δ₁ = u − s``, ``Δ₂ = t − u``, ``Δ = t − s`` (interpolation clock):
+
+    * target (no grad): ``v̂_{s,u} = b_T(x_s, s) + ½Δ₁·g(x_s, τ_s, τ_u)``, ``y = x_s + Δ₁·v̂_{s,u}``,
+      ``v̂_{u,t} = b_T(y, u) + ½Δ₂·g(y, τ_u, τ_t)``, ``v̄ = (Δ₁·v̂_{s,u} + Δ₂·v̂_{u,t})/Δ``,
+      target ``x_s + (1 − s)·v̄``;
+    * prediction: ``D_T(x_s, τ_s) + ½·Δ·(1 − s)·g(x_s, τ_s, τ_t)`` (= ``x_s + (1 − s)·v̂_{s,t}``);
+    * loss: squared error summed over V, averaged over valid tokens, or ``exp(−w)·ℓ + w`` per sequence
+      with ``weighting`` (``LossWeighting(two_times=True)``, its parameters trained with g's).
+
+    The teacher runs under ``no_grad`` in eval mode, the target's g calls too. Returns ``loss``,
+    ``mse`` (unweighted, detached), ``tau_s``, ``tau_t``.
+    """
+    batch = tokens.shape[0]
+    tau_s, tau_t, _ = pair_times(batch, sample_offset, 0.0, boundary_frac, generator, tokens.device)
+    tau_u = (tau_s + tau_t) / 2
+    s64, u64, t64 = (_clock(tau, vocab_size) for tau in (tau_s, tau_u, tau_t))
+    x_s = _noisy_states(tokens, vocab_size, s64, generator)
+    col = lambda v: v.to(x_s.dtype).view(-1, 1, 1)  # noqa: E731
+    span = t64 - s64
+    w1 = torch.where(span > 0, (u64 - s64) / torch.where(span > 0, span, 1.0), 0.5)  # Δ₁/Δ
+    s, d1, d2, dt, w1 = col(s64), col(u64 - s64), col(t64 - u64), col(span), col(w1)
+    with torch.no_grad(), _eval_mode(teacher):
+        denoised = _probs(teacher, x_s, tau_s).to(x_s.dtype)
+        with _eval_mode(g_net):
+            v_su = velocity(denoised, x_s, s64.to(x_s.dtype)) + 0.5 * d1 * g_net(x_s, tau_s, tau_u).to(x_s.dtype)
+            y = x_s + d1 * v_su
+            b_u = velocity(_probs(teacher, y, tau_u).to(x_s.dtype), y, u64.to(x_s.dtype))
+            v_ut = b_u + 0.5 * d2 * g_net(y, tau_u, tau_t).to(x_s.dtype)
+        v_bar = w1 * v_su + (1 - w1) * v_ut
+        target = x_s + (1 - s) * v_bar
+    pred = denoised + 0.5 * dt * (1 - s) * g_net(x_s, tau_s, tau_t)
+    err = (pred - target).pow(2).sum(-1)
+    loss, mean = _weighted(err, mask, weighting, tau_s, tau_t)
+    return {"loss": loss, "mse": mean.detach(), "tau_s": tau_s, "tau_t": tau_t}
+
+
+@torch.no_grad()
+def v1_stage1_sample(
+    g_net,
+    teacher,
+    num_samples: int,
+    seq_len: int,
+    vocab_size: int,
+    steps: int,
+    generator: torch.Generator | None = None,
+    device=None,
+    x0: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sampler of the stage-1 map: ``x ← X_{t_k, t_{k+1}}(x)`` on the grid ``τ_k = k/N`` (two network
+    calls per step, teacher and g), tokens = arg-max of the final state (at t = 1 the map is
+    ``D_T + ½(1 − t_{N−1})²·g``). With ``g ≡ 0`` this is exactly :func:`~flowlm.methods.flm.flm_sample`.
+    Returns tokens [num_samples, seq_len]."""
+    check_steps(steps)
+    if x0 is None:
+        x0 = torch.randn(num_samples, seq_len, vocab_size, generator=generator, device=device)
+    taus = torch.arange(steps + 1, dtype=torch.float64) / steps
+    ts = get_schedule(vocab_size, "cpu").t_from_tau(taus).tolist()
+    x = x0
+    full = lambda v: torch.full((x0.shape[0],), float(v), device=x0.device)  # noqa: E731
+    with _eval_mode(teacher, g_net):
+        for k in range(steps):
+            x = v1_stage1_map(g_net, teacher, x, full(taus[k]), full(taus[k + 1]), ts[k], ts[k + 1])
+    return x.argmax(dim=-1)
+
+
+def v1_stage2_loss(
+    student,
+    teacher,
+    g_net,
+    tokens: torch.Tensor,
+    vocab_size: int,
+    generator: torch.Generator | None = None,
+    sample_offset: int = 0,
+    boundary_frac: float = V1_STAGE2_BOUNDARY_FRAC,
+    weighting: LossWeighting | None = None,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Stage 2 of the v1 recipe (SPEC §4): regress the student's map onto the stage-1 map.
+
+    Pairs as in :func:`v1_stage1_loss` (boundary share 1/128 by default). Prediction
+    ``x_s + Δ·(δ̂ − x_s)/(1 − s)`` with ``δ̂ = softmax(student(x_s, τ_s, τ_t))`` — the same map as
+    :func:`flow_map_step`, so the student samples with :func:`fmlm_sample`; target (no grad)
+    ``v1_stage1_map(g, teacher, x_s, ...)``; loss: squared error summed over V, averaged over valid
+    tokens (optionally weighted as in stage 1). Returns ``loss``, ``mse`` (detached), ``tau_s``, ``tau_t``.
+    """
+    batch = tokens.shape[0]
+    tau_s, tau_t, _ = pair_times(batch, sample_offset, 0.0, boundary_frac, generator, tokens.device)
+    s64, t64 = _clock(tau_s, vocab_size), _clock(tau_t, vocab_size)
+    x_s = _noisy_states(tokens, vocab_size, s64, generator)
+    s, t = s64.to(x_s.dtype), t64.to(x_s.dtype)
+    with torch.no_grad(), _eval_mode(teacher, g_net):
+        target = v1_stage1_map(g_net, teacher, x_s, tau_s, tau_t, s, t)
+    pred = flow_map_step(x_s, _probs(student, x_s, tau_s, tau_t).to(x_s.dtype), s, t)
+    err = (pred - target).pow(2).sum(-1)
+    loss, mean = _weighted(err, mask, weighting, tau_s, tau_t)
+    return {"loss": loss, "mse": mean.detach(), "tau_s": tau_s, "tau_t": tau_t}
