@@ -125,9 +125,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(trained, monkeypatch):
         return {"loss": value * 1.0, "ce": value.detach(), "tau": torch.zeros(1)}
 
     monkeypatch.setattr("flowlm.training.module.flm_loss", nan_loss)
+    overrides = [a for a in args if "=" in a]
     with pytest.raises(TrainingDivergedError, match="NaN or infinite"):
-        flowlm.train(overrides=[a for a in args[1:] if "=" in a and not a.startswith("--")]
-                     + ["data.corpus=" + args[2], "data.tokenizer=char", "train.max_steps=6"],
-                     out=out, progress=False)  # fmt: skip
+        flowlm.train(overrides=overrides, data=args[2], tokenizer="char", steps=6, out=out, progress=False)
     assert (out / "model" / "model.safetensors").read_bytes() == good
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step_before
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"]])
+def test_help_on_every_command(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: flowlm" in capsys.readouterr().out

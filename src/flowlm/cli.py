@@ -52,23 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> None:
     from flowlm.training.run import train
 
-    overrides = list(args.overrides)
-    for flag, key in (
-        ("method", "train.method"),
-        ("data", "data.corpus"),
-        ("tokenizer", "data.tokenizer"),
-        ("steps", "train.max_steps"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    model_dir = train(args.preset, overrides, out=args.out, resume=not args.no_resume, progress=not args.quiet)
+    model_dir = train(
+        args.preset,
+        args.overrides,
+        out=args.out,
+        method=args.method,
+        data=args.data,
+        tokenizer=args.tokenizer,
+        steps=args.steps,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
     print(f"model written to {model_dir}")
     print(f"sample from it with: flowlm sample {model_dir} --steps 64")
 
 
 def run_sample(args: argparse.Namespace) -> None:
     import flowlm
+    from flowlm.training.checkpoint import code_version
 
     model = flowlm.load(args.checkpoint, device=args.device)
     start = time.perf_counter()
@@ -101,7 +102,7 @@ def run_sample(args: argparse.Namespace) -> None:
         "precision": "float32",
         "num_samples": args.num_samples,
         "seconds_per_sample": seconds / args.num_samples,
-        "code_version": flowlm.__version__,
+        "code_version": code_version(),
         "command": " ".join(sys.argv),
     }
     out = Path(args.out)

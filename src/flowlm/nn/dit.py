@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +153,7 @@ class Rotary(nn.Module):
         return (x.float() * cos + rotated * sin).to(x.dtype)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _flex_attention(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
 

@@ -118,17 +118,26 @@ def train(
     preset: str = "tiny",
     overrides: list[str] | tuple[str, ...] = (),
     out: str | Path | None = None,
+    *,
+    method: str | None = None,
+    data: str | None = None,
+    tokenizer: str | None = None,
+    steps: int | None = None,
     config: RunConfig | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> Path:
     """Train a model and return the exported model folder (``<out>/model``).
 
-    ``preset`` names a YAML preset (``tiny``, ``small``, ``lm1b-small``, ``owt-small``) and
-    ``overrides`` are ``section.key=value`` strings, exactly as on the command line. With
-    ``resume`` (default) an existing ``<out>/checkpoints/last.ckpt`` is continued exactly.
+    The same options as ``flowlm train``: ``preset`` names a YAML preset (``tiny``, ``small``,
+    ``lm1b-small``, ``owt-small``), ``method``/``data``/``tokenizer``/``steps`` are the shortcuts
+    for ``train.method``/``data.corpus``/``data.tokenizer``/``train.max_steps``, and ``overrides``
+    are ``section.key=value`` strings. With ``resume`` (default) an existing
+    ``<out>/checkpoints/last.ckpt`` is continued exactly.
     """
-    cfg = apply_overrides(config if config is not None else load_preset(preset), list(overrides))
+    shortcuts = {"train.method": method, "data.corpus": data, "data.tokenizer": tokenizer, "train.max_steps": steps}
+    overrides = list(overrides) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    cfg = apply_overrides(config if config is not None else load_preset(preset), overrides)
     run_dir = Path(out or f"runs/{preset}-{cfg.train.method}")
     last = run_dir / "checkpoints" / LAST
     ckpt_path = str(last) if resume and last.is_file() else None
