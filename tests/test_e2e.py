@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import flowlm
+import flowlm.errors
 
 TINY = [
     "--preset",
@@ -118,3 +119,47 @@ def test_changed_config_refuses_to_resume(runs):
     )
     assert proc.returncode == 2
     assert "different config (model.hidden_size)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+DISTILL = ["--quiet", "train.batch_size=8", "train.micro_batch_size=4", "train.log_every=1", "train.ckpt_every=2",
+           "train.val_every=3", "train.val_batches=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def distilled(runs):
+    root, _ = runs
+    teacher = root / "resumed"
+    cli("distill", "--teacher", str(teacher), *DISTILL, "--steps", "4", "--out", str(root / "fmlm-straight"))
+    cli("distill", "--teacher", str(teacher), *DISTILL, "--steps", "2", "--out", str(root / "fmlm-resumed"))
+    cli("distill", "--teacher", str(teacher), *DISTILL, "--steps", "4", "--out", str(root / "fmlm-resumed"))
+    return root
+
+
+def test_distill_resumes_exactly_and_records_its_teacher(distilled):
+    root = distilled
+    straight = load_file(str(root / "fmlm-straight" / "model" / "model.safetensors"))
+    resumed = load_file(str(root / "fmlm-resumed" / "model" / "model.safetensors"))
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    teacher_meta = json.loads((root / "resumed" / "model" / "flowlm.json").read_text())
+    meta = json.loads((root / "fmlm-resumed" / "model" / "flowlm.json").read_text())
+    assert meta["method"] == "fmlm" and meta["recipe"] == "psd" and meta["model"]["time_inputs"] == 2
+    assert meta["teacher"]["weights_sha256"] == teacher_meta["weights_sha256"]
+    # The teacher is never stored with the student: only the student's own tensors are in the file.
+    student_keys = set(flowlm.load(root / "fmlm-resumed").net.state_dict())
+    assert set(resumed) == student_keys
+    ckpt = torch.load(root / "fmlm-resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(k.startswith(("net.", "weighting.")) for k in ckpt["state_dict"])
+    assert len(ckpt["state_dict"]) == len(student_keys)
+
+
+def test_fmlm_samples_in_one_step_through_cli_and_api(distilled, tmp_path):
+    root = distilled
+    out = tmp_path / "one.jsonl"
+    cli("sample", str(root / "fmlm-resumed"), "--steps", "1", "-n", "2", "--gamma", "0.5", "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["provenance"]["sampler"] == "flow-map" and rows[0]["provenance"]["gamma"] == 0.5
+    model = flowlm.load(root / "fmlm-resumed")
+    assert model.generate(2, steps=2, seed=3, gamma=1.0) == model.generate(2, steps=2, seed=3, gamma=1.0)
+    with pytest.raises(flowlm.errors.ConfigError, match="gamma"):
+        model.generate(1, steps=1, gamma=1.5)

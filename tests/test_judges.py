@@ -107,6 +107,19 @@ def test_loads_real_folder_and_picks_prefix(judge, judge_dir):
     assert judge.description == f"{judge_dir} [{judge.fingerprint}]"
 
 
+def test_fingerprint_tells_weights_and_windows_apart(judge):
+    import copy
+
+    other = copy.deepcopy(judge.model)
+    with torch.no_grad():
+        other.transformer.h[0].mlp.c_fc.weight.mul_(1.01)
+    changed = CausalLMJudge(other, judge.tokenizer, name=judge.name)
+    assert changed.fingerprint != judge.fingerprint
+    same = CausalLMJudge(copy.deepcopy(judge.model), judge.tokenizer, name="elsewhere", max_length=8)
+    assert same.fingerprint == judge.fingerprint  # name and window size are in the definition, not the hash
+    assert "windows of 7" in same.definition
+
+
 def test_gen_ppl_matches_hand_computation(judge):
     result = judge.score_texts(TEXTS, batch_size=4)
     ids = judge.tokenize(TEXTS)

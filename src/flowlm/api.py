@@ -10,6 +10,7 @@ import torch
 from flowlm.data import Tokenizer
 from flowlm.errors import CheckpointError, ConfigError
 from flowlm.methods.flm import check_steps, flm_sample
+from flowlm.methods.fmlm import check_gamma, fmlm_sample
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
 
@@ -44,10 +45,21 @@ class FlowLM:
         seed: int = 0,
         seq_len: int | None = None,
         guidance: float | None = None,
+        gamma: float = 0.0,
         batch_size: int = 64,
     ) -> torch.Tensor:
-        """Token ids [num_samples, seq_len]; identical for identical arguments (seeded)."""
+        """Token ids [num_samples, seq_len]; identical for identical arguments (seeded).
+
+        FLM models use the Euler sampler (optionally with autoguidance ``guidance`` = η); FMLM models
+        use the flow-map sampler with churn ``gamma`` ∈ [0, 1] (0: deterministic). ``steps`` is the
+        number of network calls per sample.
+        """
         check_steps(steps)
+        check_gamma(gamma)
+        if self.method == "fmlm" and guidance is not None:
+            raise ConfigError("autoguidance applies to FLM models; for an FMLM model use gamma")
+        if self.method == "flm" and gamma != 0.0:
+            raise ConfigError("gamma is the churn of the flow-map sampler: it needs an FMLM model (flowlm distill)")
         if num_samples < 1:
             raise ConfigError(f"num_samples={num_samples}: ask for at least one sample")
         seq_len = seq_len or self.seq_len
@@ -61,18 +73,16 @@ class FlowLM:
             torch.manual_seed(seed)
             for start in range(0, num_samples, batch_size):
                 n = min(batch_size, num_samples - start)
-                chunks.append(
-                    flm_sample(
-                        self.net,
-                        n,
-                        seq_len,
-                        self.net.config.vocab_size,
-                        steps,
-                        generator=generator,
-                        device=self.device,
-                        guidance=guidance,
+                vocab = self.net.config.vocab_size
+                if self.method == "fmlm":
+                    tokens = fmlm_sample(
+                        self.net, n, seq_len, vocab, steps, gamma=gamma, generator=generator, device=self.device
                     )
-                )
+                else:
+                    tokens = flm_sample(
+                        self.net, n, seq_len, vocab, steps, generator=generator, device=self.device, guidance=guidance
+                    )
+                chunks.append(tokens)
         return torch.cat(chunks).cpu()
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
@@ -97,6 +107,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FlowLM:
             f"the tokenizer in {directory} has {tokenizer.vocab_size} tokens but the model expects "
             f"{config.vocab_size}: the checkpoint was assembled from mismatched parts; re-export it"
         )
+    if meta.get("method") not in ("flm", "fmlm"):
+        raise CheckpointError(f"{directory} holds a {meta.get('method')!r} model, which this flowlm cannot sample")
     net = DiT(config)
     load_state_strict(net, read_weights(directory, meta), str(directory))
     return FlowLM(net.to(device), tokenizer, meta, directory)

@@ -31,6 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
+    di = sub.add_parser(
+        "distill",
+        help="distill an FLM checkpoint into a one-step flow map (FMLM, PSD recipe)",
+        description="Distill a trained FLM into an FMLM (SPEC §3, PSD). The student starts from the teacher's "
+        "EMA weights and uses its data and tokenizer; any option can be overridden as section.key=value "
+        "(e.g. train.lr=1e-4 distill.boundary_frac=0.03). Resumes an interrupted run in the same --out folder.",
+    )
+    di.add_argument("--teacher", required=True, help="FLM model folder (or its run folder) to distill")
+    di.add_argument("--steps", type=int, help="number of optimizer steps (train.max_steps)")
+    di.add_argument("--out", help="run folder (default runs/fmlm-<teacher run name>)")
+    di.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    di.add_argument("--quiet", action="store_true", help="no progress bar")
+    di.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
     sa = sub.add_parser(
         "sample",
         help="generate text from a checkpoint",
@@ -43,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
     sa.add_argument("--guidance", type=float, help="autoguidance strength η (FLM; default off)")
+    sa.add_argument("--gamma", type=float, default=0.0, help="churn γ in [0, 1] of the flow-map sampler (FMLM)")
     sa.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
     sa.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sa.add_argument("--out", help="write JSONL here instead of printing")
@@ -67,6 +82,24 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"sample from it with: flowlm sample {model_dir} --steps 64")
 
 
+def run_distill(args: argparse.Namespace) -> None:
+    from flowlm.training.checkpoint import resolve_model_dir
+    from flowlm.training.run import distill_config, train
+
+    teacher_dir = resolve_model_dir(args.teacher)
+    run_name = teacher_dir.parent.name if teacher_dir.name == "model" else teacher_dir.name
+    model_dir = train(
+        config=distill_config(str(teacher_dir)),
+        overrides=args.overrides,
+        out=args.out or f"runs/fmlm-{run_name}",
+        steps=args.steps,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+    print(f"flow-map model written to {model_dir}")
+    print(f"sample from it in one step with: flowlm sample {model_dir} --steps 1")
+
+
 def run_sample(args: argparse.Namespace) -> None:
     import flowlm
     from flowlm.training.checkpoint import code_version
@@ -79,6 +112,7 @@ def run_sample(args: argparse.Namespace) -> None:
         seed=args.seed,
         seq_len=args.seq_len,
         guidance=args.guidance,
+        gamma=args.gamma,
         batch_size=args.batch_size,
     )
     seconds = time.perf_counter() - start
@@ -95,7 +129,8 @@ def run_sample(args: argparse.Namespace) -> None:
         "checkpoint": str(model.path),
         "weights_sha256": model.meta.get("weights_sha256"),
         "method": model.method,
-        "sampler": "euler",
+        "sampler": "flow-map" if model.method == "fmlm" else "euler",
+        "gamma": args.gamma if model.method == "fmlm" else None,
         "steps": args.steps,
         "seed": args.seed,
         "guidance": args.guidance,
@@ -116,7 +151,7 @@ def run_sample(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": run_train, "sample": run_sample}[args.command](args)
+        {"train": run_train, "distill": run_distill, "sample": run_sample}[args.command](args)
     except FlowLMError as err:
         print(f"flowlm: error: {err}", file=sys.stderr)
         return 2

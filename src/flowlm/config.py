@@ -17,7 +17,8 @@ from flowlm.errors import ConfigError
 from flowlm.nn.dit import DiTConfig
 
 PRESET_ALIASES = {"small": "lm1b-small"}
-METHODS = ("flm",)
+METHODS = ("flm", "fmlm")
+RECIPES = ("psd",)
 
 
 @dataclass
@@ -78,10 +79,21 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Flow-map distillation (``train.method=fmlm``): the frozen FLM teacher and the PSD batch split."""
+
+    teacher: str | None = None
+    recipe: str = "psd"
+    diag_frac: float = 0.5
+    boundary_frac: float = 0.5 / 32
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,7 +126,7 @@ def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
     section_name, _, key = dotted.partition(".")
     section = getattr(cfg, section_name, None) if section_name in {f.name for f in fields(cfg)} else None
     if section is None or not key:
-        raise ConfigError(f"unknown option {dotted!r}: options look like data.X, model.X or train.X")
+        raise ConfigError(f"unknown option {dotted!r}: options look like data.X, model.X, train.X or distill.X")
     known = {f.name: f for f in fields(section)}
     if key not in known:
         raise ConfigError(f"unknown option {dotted!r}: {section_name} has {', '.join(sorted(known))}")
@@ -176,6 +188,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
     if t.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):
         raise ConfigError(f"train.precision={t.precision!r}: use auto, 32, bf16-mixed, 16-mixed or 64")
+    d = cfg.distill
+    if t.method == "fmlm" and not d.teacher:
+        raise ConfigError("train.method=fmlm distills a teacher: use flowlm distill --teacher CKPT")
+    if d.recipe not in RECIPES:
+        raise ConfigError(f"distill.recipe={d.recipe!r}: choose one of {', '.join(RECIPES)}")
+    if not (0 <= d.diag_frac and 0 <= d.boundary_frac and d.diag_frac + d.boundary_frac <= 1):
+        raise ConfigError("distill.diag_frac and distill.boundary_frac must be >= 0 and sum to at most 1")
     if cfg.data.seq_len < 3:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len}: blocks need room for BOS, EOS and text (>= 3)")
     cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len)

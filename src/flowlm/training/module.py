@@ -15,6 +15,7 @@ from flowlm.config import RunConfig
 from flowlm.errors import TrainingDivergedError
 from flowlm.methods.common import LossWeighting
 from flowlm.methods.flm import flm_loss
+from flowlm.methods.fmlm import init_student, psd_loss
 from flowlm.nn.dit import DiT
 from flowlm.training.ema import EMA
 
@@ -30,16 +31,25 @@ def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
 class FlowLMModule(L.LightningModule):
     """``training_step`` computes the method's loss on one micro-batch of tokens [B, L]."""
 
-    def __init__(self, cfg: RunConfig, vocab_size: int, accumulate: int = 1):
+    def __init__(self, cfg: RunConfig, vocab_size: int, accumulate: int = 1, teacher: DiT | None = None):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.accumulate = accumulate
-        self.net = DiT(cfg.model.dit(vocab_size, cfg.data.seq_len))
-        self.weighting = LossWeighting(cfg.model.cond_dim) if cfg.train.loss_weighting else None
+        self.distilling = cfg.train.method == "fmlm"
+        if self.distilling:
+            if teacher is None:
+                raise ValueError("train.method=fmlm needs the teacher network")
+            self.net = init_student(teacher)
+            # Frozen and kept out of the module's state dict: checkpoints never contain the teacher.
+            object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
+        else:
+            self.net = DiT(cfg.model.dit(vocab_size, cfg.data.seq_len))
+        two_times = self.distilling
+        self.weighting = LossWeighting(cfg.model.cond_dim, two_times=two_times) if cfg.train.loss_weighting else None
         self.ema = EMA(self.net, cfg.train.ema_decay)
         self._compiled = torch.compile(self.net) if cfg.train.compile else None
-        self._ema_step = -1
+        self._logged_step = -1
         self._pending_rng: dict | None = None
         self._nonfinite = None
         self._tokens = 0
@@ -50,8 +60,27 @@ class FlowLMModule(L.LightningModule):
     def train_net(self):
         return self._compiled if self._compiled is not None else self.net
 
-    def method_loss(self, net, tokens: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return flm_loss(net, tokens, self.vocab_size, generator=generator, weighting=self.weighting)
+    def method_loss(
+        self, net, tokens: torch.Tensor, generator: torch.Generator, sample_offset: int = 0
+    ) -> dict[str, torch.Tensor]:
+        if not self.distilling:
+            return flm_loss(net, tokens, self.vocab_size, generator=generator, weighting=self.weighting)
+        d = self.cfg.distill
+        return psd_loss(
+            net,
+            self.teacher,
+            tokens,
+            self.vocab_size,
+            generator=generator,
+            sample_offset=sample_offset,
+            diag_frac=d.diag_frac,
+            boundary_frac=d.boundary_frac,
+            weighting=self.weighting,
+        )
+
+    def on_fit_start(self) -> None:
+        if self.distilling:
+            self.teacher.to(self.device)
 
     def generator(self, step: int, micro: int, stream: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.train.seed, step, micro, stream))
@@ -59,7 +88,9 @@ class FlowLMModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         micro = batch_idx % self.accumulate
         g = self.generator(self.global_step, micro, 1 + self.global_rank)
-        out = self.method_loss(self.train_net, batch, g)
+        world = self.trainer.world_size
+        offset = ((self.global_step * self.accumulate + micro) * world + self.global_rank) * batch.shape[0]
+        out = self.method_loss(self.train_net, batch, g, sample_offset=offset)
         loss = out["loss"]
         bad = ~torch.isfinite(loss.detach())
         self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
@@ -84,10 +115,14 @@ class FlowLMModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
             self._pending_rng = None
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """One optimizer step, then the EMA update (before any callback can checkpoint this step)."""
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update()
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step != self._ema_step:
-            self._ema_step = self.global_step
-            self.ema.update()
+        if self.global_step != self._logged_step:
+            self._logged_step = self.global_step
             if self.global_step % self.cfg.train.log_every == 0:
                 self.check_finite()
                 now = time.perf_counter()
@@ -126,4 +161,4 @@ class FlowLMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.ema.load_state_dict(checkpoint["ema"])
         self._pending_rng = checkpoint.get("rng")
-        self._ema_step = checkpoint.get("global_step", -1)
+        self._logged_step = checkpoint.get("global_step", -1)

@@ -29,10 +29,11 @@ LAST = "last.ckpt"
 class Checkpointing(Callback):
     """Every ``ckpt_every`` optimizer steps and at the end: save the training state and export the model."""
 
-    def __init__(self, run_dir: Path, tokenizer, every: int):
+    def __init__(self, run_dir: Path, tokenizer, every: int, extra_meta: dict):
         self.run_dir = run_dir
         self.tokenizer = tokenizer
         self.every = every
+        self.extra_meta = extra_meta
         self._saved_step = -1
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
@@ -49,10 +50,10 @@ class Checkpointing(Callback):
         self._saved_step = trainer.global_step
         trainer.save_checkpoint(self.run_dir / "checkpoints" / LAST)
         if trainer.is_global_zero:
-            export_model(self.run_dir / "model", module, self.tokenizer, trainer.global_step)
+            export_model(self.run_dir / "model", module, self.tokenizer, trainer.global_step, self.extra_meta)
 
 
-def export_model(directory: Path, module: FlowLMModule, tokenizer, step: int) -> Path:
+def export_model(directory: Path, module: FlowLMModule, tokenizer, step: int, extra_meta: dict) -> Path:
     """Write the EMA weights of ``module.net`` with provenance to ``directory``."""
     cfg = module.cfg
     meta = provenance(
@@ -64,6 +65,7 @@ def export_model(directory: Path, module: FlowLMModule, tokenizer, step: int) ->
         step=step,
         weights="ema",
         ema_decay=cfg.train.ema_decay,
+        **extra_meta,
     )
     return save_model(directory, module.ema.weights(), meta, tokenizer)
 
@@ -114,6 +116,38 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         )
 
 
+def load_teacher(cfg: RunConfig):
+    """(teacher DiT with EMA weights, provenance dict) for distillation; (None, {}) otherwise."""
+    if cfg.train.method != "fmlm":
+        return None, {}
+    from flowlm.api import load
+
+    teacher = load(cfg.distill.teacher)
+    if teacher.method != "flm":
+        raise ConfigError(f"the teacher {cfg.distill.teacher} is a {teacher.method} model: distill from an FLM")
+    meta = {
+        "recipe": cfg.distill.recipe,
+        "teacher": {"path": str(teacher.path), "weights_sha256": teacher.meta.get("weights_sha256")},
+    }
+    return teacher.net, meta
+
+
+def distill_config(teacher: str, preset_overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The run config for distilling ``teacher``: its data and model, PSD defaults (SPEC §3:
+    AdamW lr 3e-4, β₂ 0.95), then the user's overrides."""
+    from flowlm.training.checkpoint import TOKENIZER, read_meta, resolve_model_dir
+
+    directory = resolve_model_dir(teacher)
+    meta = read_meta(directory)
+    cfg = RunConfig.from_dict({k: v for k, v in meta["run"].items() if k != "distill"})
+    cfg.data.tokenizer = str(directory / TOKENIZER)
+    cfg.train.method = "fmlm"
+    cfg.train.betas = (0.9, 0.95)
+    cfg.train.lr = 3e-4
+    cfg.distill.teacher = str(directory)
+    return apply_overrides(cfg, list(preset_overrides))
+
+
 def train(
     preset: str = "tiny",
     overrides: list[str] | tuple[str, ...] = (),
@@ -144,7 +178,13 @@ def train(
     if ckpt_path:
         check_resumable(run_dir, cfg)
 
+    teacher, teacher_meta = load_teacher(cfg)
     tokenizer = prepare_tokenizer(cfg.data.tokenizer, cfg.data.corpus, cache_dir=cfg.data.cache_dir)
+    if teacher is not None and tokenizer.vocab_size != teacher.config.vocab_size:
+        raise ConfigError(
+            f"data.tokenizer gives {tokenizer.vocab_size} tokens but the teacher has {teacher.config.vocab_size}: "
+            "distill with the teacher's tokenizer (flowlm distill sets it)"
+        )
     train_blocks = prepare_blocks(cfg.data.corpus, tokenizer, cfg.data.seq_len, "train", cache_dir=cfg.data.cache_dir)
     val_blocks = prepare_blocks(
         cfg.data.corpus, tokenizer, cfg.data.seq_len, "validation", cache_dir=cfg.data.cache_dir
@@ -153,7 +193,7 @@ def train(
     world = world_size(cfg)
     micro, accumulate = batch_split(cfg, world)
     L.seed_everything(cfg.train.seed, verbose=False)
-    module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate)
+    module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate, teacher=teacher)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(
         json.dumps(provenance(run=cfg.to_dict(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.spec), indent=2)
@@ -172,7 +212,7 @@ def train(
             CSVLogger(run_dir, name="logs", version=""),
             TensorBoardLogger(run_dir, name="logs", version="", default_hp_metric=False),
         ],
-        callbacks=[Checkpointing(run_dir, tokenizer, cfg.train.ckpt_every)]
+        callbacks=[Checkpointing(run_dir, tokenizer, cfg.train.ckpt_every, teacher_meta)]
         + ([TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 5))] if progress else []),
         enable_progress_bar=progress,
         enable_checkpointing=False,
