@@ -5,7 +5,8 @@
 3. a few hundred steps of the paper's `small` DiT (12 x 768) on LM1B-shaped data (bert-base-uncased,
    V = 30,522, L = 128; the embedded corpus stands in for LM1B) with bf16 and torch.compile,
    reporting the loss curve and tokens/s;
-4. the FLM sampler and a training step under ``torch.cuda.set_sync_debug_mode`` (host syncs).
+4. the FLM sampler and a training step under ``torch.cuda.set_sync_debug_mode`` (host syncs);
+5. a short PSD distillation of that model (bf16, compile) and one-step FMLM sampling.
 
 Usage: ``PYTHONPATH=src python benchmarks/gpu_check.py --out DIR [--steps 300]``; writes DIR/gpu_check.json.
 """
@@ -95,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--distill-steps", type=int, default=100)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,13 +139,39 @@ def main() -> None:
 
     model = flowlm.load(model_dir, device="cuda")
     for steps in (1, 64):
-        model.sample_tokens(8, steps, seed=0)
+        model.sample_tokens(64, steps, seed=0)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         model.sample_tokens(64, steps, seed=0)
         torch.cuda.synchronize()
         report[f"sample_seconds_per_sample_{steps}_steps"] = (time.perf_counter() - t0) / 64
     report["samples_64_steps"] = model.generate(2, steps=64, seed=0)
+
+    from flowlm.training.run import distill_config
+
+    start = time.perf_counter()
+    fmlm_dir = flowlm.train(
+        config=distill_config(str(model_dir)),
+        overrides=[o for o in overrides if not o.startswith(("train.max_steps", "train.ckpt_every"))]
+        + [f"train.max_steps={args.distill_steps}", f"train.ckpt_every={args.distill_steps}"],
+        out=out / "distill",
+        progress=False,
+    )
+    report["distill_seconds_total"] = time.perf_counter() - start
+    rows = list(csv.DictReader(open(out / "distill" / "logs" / "metrics.csv")))
+    losses = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+    report["distill_loss_first_last"] = [losses[0], losses[-1]] if losses else None
+    report["distill_tokens_per_s_last"] = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")][
+        -2:
+    ]
+    fmlm = flowlm.load(fmlm_dir, device="cuda")
+    for steps in (1, 4):
+        fmlm.sample_tokens(64, steps, seed=0)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fmlm.sample_tokens(64, steps, seed=1)
+        torch.cuda.synchronize()
+        report[f"fmlm_seconds_per_sample_{steps}_steps"] = (time.perf_counter() - t0) / 64
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
