@@ -169,9 +169,13 @@ def test_fused_and_math_backends_agree_on_gpu(backend):
         pytest.importorskip("flash_attn", reason="flash-attn is not installed")
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 64, 4, 32, generator=g, device="cuda") * 4 for _ in range(3))
-    reference = attention(q, k, v, 50.0, "math")
     if backend == "flex":  # flex also runs in float32: it must agree to float32 rounding
-        torch.testing.assert_close(attention(q, k, v, 50.0, "flex"), reference, rtol=1e-4, atol=1e-4)
-    half = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 50.0, backend).float()
-    # bf16 inputs carry a relative rounding error of 2^-8; outputs are averages of |v| ~ 4 values.
-    torch.testing.assert_close(half, reference, rtol=0, atol=0.1)
+        torch.testing.assert_close(attention(q, k, v, 50.0, "flex"), attention(q, k, v, 50.0, "math"),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+    qh, kh, vh = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    # Reference: float32 math on the same bf16-rounded inputs, so only the kernel's own rounding remains:
+    # bf16 probabilities and outputs (unit roundoff 2^-9) times |v| <= ~16 give at most ~0.06.
+    reference = attention(qh.float(), kh.float(), vh.float(), 50.0, "math")
+    err = (attention(qh, kh, vh, 50.0, backend).float() - reference).abs().max().item()
+    print(f"{backend} bfloat16 vs math float32 on the same inputs: max abs error {err:.2e}")
+    assert err < 0.1
