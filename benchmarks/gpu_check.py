@@ -122,7 +122,7 @@ def main() -> None:
     model_dir = flowlm.train("small", overrides, out=run, progress=False)
     report["train_seconds_total"] = time.perf_counter() - start
     report["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    rows = list(csv.DictReader(open(run / "logs" / "metrics.csv")))
+    rows = list(csv.DictReader(open(run / "logs" / "session-0" / "metrics.csv")))
     losses = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
     rates = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
     vals = [(int(r["step"]), float(r["val/denoising_ce"])) for r in rows if r.get("val/denoising_ce")]
@@ -158,7 +158,7 @@ def main() -> None:
         progress=False,
     )
     report["distill_seconds_total"] = time.perf_counter() - start
-    rows = list(csv.DictReader(open(out / "distill" / "logs" / "metrics.csv")))
+    rows = list(csv.DictReader(open(out / "distill" / "logs" / "session-0" / "metrics.csv")))
     losses = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
     report["distill_loss_first_last"] = [losses[0], losses[-1]] if losses else None
     report["distill_tokens_per_s_last"] = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")][

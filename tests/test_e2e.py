@@ -82,9 +82,13 @@ def test_checkpoint_provenance(runs):
 
 def test_logs_are_written(runs):
     root, _ = runs
-    metrics = (root / "straight" / "logs" / "metrics.csv").read_text().splitlines()
+    metrics = (root / "straight" / "logs" / "session-0" / "metrics.csv").read_text().splitlines()
     assert "train/loss" in metrics[0] and "val/denoising_ce" in metrics[0]
-    assert list((root / "straight" / "logs").glob("events.out.tfevents*"))
+    assert list((root / "straight" / "logs" / "session-0").glob("events.out.tfevents*"))
+    # A resumed run keeps the first launch's metrics and logs the second launch beside them.
+    first, second = (root / "resumed" / "logs" / f"session-{k}" / "metrics.csv" for k in (0, 1))
+    steps = lambda f: {int(r.split(",")[1]) for r in f.read_text().splitlines()[1:]}  # noqa: E731
+    assert max(steps(first)) < min(steps(second))
 
 
 def test_sample_cli_text_and_jsonl(runs, tmp_path):

@@ -2,8 +2,8 @@
 
 A run folder holds ``config.json`` (the resolved run config), ``checkpoints/last.ckpt`` (the full
 training state: weights, EMA, optimizer, loop position, RNG; for exact resumption), ``model/``
-(the latest exported EMA model, see :mod:`flowlm.training.checkpoint`) and ``logs/`` (CSV and
-TensorBoard).
+(the latest exported EMA model, see :mod:`flowlm.training.checkpoint`) and ``logs/session-<k>/``
+(CSV and TensorBoard, one folder per launch, so a resumed run keeps the earlier metrics).
 """
 
 from __future__ import annotations
@@ -199,6 +199,9 @@ def train(
         json.dumps(provenance(run=cfg.to_dict(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.spec), indent=2)
     )
 
+    # One log folder per launch (logs/session-0, session-1, ... after resumptions): Lightning's CSV
+    # logger would otherwise overwrite the metrics of the interrupted launch.
+    log_version = f"session-{len(list((run_dir / 'logs').glob('session-*')))}"
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         accumulate_grad_batches=accumulate,
@@ -209,8 +212,8 @@ def train(
         num_nodes=cfg.train.num_nodes,
         strategy=cfg.train.strategy,
         logger=[
-            CSVLogger(run_dir, name="logs", version=""),
-            TensorBoardLogger(run_dir, name="logs", version="", default_hp_metric=False),
+            CSVLogger(run_dir, name="logs", version=log_version),
+            TensorBoardLogger(run_dir, name="logs", version=log_version, default_hp_metric=False),
         ],
         callbacks=[Checkpointing(run_dir, tokenizer, cfg.train.ckpt_every, teacher_meta)]
         + ([TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 5))] if progress else []),
