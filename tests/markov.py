@@ -9,6 +9,7 @@ distribution is uniform.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -45,3 +46,15 @@ class MarkovChain:
     def binomial_tolerance(self, n: int, z: float = 4.0) -> float:
         """z standard errors of the +1 share estimated from n independent moves."""
         return z * math.sqrt(self.p_step * (1 - self.p_step) / max(n, 1))
+
+
+@contextmanager
+def single_thread():
+    """Run tiny-tensor training on one intra-op thread: faster, and immune to the stalls two OpenMP
+    threads suffer on a shared 2-core machine (measured under load: 1.8 s vs 0.04 s per step)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

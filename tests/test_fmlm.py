@@ -31,6 +31,15 @@ from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.schedule import t_from_tau, tau_from_t
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to stalls on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_config(**kw):
     base = dict(vocab_size=11, seq_len=6, hidden_size=32, n_blocks=2, n_heads=4, cond_dim=16, dropout=0.0)
     base.update(kw)

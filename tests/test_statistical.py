@@ -16,38 +16,23 @@ import math
 
 import pytest
 import torch
-from markov import MarkovChain
+from conftest import MARKOV_K as K
+from conftest import MARKOV_LENGTH as LENGTH
+from markov import single_thread
 
-from flowlm.methods.flm import flm_loss, flm_sample
-from flowlm.nn.dit import DiT, DiTConfig
-from flowlm.training.ema import EMA
+from flowlm.methods.flm import flm_sample
 
-K, LENGTH, TRAIN_STEPS, BATCH, SAMPLES = 8, 16, 1500, 128, 1000
+SAMPLES = 1000
 CHI2_7DOF_P001 = 24.32  # upper 0.1% point of the chi-square distribution with K - 1 = 7 degrees of freedom
 
 
 @pytest.fixture(scope="module")
-def trained():
-    torch.manual_seed(0)
-    chain = MarkovChain(K)
-    g = torch.Generator().manual_seed(0)
-    cfg = DiTConfig(
-        vocab_size=K, seq_len=LENGTH, hidden_size=64, n_blocks=2, n_heads=4, cond_dim=32, dropout=0.0, pos_embed=True
-    )
-    net = DiT(cfg)
-    ema = EMA(net, 0.99)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
-    for _ in range(TRAIN_STEPS):
-        loss = flm_loss(net, chain.sample(BATCH, LENGTH, g), K, generator=g)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        ema.update()
-    net.eval()
-    with ema.applied():
+def trained(markov_flm):
+    chain, net, seconds = markov_flm
+    with single_thread():
         many = flm_sample(net, SAMPLES, LENGTH, K, 128, generator=torch.Generator().manual_seed(1))
         one = flm_sample(net, SAMPLES, LENGTH, K, 1, generator=torch.Generator().manual_seed(1))
+    print(f"\nFLM trained in {seconds:.0f} s")
     return chain, chain.statistics(many), chain.statistics(one), many
 
 

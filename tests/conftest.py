@@ -1,0 +1,52 @@
+"""Shared fixtures. ``markov_flm`` trains the FLM of the statistical tests once per session; the
+FLM test samples it and the FMLM test distills it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from markov import MarkovChain, single_thread
+
+from flowlm.methods.flm import flm_loss
+from flowlm.nn.dit import DiT, DiTConfig
+from flowlm.training.ema import EMA
+
+MARKOV_K, MARKOV_LENGTH, MARKOV_BATCH, MARKOV_TEACHER_STEPS = 8, 16, 128, 1500
+
+
+def train_loop(net, steps: int, loss_fn, lr: float, betas=(0.9, 0.999)) -> EMA:
+    """AdamW with gradient clipping 1.0 and an EMA of decay 0.99; ``loss_fn(step)`` gives the loss."""
+    ema = EMA(net, 0.99)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=betas)
+    for step in range(steps):
+        loss = loss_fn(step)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        ema.update()
+    return ema
+
+
+@pytest.fixture(scope="session")
+def markov_flm():
+    """(chain, FLM with its EMA weights in eval mode, training seconds): a 2-block, width-64 DiT trained
+    1,500 AdamW steps (lr 2e-3, batch 128) on the Markov language of tests/markov.py."""
+    start = time.perf_counter()
+    with single_thread():
+        torch.manual_seed(0)
+        chain = MarkovChain(MARKOV_K)
+        g = torch.Generator().manual_seed(0)
+        cfg = DiTConfig(vocab_size=MARKOV_K, seq_len=MARKOV_LENGTH, hidden_size=64, n_blocks=2, n_heads=4,
+                        cond_dim=32, dropout=0.0, pos_embed=True)  # fmt: skip
+        net = DiT(cfg)
+
+        def loss(_step):
+            return flm_loss(net, chain.sample(MARKOV_BATCH, MARKOV_LENGTH, g), MARKOV_K, generator=g)["loss"]
+
+        ema = train_loop(net, MARKOV_TEACHER_STEPS, loss, 2e-3)
+        teacher = DiT(cfg)
+        teacher.load_state_dict(ema.weights())
+    return chain, teacher.eval().requires_grad_(False), time.perf_counter() - start
