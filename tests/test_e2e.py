@@ -167,3 +167,26 @@ def test_fmlm_samples_in_one_step_through_cli_and_api(distilled, tmp_path):
     assert model.generate(2, steps=2, seed=3, gamma=1.0) == model.generate(2, steps=2, seed=3, gamma=1.0)
     with pytest.raises(flowlm.errors.ConfigError, match="gamma"):
         model.generate(1, steps=1, gamma=1.5)
+
+
+def test_v1_two_stage_recipe_through_the_cli(runs):
+    root, _ = runs
+    teacher = root / "resumed"
+    stage1, stage2 = root / "v1-stage1", root / "v1-stage2"
+    cli("distill", "--teacher", str(teacher), "--recipe", "v1-stage1", *DISTILL, "--steps", "2", "--out", str(stage1))
+    meta1 = json.loads((stage1 / "model" / "flowlm.json").read_text())
+    assert meta1["method"] == "fmlm-v1-stage1" and meta1["model"]["logit_cap"] is None
+    assert "train/map_mse" in (stage1 / "logs" / "session-0" / "metrics.csv").read_text().splitlines()[0]
+    first = flowlm.load(stage1)
+    assert first.teacher is not None and len(first.generate(2, steps=2, seed=0)) == 2
+
+    cli("distill", "--teacher", str(teacher), "--recipe", "v1-stage2", "--stage1", str(stage1), *DISTILL,
+        "--steps", "2", "--out", str(stage2))  # fmt: skip
+    meta2 = json.loads((stage2 / "model" / "flowlm.json").read_text())
+    assert meta2["method"] == "fmlm" and meta2["recipe"] == "v1-stage2"
+    assert meta2["stage1"]["weights_sha256"] == meta1["weights_sha256"]
+    proc = cli("sample", str(stage2), "--steps", "1", "-n", "1")
+    assert proc.stdout.count("--- sample") == 1
+
+    refused = cli("distill", "--teacher", str(teacher), "--recipe", "v1-stage2", "--out", str(root / "x"), check=False)
+    assert refused.returncode == 2 and "--stage1" in refused.stderr

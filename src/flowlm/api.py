@@ -10,7 +10,7 @@ import torch
 from flowlm.data import Tokenizer
 from flowlm.errors import CheckpointError, ConfigError
 from flowlm.methods.flm import check_steps, flm_sample
-from flowlm.methods.fmlm import check_gamma, fmlm_sample
+from flowlm.methods.fmlm import check_gamma, fmlm_sample, v1_stage1_sample
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
 
@@ -18,8 +18,9 @@ from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, 
 class FlowLM:
     """A trained model with its tokenizer, ready to sample. Build it with :func:`load`."""
 
-    def __init__(self, net: DiT, tokenizer: Tokenizer, meta: dict, path: Path):
+    def __init__(self, net: DiT, tokenizer: Tokenizer, meta: dict, path: Path, teacher: DiT | None = None):
         self.net = net.eval()
+        self.teacher = teacher.eval() if teacher is not None else None  # v1 stage 1 samples with its teacher
         self.tokenizer = tokenizer
         self.meta = meta
         self.path = path
@@ -35,6 +36,8 @@ class FlowLM:
 
     def to(self, device) -> FlowLM:
         self.net.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
         return self
 
     @torch.no_grad()
@@ -56,9 +59,9 @@ class FlowLM:
         """
         check_steps(steps)
         check_gamma(gamma)
-        if self.method == "fmlm" and guidance is not None:
+        if self.method != "flm" and guidance is not None:
             raise ConfigError("autoguidance applies to FLM models; for an FMLM model use gamma")
-        if self.method == "flm" and gamma != 0.0:
+        if self.method != "fmlm" and gamma != 0.0:
             raise ConfigError("gamma is the churn of the flow-map sampler: it needs an FMLM model (flowlm distill)")
         if num_samples < 1:
             raise ConfigError(f"num_samples={num_samples}: ask for at least one sample")
@@ -74,7 +77,11 @@ class FlowLM:
             for start in range(0, num_samples, batch_size):
                 n = min(batch_size, num_samples - start)
                 vocab = self.net.config.vocab_size
-                if self.method == "fmlm":
+                if self.method == "fmlm-v1-stage1":
+                    tokens = v1_stage1_sample(
+                        self.net, self.teacher, n, seq_len, vocab, steps, generator=generator, device=self.device
+                    )
+                elif self.method == "fmlm":
                     tokens = fmlm_sample(
                         self.net, n, seq_len, vocab, steps, gamma=gamma, generator=generator, device=self.device
                     )
@@ -107,8 +114,19 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FlowLM:
             f"the tokenizer in {directory} has {tokenizer.vocab_size} tokens but the model expects "
             f"{config.vocab_size}: the checkpoint was assembled from mismatched parts; re-export it"
         )
-    if meta.get("method") not in ("flm", "fmlm"):
+    if meta.get("method") not in ("flm", "fmlm", "fmlm-v1-stage1"):
         raise CheckpointError(f"{directory} holds a {meta.get('method')!r} model, which this flowlm cannot sample")
     net = DiT(config)
     load_state_strict(net, read_weights(directory, meta), str(directory))
-    return FlowLM(net.to(device), tokenizer, meta, directory)
+    teacher = None
+    if meta["method"] == "fmlm-v1-stage1":
+        # The stage-1 map adds g to the teacher's velocity: it samples with its (verified) teacher.
+        recorded = meta["teacher"]
+        teacher_model = load(recorded["path"], device=device)
+        if teacher_model.meta.get("weights_sha256") != recorded["weights_sha256"]:
+            raise CheckpointError(
+                f"the teacher at {recorded['path']} is not the one {directory} was distilled from (weights hash "
+                "differs): restore that teacher checkpoint"
+            )
+        teacher = teacher_model.net
+    return FlowLM(net.to(device), tokenizer, meta, directory, teacher=teacher)

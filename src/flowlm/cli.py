@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. train.lr=1e-4 distill.boundary_frac=0.03). Resumes an interrupted run in the same --out folder.",
     )
     di.add_argument("--teacher", required=True, help="FLM model folder (or its run folder) to distill")
+    di.add_argument(
+        "--recipe",
+        default="psd",
+        choices=("psd", "v1-stage1", "v1-stage2"),
+        help="psd (SPEC §3, default) or the paper's v1 two-stage recipe (SPEC §4)",
+    )
+    di.add_argument("--stage1", help="v1-stage2 only: the v1-stage1 model folder to regress onto")
     di.add_argument("--steps", type=int, help="number of optimizer steps (train.max_steps)")
     di.add_argument("--out", help="run folder (default runs/fmlm-<teacher run name>)")
     di.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
@@ -89,9 +96,9 @@ def run_distill(args: argparse.Namespace) -> None:
     teacher_dir = resolve_model_dir(args.teacher)
     run_name = teacher_dir.parent.name if teacher_dir.name == "model" else teacher_dir.name
     model_dir = train(
-        config=distill_config(str(teacher_dir)),
+        config=distill_config(str(teacher_dir), recipe=args.recipe, stage1=args.stage1),
         overrides=args.overrides,
-        out=args.out or f"runs/fmlm-{run_name}",
+        out=args.out or f"runs/fmlm-{args.recipe}-{run_name}",
         steps=args.steps,
         resume=not args.no_resume,
         progress=not args.quiet,
@@ -129,7 +136,7 @@ def run_sample(args: argparse.Namespace) -> None:
         "checkpoint": str(model.path),
         "weights_sha256": model.meta.get("weights_sha256"),
         "method": model.method,
-        "sampler": "flow-map" if model.method == "fmlm" else "euler",
+        "sampler": {"fmlm": "flow-map", "fmlm-v1-stage1": "v1-stage1-map"}.get(model.method, "euler"),
         "gamma": args.gamma if model.method == "fmlm" else None,
         "steps": args.steps,
         "seed": args.seed,

@@ -18,7 +18,7 @@ from flowlm.nn.dit import DiTConfig
 
 PRESET_ALIASES = {"small": "lm1b-small"}
 METHODS = ("flm", "fmlm")
-RECIPES = ("psd",)
+RECIPES = ("psd", "v1-stage1", "v1-stage2")
 
 
 @dataclass
@@ -80,12 +80,24 @@ class TrainConfig:
 
 @dataclass
 class DistillConfig:
-    """Flow-map distillation (``train.method=fmlm``): the frozen FLM teacher and the PSD batch split."""
+    """Flow-map distillation (``train.method=fmlm``): the frozen FLM teacher, the recipe and its batch split.
+
+    ``recipe``: ``psd`` (SPEC §3, the main recipe), ``v1-stage1`` (SPEC §4: the raw second-order network g
+    on top of the teacher velocity, with learnable loss weighting) or ``v1-stage2`` (one softmax network
+    regressed onto the stage-1 map; ``stage1`` names the stage-1 checkpoint). ``boundary_frac`` defaults to
+    the recipe's: 1/64 (psd: 0.5/32; v1 stage 1: 1/64) or 1/128 (v1 stage 2).
+    """
 
     teacher: str | None = None
     recipe: str = "psd"
+    stage1: str | None = None
     diag_frac: float = 0.5
-    boundary_frac: float = 0.5 / 32
+    boundary_frac: float | None = None
+
+    def resolved_boundary_frac(self) -> float:
+        if self.boundary_frac is not None:
+            return self.boundary_frac
+        return 1 / 128 if self.recipe == "v1-stage2" else 1 / 64
 
 
 @dataclass
@@ -193,7 +205,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.method=fmlm distills a teacher: use flowlm distill --teacher CKPT")
     if d.recipe not in RECIPES:
         raise ConfigError(f"distill.recipe={d.recipe!r}: choose one of {', '.join(RECIPES)}")
-    if not (0 <= d.diag_frac and 0 <= d.boundary_frac and d.diag_frac + d.boundary_frac <= 1):
+    if d.recipe == "v1-stage2" and t.method == "fmlm" and not d.stage1:
+        raise ConfigError("distill.recipe=v1-stage2 regresses onto a stage-1 map: pass --stage1 CKPT")
+    if not (0 <= d.diag_frac and 0 <= d.resolved_boundary_frac() and d.diag_frac + d.resolved_boundary_frac() <= 1):
         raise ConfigError("distill.diag_frac and distill.boundary_frac must be >= 0 and sum to at most 1")
     if cfg.data.seq_len < 3:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len}: blocks need room for BOS, EOS and text (>= 3)")

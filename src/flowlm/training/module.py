@@ -15,7 +15,7 @@ from flowlm.config import RunConfig
 from flowlm.errors import TrainingDivergedError
 from flowlm.methods.common import LossWeighting
 from flowlm.methods.flm import flm_loss
-from flowlm.methods.fmlm import init_student, psd_loss
+from flowlm.methods.fmlm import init_stage1, init_student, psd_loss, v1_stage1_loss, v1_stage2_loss
 from flowlm.nn.dit import DiT
 from flowlm.training.ema import EMA
 
@@ -31,22 +31,33 @@ def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
 class FlowLMModule(L.LightningModule):
     """``training_step`` computes the method's loss on one micro-batch of tokens [B, L]."""
 
-    def __init__(self, cfg: RunConfig, vocab_size: int, accumulate: int = 1, teacher: DiT | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        vocab_size: int,
+        accumulate: int = 1,
+        teacher: DiT | None = None,
+        stage1: DiT | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.accumulate = accumulate
         self.distilling = cfg.train.method == "fmlm"
+        self.recipe = cfg.distill.recipe if self.distilling else None
         if self.distilling:
-            if teacher is None:
-                raise ValueError("train.method=fmlm needs the teacher network")
-            self.net = init_student(teacher)
-            # Frozen and kept out of the module's state dict: checkpoints never contain the teacher.
-            object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
+            if teacher is None or (self.recipe == "v1-stage2" and stage1 is None):
+                raise ValueError(f"distillation with recipe {self.recipe} needs its frozen networks")
+            self.net = init_stage1(teacher) if self.recipe == "v1-stage1" else init_student(teacher)
+            # Frozen networks are kept out of the module's state dict: checkpoints never contain them.
+            object.__setattr__(self, "frozen", [teacher.eval().requires_grad_(False)])
+            if stage1 is not None:
+                self.frozen.append(stage1.eval().requires_grad_(False))
         else:
             self.net = DiT(cfg.model.dit(vocab_size, cfg.data.seq_len))
-        two_times = self.distilling
-        self.weighting = LossWeighting(cfg.model.cond_dim, two_times=two_times) if cfg.train.loss_weighting else None
+        # SPEC §4: stage 1 of the v1 recipe always learns its loss weighting.
+        weighted = cfg.train.loss_weighting or self.recipe == "v1-stage1"
+        self.weighting = LossWeighting(cfg.model.cond_dim, two_times=self.distilling) if weighted else None
         self.ema = EMA(self.net, cfg.train.ema_decay)
         self._compiled = torch.compile(self.net) if cfg.train.compile else None
         self._logged_step = -1
@@ -66,21 +77,23 @@ class FlowLMModule(L.LightningModule):
         if not self.distilling:
             return flm_loss(net, tokens, self.vocab_size, generator=generator, weighting=self.weighting)
         d = self.cfg.distill
-        return psd_loss(
-            net,
-            self.teacher,
-            tokens,
-            self.vocab_size,
+        common = dict(
             generator=generator,
             sample_offset=sample_offset,
-            diag_frac=d.diag_frac,
-            boundary_frac=d.boundary_frac,
+            boundary_frac=d.resolved_boundary_frac(),
             weighting=self.weighting,
         )
+        teacher = self.frozen[0]
+        if self.recipe == "v1-stage1":
+            return v1_stage1_loss(net, teacher, tokens, self.vocab_size, **common)
+        if self.recipe == "v1-stage2":
+            return v1_stage2_loss(net, teacher, self.frozen[1], tokens, self.vocab_size, **common)
+        return psd_loss(net, teacher, tokens, self.vocab_size, diag_frac=d.diag_frac, **common)
 
     def on_fit_start(self) -> None:
         if self.distilling:
-            self.teacher.to(self.device)
+            for net in self.frozen:
+                net.to(self.device)
 
     def generator(self, step: int, micro: int, stream: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.train.seed, step, micro, stream))
@@ -96,8 +109,17 @@ class FlowLMModule(L.LightningModule):
         self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
         self._tokens += batch.numel() * self.trainer.world_size
         self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log("train/denoising_ce", out["ce"])
+        self.log(f"train/{self.metric_name}", out[self.metric_key])
         return loss
+
+    @property
+    def metric_key(self) -> str:
+        """The method's unweighted loss: denoising cross-entropy, or the v1 stage-1/2 map MSE."""
+        return "mse" if self.recipe in ("v1-stage1", "v1-stage2") else "ce"
+
+    @property
+    def metric_name(self) -> str:
+        return "map_mse" if self.metric_key == "mse" else "denoising_ce"
 
     def check_finite(self) -> None:
         """Raise if any loss since the last check was NaN/inf (one host sync)."""
@@ -132,7 +154,7 @@ class FlowLMModule(L.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         g = self.generator(0, batch_idx, 0)
         out = self.method_loss(self.net, batch, g)
-        self.log("val/denoising_ce", out["ce"], prog_bar=True, sync_dist=True)
+        self.log(f"val/{self.metric_name}", out[self.metric_key], prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._ema_context = self.ema.applied()

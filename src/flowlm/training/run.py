@@ -56,8 +56,9 @@ class Checkpointing(Callback):
 def export_model(directory: Path, module: FlowLMModule, tokenizer, step: int, extra_meta: dict) -> Path:
     """Write the EMA weights of ``module.net`` with provenance to ``directory``."""
     cfg = module.cfg
+    method = "fmlm-v1-stage1" if module.recipe == "v1-stage1" else cfg.train.method
     meta = provenance(
-        method=cfg.train.method,
+        method=method,
         model=module.net.config.to_dict(),
         run=cfg.to_dict(),
         tokenizer={"spec": tokenizer.spec, "name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
@@ -116,10 +117,13 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         )
 
 
-def load_teacher(cfg: RunConfig):
-    """(teacher DiT with EMA weights, provenance dict) for distillation; (None, {}) otherwise."""
+def load_frozen(cfg: RunConfig):
+    """(teacher DiT, stage-1 DiT or None, provenance dict) for distillation; (None, None, {}) otherwise.
+
+    Both networks come with their EMA weights; the provenance names each by path and weight hash.
+    """
     if cfg.train.method != "fmlm":
-        return None, {}
+        return None, None, {}
     from flowlm.api import load
 
     teacher = load(cfg.distill.teacher)
@@ -129,10 +133,21 @@ def load_teacher(cfg: RunConfig):
         "recipe": cfg.distill.recipe,
         "teacher": {"path": str(teacher.path), "weights_sha256": teacher.meta.get("weights_sha256")},
     }
-    return teacher.net, meta
+    stage1 = None
+    if cfg.distill.recipe == "v1-stage2":
+        first = load(cfg.distill.stage1)
+        if first.method != "fmlm-v1-stage1":
+            raise ConfigError(f"distill.stage1={cfg.distill.stage1} is a {first.method} model: pass a v1-stage1 run")
+        if first.meta["teacher"]["weights_sha256"] != meta["teacher"]["weights_sha256"]:
+            raise ConfigError("the stage-1 checkpoint was distilled from another teacher: use the same --teacher")
+        stage1 = first.net
+        meta["stage1"] = {"path": str(first.path), "weights_sha256": first.meta.get("weights_sha256")}
+    return teacher.net, stage1, meta
 
 
-def distill_config(teacher: str, preset_overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def distill_config(
+    teacher: str, preset_overrides: list[str] | tuple[str, ...] = (), recipe: str = "psd", stage1: str | None = None
+) -> RunConfig:
     """The run config for distilling ``teacher``: its data and model, PSD defaults (SPEC §3:
     AdamW lr 3e-4, β₂ 0.95), then the user's overrides."""
     from flowlm.training.checkpoint import TOKENIZER, read_meta, resolve_model_dir
@@ -145,6 +160,8 @@ def distill_config(teacher: str, preset_overrides: list[str] | tuple[str, ...] =
     cfg.train.betas = (0.9, 0.95)
     cfg.train.lr = 3e-4
     cfg.distill.teacher = str(directory)
+    cfg.distill.recipe = recipe
+    cfg.distill.stage1 = str(resolve_model_dir(stage1)) if stage1 else None
     return apply_overrides(cfg, list(preset_overrides))
 
 
@@ -178,7 +195,7 @@ def train(
     if ckpt_path:
         check_resumable(run_dir, cfg)
 
-    teacher, teacher_meta = load_teacher(cfg)
+    teacher, stage1, teacher_meta = load_frozen(cfg)
     tokenizer = prepare_tokenizer(cfg.data.tokenizer, cfg.data.corpus, cache_dir=cfg.data.cache_dir)
     if teacher is not None and tokenizer.vocab_size != teacher.config.vocab_size:
         raise ConfigError(
@@ -193,7 +210,7 @@ def train(
     world = world_size(cfg)
     micro, accumulate = batch_split(cfg, world)
     L.seed_everything(cfg.train.seed, verbose=False)
-    module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate, teacher=teacher)
+    module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate, teacher=teacher, stage1=stage1)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(
         json.dumps(provenance(run=cfg.to_dict(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.spec), indent=2)
