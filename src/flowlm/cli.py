@@ -11,6 +11,15 @@ from pathlib import Path
 from flowlm.errors import FlowLMError
 
 
+def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """Options shared by the commands that train (train, distill)."""
+    parser.add_argument("--steps", type=int, help="number of optimizer steps (train.max_steps)")
+    parser.add_argument("--out", help=f"run folder (default {default_out})")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowlm", description="Flow language models: train and sample.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -25,11 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", help="training method (default: the preset's, flm)")
     tr.add_argument("--data", help="corpus: shakespeare (embedded), a .txt file or folder, lm1b, openwebtext, wikitext")
     tr.add_argument("--tokenizer", help="bert-base-uncased, gpt2, bpe:<size>, or a Hugging Face tokenizer name")
-    tr.add_argument("--steps", type=int, help="number of optimizer steps (train.max_steps)")
-    tr.add_argument("--out", help="run folder (default runs/<preset>-<method>)")
-    tr.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
-    tr.add_argument("--quiet", action="store_true", help="no progress bar")
-    tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_run_options(tr, "runs/<preset>-<method>")
 
     di = sub.add_parser(
         "distill",
@@ -46,11 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="psd (SPEC §3, default) or the paper's v1 two-stage recipe (SPEC §4)",
     )
     di.add_argument("--stage1", help="v1-stage2 only: the v1-stage1 model folder to regress onto")
-    di.add_argument("--steps", type=int, help="number of optimizer steps (train.max_steps)")
-    di.add_argument("--out", help="run folder (default runs/fmlm-<teacher run name>)")
-    di.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
-    di.add_argument("--quiet", action="store_true", help="no progress bar")
-    di.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_run_options(di, "runs/fmlm-<recipe>-<teacher run name>")
 
     sa = sub.add_parser(
         "sample",

@@ -29,25 +29,17 @@ class DataConfig:
     cache_dir: str | None = None
 
 
-@dataclass
-class ModelConfig:
-    """DiT options (see :class:`flowlm.nn.dit.DiTConfig`) without ``vocab_size``/``seq_len``."""
+def _dit(self, vocab_size: int, seq_len: int) -> DiTConfig:
+    return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **asdict(self))
 
-    hidden_size: int = 768
-    n_blocks: int = 12
-    n_heads: int = 12
-    cond_dim: int = 128
-    mlp_ratio: int = 4
-    dropout: float = 0.1
-    attn_softcap: float | None = 50.0
-    logit_cap: float | None = 30.0
-    time_inputs: int = 1
-    pos_embed: bool = False
-    input_std: float | None = None
-    attn_backend: str = "auto"
 
-    def dit(self, vocab_size: int, seq_len: int) -> DiTConfig:
-        return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **asdict(self))
+# The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len),
+# derived from DiTConfig so the two can never drift apart.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [(f.name, f.type, field(default=f.default)) for f in fields(DiTConfig) if f.name not in ("vocab_size", "seq_len")],
+    namespace={"dit": _dit, "__doc__": "DiT options (see flowlm.nn.dit.DiTConfig) without vocab_size/seq_len."},
+)
 
 
 @dataclass
