@@ -50,7 +50,7 @@ class FlowLMModule(L.LightningModule):
                 raise ValueError(f"distillation with recipe {self.recipe} needs its frozen networks")
             self.net = init_stage1(teacher) if self.recipe == "v1-stage1" else init_student(teacher)
             # Frozen networks are kept out of the module's state dict: checkpoints never contain them.
-            object.__setattr__(self, "frozen", [teacher.eval().requires_grad_(False)])
+            self.frozen = [teacher.eval().requires_grad_(False)]
             if stage1 is not None:
                 self.frozen.append(stage1.eval().requires_grad_(False))
         else:
@@ -59,7 +59,9 @@ class FlowLMModule(L.LightningModule):
         weighted = cfg.train.loss_weighting or self.recipe == "v1-stage1"
         self.weighting = LossWeighting(cfg.model.cond_dim, two_times=self.distilling) if weighted else None
         self.ema = EMA(self.net, cfg.train.ema_decay)
-        self._compiled = torch.compile(self.net) if cfg.train.compile else None
+        # Not registered as a submodule: the compiled wrapper shares self.net's parameters, and registering
+        # it would store every weight twice in the training checkpoint.
+        object.__setattr__(self, "_compiled", torch.compile(self.net) if cfg.train.compile else None)
         self._logged_step = -1
         self._pending_rng: dict | None = None
         self._nonfinite = None
