@@ -92,6 +92,25 @@ def sync_check(model_dir: Path, tokens: torch.Tensor) -> dict:
     return result
 
 
+def seconds_per_sample(model, steps: int, n: int = 64) -> float:
+    """Time ``n`` samples after a warm-up call of the same shape (compile caches, schedule tables)."""
+    model.sample_tokens(n, steps, seed=0)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model.sample_tokens(n, steps, seed=1)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n
+
+
+def read_metrics(run_dir: Path) -> tuple[list, list, list]:
+    """(train losses, validation cross-entropies as (step, value), tokens/s) from the first launch's CSV."""
+    rows = list(csv.DictReader(open(run_dir / "logs" / "session-0" / "metrics.csv")))
+    losses = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+    vals = [(int(r["step"]), float(r["val/denoising_ce"])) for r in rows if r.get("val/denoising_ce")]
+    rates = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
+    return losses, vals, rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -122,10 +141,7 @@ def main() -> None:
     model_dir = flowlm.train("small", overrides, out=run, progress=False)
     report["train_seconds_total"] = time.perf_counter() - start
     report["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    rows = list(csv.DictReader(open(run / "logs" / "session-0" / "metrics.csv")))
-    losses = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
-    rates = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
-    vals = [(int(r["step"]), float(r["val/denoising_ce"])) for r in rows if r.get("val/denoising_ce")]
+    losses, vals, rates = read_metrics(run)
     report["train_loss_first_last"] = [losses[0], losses[-1]] if losses else None
     report["val_denoising_ce"] = vals
     report["tokens_per_s_last"] = rates[-3:]
@@ -139,12 +155,7 @@ def main() -> None:
 
     model = flowlm.load(model_dir, device="cuda")
     for steps in (1, 64):
-        model.sample_tokens(64, steps, seed=0)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model.sample_tokens(64, steps, seed=0)
-        torch.cuda.synchronize()
-        report[f"sample_seconds_per_sample_{steps}_steps"] = (time.perf_counter() - t0) / 64
+        report[f"sample_seconds_per_sample_{steps}_steps"] = seconds_per_sample(model, steps)
     report["samples_64_steps"] = model.generate(2, steps=64, seed=0)
 
     from flowlm.training.run import distill_config
@@ -158,20 +169,12 @@ def main() -> None:
         progress=False,
     )
     report["distill_seconds_total"] = time.perf_counter() - start
-    rows = list(csv.DictReader(open(out / "distill" / "logs" / "session-0" / "metrics.csv")))
-    losses = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+    losses, _, rates = read_metrics(out / "distill")
     report["distill_loss_first_last"] = [losses[0], losses[-1]] if losses else None
-    report["distill_tokens_per_s_last"] = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")][
-        -2:
-    ]
+    report["distill_tokens_per_s_last"] = rates[-2:]
     fmlm = flowlm.load(fmlm_dir, device="cuda")
     for steps in (1, 4):
-        fmlm.sample_tokens(64, steps, seed=0)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fmlm.sample_tokens(64, steps, seed=1)
-        torch.cuda.synchronize()
-        report[f"fmlm_seconds_per_sample_{steps}_steps"] = (time.perf_counter() - t0) / 64
+        report[f"fmlm_seconds_per_sample_{steps}_steps"] = seconds_per_sample(fmlm, steps)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
