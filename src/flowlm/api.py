@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from flowlm.data import Tokenizer
+from flowlm.demo import PREFIX, demo_path
 from flowlm.errors import CheckpointError, ConfigError
 from flowlm.methods.flm import check_steps, flm_sample
 from flowlm.methods.fmlm import check_gamma, fmlm_sample, v1_stage1_sample
@@ -101,7 +102,12 @@ class FlowLM:
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FlowLM:
-    """Load a model folder written by ``flowlm train`` (or the run folder holding it). Strict."""
+    """Load a model folder written by ``flowlm train`` (or the run folder holding it). Strict.
+
+    ``"demo:fmlm"`` / ``"demo:flm"`` name the demo models shipped with the package (:mod:`flowlm.demo`).
+    """
+    if str(path).startswith(PREFIX):
+        path = demo_path(str(path))
     directory = resolve_model_dir(path)
     meta = read_meta(directory)
     try:

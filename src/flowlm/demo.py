@@ -1,0 +1,80 @@
+"""The demo models shipped inside the package, and the ``flowlm demo`` side-by-side comparison.
+
+``assets/demo/flm`` is an FLM trained on the embedded Shakespeare corpus and ``assets/demo/fmlm`` its
+PSD-distilled flow map (the commands that produced them are in each folder's ``flowlm.json`` and in
+``docs/results.md``). ``flowlm.load("demo:fmlm")`` loads one by name; no network is ever needed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowlm.errors import CheckpointError
+
+DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
+DEMO_MODELS = ("flm", "fmlm")
+PREFIX = "demo:"
+
+
+def demo_path(name: str) -> Path:
+    """Folder of the shipped demo model ``name`` (``flm`` or ``fmlm``; a ``demo:`` prefix is accepted)."""
+    key = name[len(PREFIX) :] if name.startswith(PREFIX) else name
+    if key not in DEMO_MODELS:
+        raise CheckpointError(f"unknown demo model {name!r}: use one of {', '.join(PREFIX + m for m in DEMO_MODELS)}")
+    path = DEMO_DIR / key
+    if not (path / "flowlm.json").is_file():
+        raise CheckpointError(
+            f"the demo model {key!r} is missing from this installation ({path}): reinstall flowlm from a full "
+            "source tree (the demo weights are package data)"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One row of the demo: which model, how many network calls per sample, the texts and the time taken."""
+
+    model: str
+    steps: int
+    texts: list[str]
+    seconds_per_sample: float
+
+
+def run_demo(
+    num_samples: int = 3,
+    seed: int = 0,
+    fmlm_steps: tuple[int, ...] = (1, 2),
+    flm_steps: tuple[int, ...] = (1, 256),
+    device: str = "cpu",
+) -> list[DemoRun]:
+    """Sample the shipped FMLM and FLM with the given step counts; each row is timed on its own.
+
+    One single-sample, one-step call per model runs first and is not timed, so the numbers exclude
+    one-off start-up costs (thread pools, first allocations).
+    """
+    from flowlm.api import load
+
+    runs = []
+    for name, step_list in (("fmlm", fmlm_steps), ("flm", flm_steps)):
+        model = load(demo_path(name), device=device)
+        model.sample_tokens(1, 1, seed=seed)
+        for steps in step_list:
+            start = time.perf_counter()
+            tokens = model.sample_tokens(num_samples, steps, seed=seed)
+            seconds = (time.perf_counter() - start) / num_samples
+            runs.append(DemoRun(name.upper(), steps, model.decode(tokens), seconds))
+    return runs
+
+
+def format_demo(runs: list[DemoRun]) -> str:
+    """Plain-text report of :func:`run_demo` (what ``flowlm demo`` prints)."""
+    lines = []
+    for run in runs:
+        calls = "1 network call" if run.steps == 1 else f"{run.steps} network calls"
+        lines.append(f"=== {run.model}, {calls} per sample: {run.seconds_per_sample:.4f} s/sample ===")
+        for i, text in enumerate(run.texts, 1):
+            lines.append(f"[{i}] " + " ".join(text.split()))
+        lines.append("")
+    return "\n".join(lines)
