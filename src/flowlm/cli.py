@@ -69,7 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
     sa.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sa.add_argument("--out", help="write JSONL here instead of printing")
+    im = sub.add_parser(
+        "import-reference",
+        help="convert a checkpoint of the reference implementation (david3684/flm) into a model folder",
+        description="Convert a Lightning .ckpt of the reference FLM/FMLM code into a flowlm model folder. The file "
+        "is read without running pickled code; the weights must match the network exactly.",
+    )
+    im.add_argument("checkpoint", help="the reference .ckpt file")
+    im.add_argument("--out", required=True, help="model folder to write")
+    im.add_argument(
+        "--tokenizer",
+        help="tokenizer spec or folder (default: the checkpoint's data.tokenizer_name_or_path)",
+    )
+    im.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights")
+    im.add_argument("--logit-cap", type=float, help="soft cap on the logits, for checkpoints trained with one")
     return parser
+
+
+def run_import_reference(args: argparse.Namespace) -> None:
+    from flowlm.interop.reference import import_reference
+
+    out = import_reference(args.checkpoint, args.out, args.tokenizer, args.weights, args.logit_cap)
+    print(f"model written to {out}")
+    print(f"sample from it with: flowlm sample {out} --steps 64")
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -159,7 +181,12 @@ def run_sample(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": run_train, "distill": run_distill, "sample": run_sample}[args.command](args)
+        {
+            "train": run_train,
+            "distill": run_distill,
+            "sample": run_sample,
+            "import-reference": run_import_reference,
+        }[args.command](args)
     except FlowLMError as err:
         print(f"flowlm: error: {err}", file=sys.stderr)
         return 2
