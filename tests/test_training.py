@@ -30,7 +30,7 @@ def test_batch_split_and_its_errors():
     cfg = apply_overrides(load_preset("tiny"), ["train.batch_size=32", "train.micro_batch_size=8"])
     assert batch_split(cfg, world=2) == (8, 2)
     assert batch_split(apply_overrides(cfg, ["train.micro_batch_size=null"]), world=4) == (8, 1)
-    with pytest.raises(ConfigError, match="batch_size = micro_batch_size x devices x accumulation"):
+    with pytest.raises(ConfigError, match="batch_size = micro_batch_size x devices x num_nodes x accumulation"):
         batch_split(apply_overrides(cfg, ["train.micro_batch_size=5"]), world=1)
 
 

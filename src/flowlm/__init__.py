@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "FlowLM": "flowlm.api",
     "load": "flowlm.api",
+    "from_pretrained": "flowlm.api",
     "tau_from_t": "flowlm.schedule",
     "t_from_tau": "flowlm.schedule",
     "train": "flowlm.training.run",

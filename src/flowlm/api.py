@@ -93,6 +93,18 @@ class FlowLM:
                 chunks.append(tokens)
         return torch.cat(chunks).cpu()
 
+    def save_pretrained(self, directory: str | os.PathLike, license: str | None = None) -> Path:
+        """Write this model as a model folder (weights, ``flowlm.json``, tokenizer, model card)."""
+        from flowlm.hub import save_pretrained
+
+        return save_pretrained(self, directory, license=license)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload this model folder to the Hugging Face Hub (see :func:`flowlm.hub.push_to_hub`)."""
+        from flowlm.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def decode(self, tokens: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row.tolist()) for row in tokens]
 
@@ -101,14 +113,15 @@ class FlowLM:
         return self.decode(self.sample_tokens(num_samples, steps, seed=seed, **kwargs))
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FlowLM:
-    """Load a model folder written by ``flowlm train`` (or the run folder holding it). Strict.
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None) -> FlowLM:
+    """Load a model folder written by ``flowlm train`` (or the run folder holding it), a Hugging Face Hub
+    repository ``owner/name`` holding one (downloaded once into the Hub cache; ``revision`` picks a branch,
+    tag or commit), or a shipped demo model ``"demo:fmlm"`` / ``"demo:flm"`` (:mod:`flowlm.demo`). Strict."""
+    from flowlm.hub import download, is_hub_id
 
-    ``"demo:fmlm"`` / ``"demo:flm"`` name the demo models shipped with the package (:mod:`flowlm.demo`).
-    """
     if str(path).startswith(PREFIX):
         path = demo_path(str(path))
-    directory = resolve_model_dir(path)
+    directory = download(str(path), revision=revision) if is_hub_id(str(path)) else resolve_model_dir(path)
     meta = read_meta(directory)
     try:
         config = DiTConfig(**meta["model"])
@@ -136,3 +149,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FlowLM:
             )
         teacher = teacher_model.net
     return FlowLM(net.to(device), tokenizer, meta, directory, teacher=teacher)
+
+
+def from_pretrained(repo_id_or_dir: str | os.PathLike, device: str | torch.device = "cpu", **kwargs) -> FlowLM:
+    """Same as :func:`load`, named as in other Hub libraries."""
+    return load(repo_id_or_dir, device=device, **kwargs)

@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--num-samples", "-n", type=int, default=3, help="samples per row (default 3)")
     de.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     de.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    im = sub.add_parser(
+        "import-reference",
+        help="convert a checkpoint of the reference implementation (david3684/flm) into a model folder",
+        description="Convert a Lightning .ckpt of the reference FLM/FMLM code into a flowlm model folder. The file "
+        "is read without running pickled code; the weights must match the network exactly.",
+    )
+    im.add_argument("checkpoint", help="the reference .ckpt file")
+    im.add_argument("--out", required=True, help="model folder to write")
+    im.add_argument(
+        "--tokenizer",
+        help="tokenizer spec or folder (default: the checkpoint's data.tokenizer_name_or_path)",
+    )
+    im.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights")
+    im.add_argument("--logit-cap", type=float, help="soft cap on the logits, for checkpoints trained with one")
     return parser
 
 
@@ -88,6 +102,14 @@ def run_demo(args: argparse.Namespace) -> None:
         raise ConfigError(f"--num-samples {args.num_samples}: ask for at least one sample")
     print(format_demo(run_demo(args.num_samples, seed=args.seed, device=args.device)))
     print("Sample your own: flowlm sample demo:fmlm --steps 1 -n 8   (see flowlm --help)")
+
+
+def run_import_reference(args: argparse.Namespace) -> None:
+    from flowlm.interop.reference import import_reference
+
+    out = import_reference(args.checkpoint, args.out, args.tokenizer, args.weights, args.logit_cap)
+    print(f"model written to {out}")
+    print(f"sample from it with: flowlm sample {out} --steps 64")
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -177,7 +199,13 @@ def run_sample(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": run_train, "distill": run_distill, "sample": run_sample, "demo": run_demo}[args.command](args)
+        {
+            "train": run_train,
+            "distill": run_distill,
+            "sample": run_sample,
+            "import-reference": run_import_reference,
+            "demo": run_demo,
+        }[args.command](args)
     except FlowLMError as err:
         print(f"flowlm: error: {err}", file=sys.stderr)
         return 2

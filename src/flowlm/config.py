@@ -19,6 +19,7 @@ from flowlm.nn.dit import DiTConfig
 PRESET_ALIASES = {"small": "lm1b-small"}
 METHODS = ("flm", "fmlm")
 RECIPES = ("psd", "v1-stage1", "v1-stage2")
+STRATEGIES = ("auto", "ddp")
 
 
 @dataclass
@@ -179,6 +180,36 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return cfg
 
 
+def device_count(devices: int | str) -> int | None:
+    """Devices per node named by ``train.devices``: a count, ``"0,1,..."`` ids, or None for auto/-1 (all GPUs)."""
+    if devices in ("auto", -1, "-1"):
+        return None
+    if isinstance(devices, int):
+        return devices
+    parts = [p for p in str(devices).strip("[] ").split(",") if p.strip()]
+    try:
+        return int(parts[0]) if len(parts) == 1 else len({int(p) for p in parts})
+    except ValueError:
+        return 0
+
+
+def validate_distributed(t: TrainConfig) -> None:
+    if t.strategy == "fsdp":
+        raise ConfigError(
+            "train.strategy=fsdp is not supported: the EMA keeps a full float32 copy of every parameter per "
+            "device, which sharding would break; use ddp (the paper's 170M-parameter models fit one GPU each)"
+        )
+    if t.strategy not in STRATEGIES:
+        raise ConfigError(f"train.strategy={t.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if t.num_nodes < 1:
+        raise ConfigError(f"train.num_nodes={t.num_nodes} must be >= 1")
+    count = device_count(t.devices)
+    if count is not None and count < 1:
+        raise ConfigError(
+            f"train.devices={t.devices!r}: use a device count (8), GPU ids ('0,1,2,3'), or auto / -1 for all GPUs"
+        )
+
+
 def validate(cfg: RunConfig) -> None:
     t = cfg.train
     if t.method not in METHODS:
@@ -192,6 +223,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
     if t.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):
         raise ConfigError(f"train.precision={t.precision!r}: use auto, 32, bf16-mixed, 16-mixed or 64")
+    validate_distributed(t)
     d = cfg.distill
     if t.method == "fmlm" and not d.teacher:
         raise ConfigError("train.method=fmlm distills a teacher: use flowlm distill --teacher CKPT")

@@ -1,5 +1,6 @@
 """The flowlm model checkpoint: a folder with ``model.safetensors`` (EMA weights),
-``flowlm.json`` (provenance) and ``tokenizer/``. Written atomically; loaded strictly.
+``flowlm.json`` (provenance), ``tokenizer/`` and ``README.md`` (a model card generated from the
+provenance, for the Hugging Face Hub). Written atomically; loaded strictly.
 
 ``flowlm.json`` holds: format, method, the DiT config, the run config, tokenizer spec and
 vocabulary size, training step, which weights (EMA), code version, the command line, the time of
@@ -29,6 +30,7 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "flowlm.json"
 TOKENIZER = "tokenizer"
+CARD = "README.md"
 
 
 def code_version() -> str:
@@ -87,8 +89,14 @@ def atomic_write_dir(target: Path, fill) -> Path:
     return target
 
 
-def save_model(directory: Path, state_dict: dict[str, torch.Tensor], meta: dict, tokenizer) -> Path:
-    """Write a model checkpoint folder atomically and return its path."""
+def save_model(
+    directory: Path, state_dict: dict[str, torch.Tensor], meta: dict, tokenizer, card_name: str | None = None
+) -> Path:
+    """Write a model checkpoint folder atomically and return its path.
+
+    ``card_name`` is the name the model card tells readers to load (a Hub id); default: a placeholder.
+    """
+    from flowlm.model_card import model_card
 
     def fill(tmp: Path) -> None:
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
@@ -97,6 +105,7 @@ def save_model(directory: Path, state_dict: dict[str, torch.Tensor], meta: dict,
         document = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
         document["weights_sha256"] = sha256_file(tmp / WEIGHTS)
         (tmp / META).write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
+        (tmp / CARD).write_text(model_card(document, card_name))
 
     return atomic_write_dir(Path(directory), fill)
 

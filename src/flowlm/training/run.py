@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from flowlm.config import RunConfig, apply_overrides, load_preset
+from flowlm.config import RunConfig, apply_overrides, device_count, load_preset
 from flowlm.data import prepare_blocks, prepare_tokenizer
 from flowlm.errors import ConfigError
 from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader
@@ -72,20 +72,26 @@ def export_model(directory: Path, module: FlowLMModule, tokenizer, step: int, ex
 
 
 def world_size(cfg: RunConfig) -> int:
-    devices = cfg.train.devices
-    if devices in ("auto", -1, "-1"):
+    """Processes in the run: devices per node × ``train.num_nodes`` (``auto``/-1: every visible GPU, or 1)."""
+    devices = device_count(cfg.train.devices)
+    if devices is None:
         devices = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
-    return int(devices) * cfg.train.num_nodes
+    return devices * cfg.train.num_nodes
 
 
 def batch_split(cfg: RunConfig, world: int) -> tuple[int, int]:
-    """(per-device micro-batch, accumulation) with micro × world × accumulation = batch_size."""
+    """(per-device micro-batch, accumulation) with micro × world × accumulation = batch_size exactly.
+
+    ``world`` = devices × nodes. Without ``train.micro_batch_size`` each device takes batch_size / world
+    in one pass; with it, the remaining factor becomes gradient accumulation.
+    """
     t = cfg.train
     micro = t.micro_batch_size or t.batch_size // world
     if micro < 1 or t.batch_size % (micro * world):
         raise ConfigError(
-            f"train.batch_size={t.batch_size} is not a multiple of micro_batch_size={micro} x {world} devices: "
-            "choose sizes so that batch_size = micro_batch_size x devices x accumulation"
+            f"train.batch_size={t.batch_size} cannot be split into micro_batch_size={micro} x {world} processes "
+            f"({cfg.train.devices} devices x {cfg.train.num_nodes} nodes) x accumulation: choose sizes with "
+            "batch_size = micro_batch_size x devices x num_nodes x accumulation"
         )
     return micro, t.batch_size // (micro * world)
 

@@ -1,0 +1,99 @@
+"""The Hugging Face Hub: download a model folder by repository id, save and push one.
+
+A Hub repository holds one flowlm model folder as it is on disk (``model.safetensors``, ``flowlm.json``,
+``tokenizer/``, ``README.md``): there is one format, and loading it from the Hub is loading the
+downloaded folder with the same strict checks.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from flowlm.errors import CheckpointError
+from flowlm.training.checkpoint import CARD, META, TOKENIZER, WEIGHTS
+
+FILES = [WEIGHTS, META, CARD, f"{TOKENIZER}/*"]
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` that is not a local path."""
+    return bool(_REPO_ID.fullmatch(str(name))) and not Path(name).exists()
+
+
+def download(repo_id: str, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """Download (or find in the local Hub cache) the model folder of ``repo_id``; returns its local path."""
+    try:
+        folder = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=FILES, library_name="flowlm")
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise CheckpointError(
+            f"{repo_id!r} is no local folder and cannot be fetched from the Hugging Face Hub: offline "
+            "(HF_HUB_OFFLINE is set) or the network is unreachable, and it is not in the local cache; "
+            "connect and unset HF_HUB_OFFLINE, or pass a local model folder (flowlm.load('path/to/model'))"
+        ) from None
+    except (RepositoryNotFoundError, GatedRepoError):
+        raise CheckpointError(
+            f"{repo_id!r} is no local folder, and as a Hub repository it does not exist or needs access: check the "
+            "path or id, or log in "
+            "(huggingface-cli login / HF_TOKEN) for a private or gated model"
+        ) from None
+    except RevisionNotFoundError:
+        raise CheckpointError(
+            f"Hub repository {repo_id!r} has no revision {revision!r}: pick an existing one"
+        ) from None
+    except HfHubHTTPError as err:
+        raise CheckpointError(f"downloading {repo_id!r} from the Hub failed ({err}): retry later") from None
+    folder = Path(folder)
+    if not (folder / META).is_file():
+        raise CheckpointError(f"Hub repository {repo_id!r} holds no {META}: it is not a flowlm model")
+    return folder
+
+
+def save_pretrained(model, directory: str | Path, license: str | None = None, card_name: str | None = None) -> Path:
+    """Write ``model`` (a :class:`flowlm.FlowLM`) as a model folder with its model card."""
+    from flowlm.training.checkpoint import save_model
+
+    if model.method == "fmlm-v1-stage1":
+        raise CheckpointError(
+            "a v1 stage-1 model samples with its teacher, which is referenced by a local path: "
+            "publish the stage-2 model (flowlm distill --recipe v1-stage2) instead"
+        )
+    meta = {k: v for k, v in model.meta.items() if k not in ("format", "format_version", "weights_sha256")}
+    if license is not None:
+        meta["license"] = license
+    return save_model(Path(directory), model.net.state_dict(), meta, model.tokenizer, card_name=card_name)
+
+
+def push_to_hub(
+    model,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    license: str | None = None,
+    commit_message: str = "Upload flowlm model",
+) -> str:
+    """Create ``repo_id`` if needed and upload the model folder; returns the commit URL."""
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(model, Path(tmp) / "model", license=license, card_name=repo_id)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        except (HfHubHTTPError, OfflineModeIsEnabled) as err:
+            raise CheckpointError(
+                f"pushing to {repo_id!r} failed ({err}): log in (huggingface-cli login / HF_TOKEN) and check the id"
+            ) from None
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,1 @@
+"""Interoperability: reading checkpoints written by other code (the reference implementation)."""
