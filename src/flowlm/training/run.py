@@ -48,7 +48,7 @@ class Checkpointing(Callback):
     def save(self, trainer, module: FlowLMModule) -> None:
         module.check_finite()
         self._saved_step = trainer.global_step
-        trainer.save_checkpoint(self.run_dir / "checkpoints" / LAST)
+        trainer.save_checkpoint(self.run_dir / "checkpoints" / LAST, weights_only=False)
         if trainer.is_global_zero:
             export_model(self.run_dir / "model", module, self.tokenizer, trainer.global_step, self.extra_meta)
 
