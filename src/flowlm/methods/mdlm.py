@@ -101,8 +101,9 @@ def mdlm_sample(
     ``t = t_k`` to ``s = t_{k+1}``) reveals each still-masked position with probability
     ``(t − s)/t = 1/(N − k)``, drawing its token from ``p_θ(· | z_t)``; revealed tokens never change. The last
     step reveals everything, so N = 1 draws every position independently from ``p_θ(x_ℓ | all masked)``.
-    The network is called again only after a step that revealed something (it does not depend on ``t``), so
-    a sampler with N > L makes at most L + 1 calls. Deterministic given ``generator``.
+    The network is called again only after a step that revealed something (it does not depend on ``t``) and
+    not at all once every position is revealed, so it makes at most ``min(N, L)`` calls. Deterministic given
+    ``generator``.
     """
     check_steps(steps)
     mask_id = vocab_size
@@ -111,6 +112,8 @@ def mdlm_sample(
     probs = None
     for k in range(steps):
         if probs is None:
+            if not bool((z == mask_id).any()):
+                break  # everything is revealed: the remaining steps would change nothing
             probs = torch.softmax(model(z, tau).float(), dim=-1).view(-1, vocab_size)
         draw = torch.multinomial(probs, 1, generator=generator).view(num_samples, seq_len)
         u = torch.rand(num_samples, seq_len, generator=generator, device=z.device)
