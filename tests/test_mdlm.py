@@ -60,7 +60,9 @@ def test_loss_estimator_matches_exact_expectation(t_min):
     batch, n_batches = 256, 200
     x = torch.tensor([tokens] * batch)
     g = torch.Generator().manual_seed(1)
-    means = torch.tensor([float(mdlm_loss(model, x, vocab, generator=g, t_min=t_min)["loss"]) for _ in range(n_batches)])
+    means = torch.tensor(
+        [float(mdlm_loss(model, x, vocab, generator=g, t_min=t_min)["loss"]) for _ in range(n_batches)]
+    )
     # Batches are independent draws (strata are within a batch), so the standard error of the overall mean is
     # std(batch means)/sqrt(n_batches); 4 standard errors bound a chance failure at ~1e-4.
     se = float(means.std()) / math.sqrt(n_batches)
