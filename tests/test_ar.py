@@ -95,6 +95,22 @@ def test_cached_decoding_equals_uncached_decoding(backend):
     assert not torch.equal(cached, ar_sample(net, 16, 12, bos_id=1, generator=torch.Generator().manual_seed(6)))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["flex", "flash"])
+@pytest.mark.parametrize("q_len", [64, 5, 1])
+def test_causal_fused_backends_match_math_on_gpu(backend, q_len):
+    """Training (q_len = kv_len) and cached steps (the queries are the last q_len of 64 positions)."""
+    if backend == "flash":
+        pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, q_len, 4, 32, generator=g, device="cuda") * 4
+    k, v = (torch.randn(2, 64, 4, 32, generator=g, device="cuda") * 4 for _ in range(2))
+    qh, kh, vh = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    reference = attention(qh.float(), kh.float(), vh.float(), 50.0, "math", causal=True)
+    # bf16 kernels against float32 math on the same rounded inputs: the bound of tests/test_dit.py (< 0.1)
+    assert (attention(qh, kh, vh, 50.0, backend, causal=True).float() - reference).abs().max().item() < 0.1
+
+
 def test_a_cache_needs_a_causal_model():
     with pytest.raises(ConfigError, match="causal"):
         causal_dit(causal=False).new_cache()
