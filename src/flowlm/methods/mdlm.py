@@ -115,10 +115,10 @@ def mdlm_sample(
             if not bool((z == mask_id).any()):
                 break  # everything is revealed: the remaining steps would change nothing
             probs = torch.softmax(model(z, tau).float(), dim=-1).view(-1, vocab_size)
-        draw = torch.multinomial(probs, 1, generator=generator).view(num_samples, seq_len)
         u = torch.rand(num_samples, seq_len, generator=generator, device=z.device)
-        reveal = (z == mask_id) & (u * (steps - k) < 1)
-        z = torch.where(reveal, draw, z)
-        if bool(reveal.any()):
+        rows = ((z == mask_id) & (u * (steps - k) < 1)).view(-1).nonzero().squeeze(-1)  # positions to reveal
+        if rows.numel():
+            draw = torch.multinomial(probs[rows], 1, generator=generator).squeeze(-1)
+            z = z.view(-1).index_put((rows,), draw).view(num_samples, seq_len)
             probs = None
     return z
