@@ -10,10 +10,27 @@ import torch
 from flowlm.data import Tokenizer
 from flowlm.demo import PREFIX, demo_path
 from flowlm.errors import CheckpointError, ConfigError
+from flowlm.methods.ar import ar_sample
 from flowlm.methods.flm import check_steps, flm_sample
 from flowlm.methods.fmlm import check_gamma, fmlm_sample, v1_stage1_sample
+from flowlm.methods.mdlm import mdlm_sample
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
+
+METHODS = ("flm", "fmlm", "fmlm-v1-stage1", "mdlm", "ar")
+DEFAULT_STEPS = 64  # sampling steps when none are given (every method but AR)
+
+
+def resolve_steps(method: str, steps: int | None) -> int | None:
+    """The number of sampling steps: ``steps`` (default 64); None for AR, which takes none."""
+    if method == "ar":
+        if steps is not None:
+            raise ConfigError(
+                f"steps={steps}: an autoregressive model decodes one token per network call (seq_len - 1 calls, "
+                "KV-cached) and takes no number of steps; leave steps (--steps) unset"
+            )
+        return None
+    return check_steps(DEFAULT_STEPS if steps is None else steps)
 
 
 class FlowLM:
@@ -45,7 +62,7 @@ class FlowLM:
     def sample_tokens(
         self,
         num_samples: int,
-        steps: int,
+        steps: int | None = None,
         seed: int = 0,
         seq_len: int | None = None,
         guidance: float | None = None,
@@ -55,10 +72,12 @@ class FlowLM:
         """Token ids [num_samples, seq_len]; identical for identical arguments (seeded).
 
         FLM models use the Euler sampler (optionally with autoguidance ``guidance`` = η); FMLM models
-        use the flow-map sampler with churn ``gamma`` ∈ [0, 1] (0: deterministic). ``steps`` is the
-        number of network calls per sample.
+        use the flow-map sampler with churn ``gamma`` ∈ [0, 1] (0: deterministic); MDLM models use the
+        ancestral sampler. For these ``steps`` (default 64) is the number of sampler steps (network calls;
+        MDLM skips a call after a step that revealed nothing). AR models decode token by token from BOS with
+        a KV cache at temperature 1 and take no ``steps`` (passing one is an error).
         """
-        check_steps(steps)
+        steps = resolve_steps(self.method, steps)
         check_gamma(gamma)
         if self.method != "flm" and guidance is not None:
             raise ConfigError("autoguidance applies to FLM models; for an FMLM model use gamma")
@@ -81,6 +100,12 @@ class FlowLM:
                 if self.method == "fmlm-v1-stage1":
                     tokens = v1_stage1_sample(
                         self.net, self.teacher, n, seq_len, vocab, steps, generator=generator, device=self.device
+                    )
+                elif self.method == "mdlm":
+                    tokens = mdlm_sample(self.net, n, seq_len, vocab, steps, generator=generator, device=self.device)
+                elif self.method == "ar":
+                    tokens = ar_sample(
+                        self.net, n, seq_len, self.tokenizer.bos_id, generator=generator, device=self.device
                     )
                 elif self.method == "fmlm":
                     tokens = fmlm_sample(
@@ -108,8 +133,8 @@ class FlowLM:
     def decode(self, tokens: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row.tolist()) for row in tokens]
 
-    def generate(self, num_samples: int = 1, steps: int = 64, seed: int = 0, **kwargs) -> list[str]:
-        """Sample ``num_samples`` sequences with ``steps`` network calls each and decode them to text."""
+    def generate(self, num_samples: int = 1, steps: int | None = None, seed: int = 0, **kwargs) -> list[str]:
+        """Sample ``num_samples`` sequences (``steps`` as in :meth:`sample_tokens`) and decode them to text."""
         return self.decode(self.sample_tokens(num_samples, steps, seed=seed, **kwargs))
 
 
@@ -133,7 +158,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: 
             f"the tokenizer in {directory} has {tokenizer.vocab_size} tokens but the model expects "
             f"{config.vocab_size}: the checkpoint was assembled from mismatched parts; re-export it"
         )
-    if meta.get("method") not in ("flm", "fmlm", "fmlm-v1-stage1"):
+    if meta.get("method") not in METHODS:
         raise CheckpointError(f"{directory} holds a {meta.get('method')!r} model, which this flowlm cannot sample")
     net = DiT(config)
     load_state_strict(net, read_weights(directory, meta), str(directory))

@@ -10,6 +10,13 @@ from pathlib import Path
 
 from flowlm.errors import ConfigError, FlowLMError
 
+SAMPLERS = {
+    "fmlm": "flow-map",
+    "fmlm-v1-stage1": "v1-stage1-map",
+    "mdlm": "ancestral",
+    "ar": "ancestral-kv-cache",
+}
+
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     """Options shared by the commands that train (train, distill)."""
@@ -31,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. train.lr=1e-3 model.n_blocks=6 data.seq_len=128).",
     )
     tr.add_argument("--preset", default="tiny", help="tiny (CPU, default), small / lm1b-small, owt-small")
-    tr.add_argument("--method", help="training method (default: the preset's, flm)")
+    tr.add_argument(
+        "--method",
+        help="flm (flow language model, the presets' default), or a baseline: mdlm (masked diffusion) or ar "
+        "(autoregressive, causal DiT of the same size)",
+    )
     tr.add_argument("--data", help="corpus: shakespeare (embedded), a .txt file or folder, lm1b, openwebtext, wikitext")
     tr.add_argument("--tokenizer", help="bert-base-uncased, gpt2, bpe:<size>, or a Hugging Face tokenizer name")
     add_run_options(tr, "runs/<preset>-<method>")
@@ -60,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "with provenance when --out is given.",
     )
     sa.add_argument("checkpoint", help="model folder written by flowlm train (or its run folder)")
-    sa.add_argument("--steps", type=int, default=64, help="network calls per sample (default 64)")
+    sa.add_argument(
+        "--steps",
+        type=int,
+        help="sampler steps per sample (default 64); not for AR models, which decode token by token",
+    )
     sa.add_argument("--num-samples", "-n", type=int, default=4, help="how many samples (default 4)")
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
@@ -127,7 +142,8 @@ def run_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     print(f"model written to {model_dir}")
-    print(f"sample from it with: flowlm sample {model_dir} --steps 64")
+    steps = "" if args.method == "ar" else " --steps 64"
+    print(f"sample from it with: flowlm sample {model_dir}{steps}")
 
 
 def run_distill(args: argparse.Namespace) -> None:
@@ -150,6 +166,7 @@ def run_distill(args: argparse.Namespace) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     import flowlm
+    from flowlm.api import resolve_steps
     from flowlm.training.checkpoint import code_version
 
     model = flowlm.load(args.checkpoint, device=args.device)
@@ -165,21 +182,20 @@ def run_sample(args: argparse.Namespace) -> None:
     )
     seconds = time.perf_counter() - start
     texts = model.decode(tokens)
+    steps = resolve_steps(model.method, args.steps)
     if args.out is None:
         for i, text in enumerate(texts):
             print(f"--- sample {i} ---\n{text}")
-        print(
-            f"[{args.num_samples} samples, {args.steps} steps, {seconds / args.num_samples:.3f} s/sample]",
-            file=sys.stderr,
-        )
+        what = "KV-cached decoding" if steps is None else f"{steps} steps"
+        print(f"[{args.num_samples} samples, {what}, {seconds / args.num_samples:.3f} s/sample]", file=sys.stderr)
         return
     provenance = {
         "checkpoint": str(model.path),
         "weights_sha256": model.meta.get("weights_sha256"),
         "method": model.method,
-        "sampler": {"fmlm": "flow-map", "fmlm-v1-stage1": "v1-stage1-map"}.get(model.method, "euler"),
+        "sampler": SAMPLERS.get(model.method, "euler"),
         "gamma": args.gamma if model.method == "fmlm" else None,
-        "steps": args.steps,
+        "steps": steps,
         "seed": args.seed,
         "guidance": args.guidance,
         "precision": "float32",

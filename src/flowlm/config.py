@@ -1,7 +1,8 @@
 """Typed run configuration: presets (YAML in ``flowlm/presets``) plus dotted ``key=value`` overrides.
 
 A run is ``RunConfig(data, model, train)``. ``model`` holds the DiT sizes except the vocabulary
-size and length, which come from the tokenizer and ``data.seq_len``.
+size and length, which come from the tokenizer and ``data.seq_len``, and the options that follow from
+the method (``causal`` for AR, ``mask_input`` for MDLM; see :data:`METHOD_MODEL`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from flowlm.errors import ConfigError
 from flowlm.nn.dit import DiTConfig
 
 PRESET_ALIASES = {"small": "lm1b-small"}
-METHODS = ("flm", "fmlm")
+METHODS = ("flm", "fmlm", "mdlm", "ar")
+# DiT options fixed by the method rather than chosen by the user.
+METHOD_MODEL = {"mdlm": {"mask_input": True}, "ar": {"causal": True}}
 RECIPES = ("psd", "v1-stage1", "v1-stage2")
 STRATEGIES = ("auto", "ddp")
 
@@ -30,15 +33,16 @@ class DataConfig:
     cache_dir: str | None = None
 
 
-def _dit(self, vocab_size: int, seq_len: int) -> DiTConfig:
-    return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **asdict(self))
+def _dit(self, vocab_size: int, seq_len: int, method: str = "flm") -> DiTConfig:
+    return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **asdict(self), **METHOD_MODEL.get(method, {}))
 
 
-# The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len),
-# derived from DiTConfig so the two can never drift apart.
+# The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len) and
+# without the method's options, derived from DiTConfig so the two can never drift apart.
+_NOT_USER_OPTIONS = ("vocab_size", "seq_len", "causal", "mask_input")
 ModelConfig = dataclasses.make_dataclass(
     "ModelConfig",
-    [(f.name, f.type, field(default=f.default)) for f in fields(DiTConfig) if f.name not in ("vocab_size", "seq_len")],
+    [(f.name, f.type, field(default=f.default)) for f in fields(DiTConfig) if f.name not in _NOT_USER_OPTIONS],
     namespace={"dit": _dit, "__doc__": "DiT options (see flowlm.nn.dit.DiTConfig) without vocab_size/seq_len."},
 )
 
@@ -224,6 +228,11 @@ def validate(cfg: RunConfig) -> None:
     if t.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):
         raise ConfigError(f"train.precision={t.precision!r}: use auto, 32, bf16-mixed, 16-mixed or 64")
     validate_distributed(t)
+    if t.loss_weighting and t.method in METHOD_MODEL:
+        raise ConfigError(
+            f"train.loss_weighting learns a time weighting of the flow losses; train.method={t.method} has its own "
+            "fixed weighting: set train.loss_weighting=false"
+        )
     d = cfg.distill
     if t.method == "fmlm" and not d.teacher:
         raise ConfigError("train.method=fmlm distills a teacher: use flowlm distill --teacher CKPT")
@@ -235,4 +244,4 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("distill.diag_frac and distill.boundary_frac must be >= 0 and sum to at most 1")
     if cfg.data.seq_len < 3:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len}: blocks need room for BOS, EOS and text (>= 3)")
-    cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len)
+    cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len, method=t.method)

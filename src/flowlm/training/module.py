@@ -6,6 +6,7 @@ It owns the network, the EMA, the optimizer and the per-step random streams; the
 
 from __future__ import annotations
 
+import math
 import time
 
 import lightning as L
@@ -13,11 +14,25 @@ import torch
 
 from flowlm.config import RunConfig
 from flowlm.errors import TrainingDivergedError
+from flowlm.methods.ar import ar_loss
 from flowlm.methods.common import LossWeighting
 from flowlm.methods.flm import flm_loss
 from flowlm.methods.fmlm import init_stage1, init_student, psd_loss, v1_stage1_loss, v1_stage2_loss
+from flowlm.methods.mdlm import mdlm_loss
 from flowlm.nn.dit import DiT
 from flowlm.training.ema import EMA
+
+# Per method: the key of its unweighted loss in the loss dict, and the name it is logged under. FLM's is a
+# denoising cross-entropy, not a likelihood: it is never turned into a perplexity. MDLM's (a bound on the NLL)
+# and AR's (the exact NLL) are, both in nats per token, so their validation also logs exp() of them.
+METRICS = {
+    "flm": ("ce", "denoising_ce"),
+    "fmlm": ("ce", "denoising_ce"),
+    "v1": ("mse", "map_mse"),
+    "mdlm": ("nll_bound", "nll_bound"),
+    "ar": ("nll", "nll"),
+}
+PERPLEXITY = {"mdlm": "ppl_bound", "ar": "ppl"}
 
 
 def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
@@ -54,7 +69,7 @@ class FlowLMModule(L.LightningModule):
             if stage1 is not None:
                 self.frozen.append(stage1.eval().requires_grad_(False))
         else:
-            self.net = DiT(cfg.model.dit(vocab_size, cfg.data.seq_len))
+            self.net = DiT(cfg.model.dit(vocab_size, cfg.data.seq_len, cfg.train.method))
         # SPEC §4: stage 1 of the v1 recipe always learns its loss weighting.
         weighted = cfg.train.loss_weighting or self.recipe == "v1-stage1"
         self.weighting = LossWeighting(cfg.model.cond_dim, two_times=self.distilling) if weighted else None
@@ -68,6 +83,8 @@ class FlowLMModule(L.LightningModule):
         self._tokens = 0
         self._clock = time.perf_counter()
         self._ema_context = None
+        self._val_sum: torch.Tensor | None = None
+        self._val_count = 0
 
     @property
     def train_net(self):
@@ -76,6 +93,11 @@ class FlowLMModule(L.LightningModule):
     def method_loss(
         self, net, tokens: torch.Tensor, generator: torch.Generator, sample_offset: int = 0
     ) -> dict[str, torch.Tensor]:
+        method = self.cfg.train.method
+        if method == "mdlm":
+            return mdlm_loss(net, tokens, self.vocab_size, generator=generator)
+        if method == "ar":
+            return ar_loss(net, tokens)
         if not self.distilling:
             return flm_loss(net, tokens, self.vocab_size, generator=generator, weighting=self.weighting)
         d = self.cfg.distill
@@ -116,12 +138,12 @@ class FlowLMModule(L.LightningModule):
 
     @property
     def metric_key(self) -> str:
-        """The method's unweighted loss: denoising cross-entropy, or the v1 stage-1/2 map MSE."""
-        return "mse" if self.recipe in ("v1-stage1", "v1-stage2") else "ce"
+        """The method's unweighted loss: denoising cross-entropy, v1 stage-1/2 map MSE, NLL bound or NLL."""
+        return METRICS["v1" if self.recipe in ("v1-stage1", "v1-stage2") else self.cfg.train.method][0]
 
     @property
     def metric_name(self) -> str:
-        return "map_mse" if self.metric_key == "mse" else "denoising_ce"
+        return METRICS["v1" if self.recipe in ("v1-stage1", "v1-stage2") else self.cfg.train.method][1]
 
     def check_finite(self) -> None:
         """Raise if any loss since the last check was NaN/inf (one host sync)."""
@@ -157,12 +179,24 @@ class FlowLMModule(L.LightningModule):
         g = self.generator(0, batch_idx, 0)
         out = self.method_loss(self.net, batch, g)
         self.log(f"val/{self.metric_name}", out[self.metric_key], prog_bar=True, sync_dist=True)
+        value = out[self.metric_key].double()
+        self._val_sum = value if self._val_sum is None else self._val_sum + value
+        self._val_count += 1
 
     def on_validation_epoch_start(self) -> None:
         self._ema_context = self.ema.applied()
         self._ema_context.__enter__()
+        self._val_sum, self._val_count = None, 0
 
     def on_validation_epoch_end(self) -> None:
+        name = PERPLEXITY.get(self.cfg.train.method)
+        if name is not None and self._val_count:
+            # exp of the mean NLL over all validation batches (equal sizes) and devices, not a mean of exps.
+            total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+            count = self.trainer.strategy.reduce(
+                torch.tensor(float(self._val_count), device=self._val_sum.device), reduce_op="sum"
+            )
+            self.log(f"val/{name}", math.exp(min(float(total / count), 700.0)))
         if self._ema_context is not None:
             self._ema_context.__exit__(None, None, None)
             self._ema_context = None

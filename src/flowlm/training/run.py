@@ -123,6 +123,15 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         )
 
 
+def check_teacher_method(path: str, method: str | None) -> None:
+    """Only an FLM can be distilled: MDLM and AR baselines have no flow, an FMLM is already distilled."""
+    if method != "flm":
+        hint = " (MDLM and AR are baselines without a flow to distill)" if method in ("mdlm", "ar") else ""
+        raise ConfigError(
+            f"the teacher {path} is a {method} model{hint}: distill from an FLM, trained by flowlm train --method flm"
+        )
+
+
 def load_frozen(cfg: RunConfig):
     """(teacher DiT, stage-1 DiT or None, provenance dict) for distillation; (None, None, {}) otherwise.
 
@@ -133,8 +142,7 @@ def load_frozen(cfg: RunConfig):
     from flowlm.api import load
 
     teacher = load(cfg.distill.teacher)
-    if teacher.method != "flm":
-        raise ConfigError(f"the teacher {cfg.distill.teacher} is a {teacher.method} model: distill from an FLM")
+    check_teacher_method(cfg.distill.teacher, teacher.method)
     meta = {
         "recipe": cfg.distill.recipe,
         "teacher": {"path": str(teacher.path), "weights_sha256": teacher.meta.get("weights_sha256")},
@@ -160,6 +168,7 @@ def distill_config(
 
     directory = resolve_model_dir(teacher)
     meta = read_meta(directory)
+    check_teacher_method(str(directory), meta.get("method"))
     cfg = RunConfig.from_dict({k: v for k, v in meta["run"].items() if k != "distill"})
     cfg.data.tokenizer = str(directory / TOKENIZER)
     cfg.train.method = "fmlm"
