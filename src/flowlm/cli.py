@@ -220,10 +220,11 @@ def _print_report(results: dict, out: str) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     import flowlm
-    from flowlm.eval import distributed, load_judge
+    from flowlm.eval import distributed, load_judge, plots
     from flowlm.eval.run import STEPLESS_METHODS, evaluate, parse_steps
 
     steps = parse_steps(args.steps or DEFAULT_EVAL_STEPS)
+    plots.require_matplotlib()
     device = distributed.init_from_env(args.device)
     try:
         model = flowlm.load(args.checkpoint, device=device)
@@ -241,14 +242,16 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def run_score(args: argparse.Namespace) -> None:
-    from flowlm.eval import distributed, load_judge
-    from flowlm.eval.run import score_files
+    from flowlm.eval import distributed, load_judge, plots
+    from flowlm.eval.run import load_sample_files, score_files
 
+    plots.require_matplotlib()
+    sample_sets = load_sample_files(args.samples)  # bad files fail before the judge is loaded
     device = distributed.init_from_env(args.device)
     try:
         judge = load_judge(args.judge, device=device)
         results = score_files(
-            args.samples, judge, args.out, judge_batch_size=args.judge_batch_size, progress=not args.quiet
+            sample_sets, judge, args.out, judge_batch_size=args.judge_batch_size, progress=not args.quiet
         )
     finally:
         distributed.finish()

@@ -311,31 +311,45 @@ def evaluate(
     return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
 
 
-def score_files(
-    paths: Sequence[str | Path], judge: Any, out: str | Path, *, judge_batch_size: int = 8, progress: bool = True
-) -> dict:
-    """Rescore sample files written by :func:`evaluate` with ``judge``; same outputs as :func:`evaluate`.
-
-    The files must come from one model and sampling setup (e.g. the step counts of one ``flowlm eval``
-    run). Sharded like :func:`evaluate` when ``torch.distributed`` is initialized.
-    """
-    plots.require_matplotlib()
+def load_sample_files(paths: Sequence[str | Path]) -> list[SampleSet]:
+    """Read sample files written by :func:`evaluate`, checking that they come from one model and sampling
+    setup (e.g. the step counts of one ``flowlm eval`` run): before any judge is loaded."""
     if not paths:
         raise ConfigError("flowlm score needs at least one samples_*.jsonl file")
     sample_sets = [read_samples(p) for p in paths]
-    sampling = sample_sets[0].header["provenance"]
+    first = sample_sets[0]
     for s in sample_sets[1:]:
-        if _comparable(s.header["provenance"]) != _comparable(sampling):
+        if _comparable(s.header["provenance"]) != _comparable(first.header["provenance"]):
             raise ConfigError(
-                f"{s.path} and {sample_sets[0].path} were sampled from different models or settings: "
+                f"{s.path} and {first.path} were sampled from different models or settings: "
                 "score them with separate flowlm score commands, then merge with flowlm compare"
             )
+    return sample_sets
+
+
+def score_files(
+    samples: Sequence[str | Path | SampleSet],
+    judge: Any,
+    out: str | Path,
+    *,
+    judge_batch_size: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Rescore sample files written by :func:`evaluate` (paths, or :func:`load_sample_files` output) with
+    ``judge``; writes the same outputs as :func:`evaluate`, without resampling. The files must come from
+    one model and sampling setup. Sharded like :func:`evaluate` when ``torch.distributed`` is initialized."""
+    plots.require_matplotlib()
+    if all(isinstance(s, SampleSet) for s in samples) and samples:
+        sample_sets = list(samples)
+    else:
+        sample_sets = load_sample_files(samples)
     for s in sample_sets:
         mine = set(my_batches(len(s.chunks)))
         local = [c for c in s.chunks if c.batch in mine]
         score_chunks(judge, local, batch_size=judge_batch_size, progress=progress)
         s.chunks = gather_chunks(local, len(s.chunks))
     out = Path(out)
+    sampling = sample_sets[0].header["provenance"]
     return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
 
 
