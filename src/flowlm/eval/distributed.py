@@ -41,6 +41,12 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written the files the others read next); no-op alone."""
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
 def init_from_env(device: str) -> str:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment), once.
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from flowlm.errors import ConfigError, DataError
 from flowlm.eval import plots, report
-from flowlm.eval.distributed import gather, my_batches, rank_and_world
+from flowlm.eval.distributed import barrier, gather, my_batches, rank_and_world
 from flowlm.eval.metrics import (
     GenPPLResult,
     decode_for_judge,
@@ -244,6 +244,7 @@ def write_outputs(results: dict, out: Path) -> dict:
         report.write_json(out / "results.json", results)
         (out / "results.md").write_text(report.results_markdown(results), encoding="utf-8")
         plots.plot_results([results], out)
+    barrier()  # the files exist for every rank once this returns
     return results
 
 
