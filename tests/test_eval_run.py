@@ -275,3 +275,11 @@ class _FixedJudge:
 
     def text_nll(self, texts, batch_size=8, ended=False):
         return [3.0] * len(texts), [2] * len(texts)
+
+
+@pytest.mark.parametrize("command", ["eval", "score", "compare"])
+def test_help(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: flowlm {command}" in capsys.readouterr().out
