@@ -39,9 +39,8 @@ SAMPLERS = {
     "flm": "euler",
     "fmlm": "flow-map",
     "fmlm-v1-stage1": "v1-stage1-map",
-    "mdlm": "ancestral",
     "ar": "autoregressive",
-}
+}  # any other method is recorded as "<method> default sampler"
 DIVERSITY_N = 4
 
 ENTROPY_DEFINITION = (
@@ -115,7 +114,7 @@ def sampling_provenance(
         checkpoint_step=model.meta.get("step"),
         label=model_label(model),
         method=method,
-        sampler=SAMPLERS.get(method, f"{method} default"),
+        sampler=SAMPLERS.get(method, f"{method} default sampler"),
         gamma=gamma if method == "fmlm" else None,
         guidance=guidance,
         seed=seed,
