@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flowlm.data import Tokenizer
@@ -31,6 +33,14 @@ def resolve_steps(method: str, steps: int | None) -> int | None:
             )
         return None
     return check_steps(DEFAULT_STEPS if steps is None else steps)
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch`` of a sampling request seeded with ``seed``: 63 bits of NumPy's
+    ``SeedSequence([seed, batch])``, so distinct pairs give unrelated streams (no ``seed + batch`` overlap)."""
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ConfigError(f"seed={seed!r}: use a whole number >= 0")
+    return int(np.random.SeedSequence([int(seed), int(batch)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class FlowLM:
@@ -68,6 +78,7 @@ class FlowLM:
         guidance: float | None = None,
         gamma: float = 0.0,
         batch_size: int = 64,
+        batches: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Token ids [num_samples, seq_len]; identical for identical arguments (seeded).
 
@@ -76,6 +87,12 @@ class FlowLM:
         ancestral sampler. For these ``steps`` (default 64) is the number of sampler steps (network calls;
         MDLM skips a call after a step that revealed nothing). AR models decode token by token from BOS with
         a KV cache at temperature 1 and take no ``steps`` (passing one is an error).
+
+        The request is cut into batches of ``batch_size`` (the last may be shorter); batch ``j`` holds
+        samples ``j * batch_size ...`` and draws from its own seed :func:`batch_seed` ``(seed, j)``, so a
+        batch's samples do not depend on which other batches are generated, in what order or where.
+        ``batches`` (default: all) selects the batches to generate; the rows of the selected batches are
+        returned in the order given, e.g. rank ``r`` of ``w`` asks for ``range(r, n_batches, w)``.
         """
         steps = resolve_steps(self.method, steps)
         check_gamma(gamma)
@@ -90,12 +107,19 @@ class FlowLM:
             raise ConfigError(
                 f"seq_len={seq_len} exceeds the model's {self.seq_len}: ask for at most {self.seq_len} tokens"
             )
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        chunks = []
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r}: use a whole number >= 1")
+        n_batches = -(-num_samples // batch_size)
+        batches = range(n_batches) if batches is None else [int(j) for j in batches]
+        if any(not 0 <= j < n_batches for j in batches):
+            raise ConfigError(f"batches {list(batches)}: the request has batches 0 ... {n_batches - 1} only")
+        seeds = [batch_seed(seed, j) for j in batches]
+        chunks = [torch.empty(0, seq_len, dtype=torch.long)]
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, num_samples, batch_size):
-                n = min(batch_size, num_samples - start)
+            for j, batch_seed_j in zip(batches, seeds, strict=True):
+                n = min(batch_size, num_samples - j * batch_size)
+                torch.manual_seed(batch_seed_j)
+                generator = torch.Generator(device=self.device).manual_seed(batch_seed_j)
                 vocab = self.net.config.vocab_size
                 if self.method == "fmlm-v1-stage1":
                     tokens = v1_stage1_sample(
@@ -115,8 +139,8 @@ class FlowLM:
                     tokens = flm_sample(
                         self.net, n, seq_len, vocab, steps, generator=generator, device=self.device, guidance=guidance
                     )
-                chunks.append(tokens)
-        return torch.cat(chunks).cpu()
+                chunks.append(tokens.cpu())
+        return torch.cat(chunks)
 
     def save_pretrained(self, directory: str | os.PathLike, license: str | None = None) -> Path:
         """Write this model as a model folder (weights, ``flowlm.json``, tokenizer, model card)."""

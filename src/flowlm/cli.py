@@ -107,6 +107,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     im.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights")
     im.add_argument("--logit-cap", type=float, help="soft cap on the logits, for checkpoints trained with one")
+
+    ev = sub.add_parser(
+        "eval",
+        help="sample at several step counts, time it, score it (Gen PPL, entropy, diversity), write a report",
+        description="For each step count: sample, time (seconds per sample), score with a judge LM, then write "
+        "the samples (JSONL), results.json, results.md, genppl_vs_steps.png and genppl_vs_seconds.png to --out, "
+        "all with provenance. Under torchrun the batches are spread over the ranks and gathered.",
+    )
+    ev.add_argument("checkpoint", help="model folder written by flowlm train / distill (or its run folder)")
+    ev.add_argument("--steps", help=f"comma-separated step counts (default {DEFAULT_EVAL_STEPS}; AR: ignored)")
+    ev.add_argument("--num-samples", "-n", type=int, default=256, help="samples per step count (default 256)")
+    ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ev.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
+    ev.add_argument("--guidance", type=float, help="autoguidance strength η (FLM; default off)")
+    ev.add_argument("--gamma", type=float, default=0.0, help="churn γ in [0, 1] of the flow-map sampler (FMLM)")
+    ev.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
+    add_judge_options(ev)
+
+    sc = sub.add_parser(
+        "score",
+        help="rescore saved samples (from flowlm eval) with another judge, without resampling",
+        description="Score samples_*.jsonl files written by flowlm eval with --judge and write the same report "
+        "(results.json, results.md, plots) to --out. Under torchrun the batches are spread over the ranks.",
+    )
+    sc.add_argument("samples", nargs="+", help="samples_*.jsonl files of one flowlm eval run")
+    add_judge_options(sc)
+
+    co = sub.add_parser(
+        "compare",
+        help="merge several models' results.json into one table and one pair of plots",
+        description="Merge results.json files (same judge) into comparison.json, comparison.md, "
+        "genppl_vs_steps.png and genppl_vs_seconds.png in --out.",
+    )
+    co.add_argument("results", nargs="+", help="results.json files written by flowlm eval / score")
+    co.add_argument("--labels", help="comma-separated names of the models, in the order of the files")
+    co.add_argument("--out", required=True, help="folder for the comparison")
     return parser
 
 
@@ -125,6 +161,23 @@ def run_import_reference(args: argparse.Namespace) -> None:
     out = import_reference(args.checkpoint, args.out, args.tokenizer, args.weights, args.logit_cap)
     print(f"model written to {out}")
     print(f"sample from it with: flowlm sample {out} --steps 64")
+
+
+
+DEFAULT_EVAL_STEPS = "1,2,4,8,16,32,64"
+
+
+def add_judge_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that score (eval, score)."""
+    parser.add_argument(
+        "--judge",
+        default="smollm2-offline",
+        help="smollm2-offline (default, no network), a local Hugging Face model folder, or a Hub name (gpt2-large)",
+    )
+    parser.add_argument("--judge-batch-size", type=int, default=8, help="judge windows per forward pass (default 8)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu; under torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--out", required=True, help="folder for the samples, results and plots")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -212,16 +265,82 @@ def run_sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(texts)} samples to {out}")
 
 
+def _print_report(results: dict, out: str) -> None:
+    import os
+
+    from flowlm.eval.report import results_markdown
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(results_markdown(results).split("\n\nJudge:")[0])
+        print(f"wrote results.json, results.md and plots to {out}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    import flowlm
+    from flowlm.eval import distributed, load_judge, plots
+    from flowlm.eval.run import STEPLESS_METHODS, evaluate, parse_steps
+
+    steps = parse_steps(args.steps or DEFAULT_EVAL_STEPS)
+    plots.require_matplotlib()
+    device = distributed.init_from_env(args.device)
+    try:
+        model = flowlm.load(args.checkpoint, device=device)
+        if model.method in STEPLESS_METHODS and args.steps:
+            print(f"flowlm: note: {model.method} has no step count; --steps ignored, evaluated once", file=sys.stderr)
+        judge = load_judge(args.judge, device=device)
+        results = evaluate(
+            model, judge, steps, args.out, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+            judge_batch_size=args.judge_batch_size, seq_len=args.seq_len, gamma=args.gamma, guidance=args.guidance,
+            progress=not args.quiet,
+        )  # fmt: skip
+    finally:
+        distributed.finish()
+    _print_report(results, args.out)
+
+
+def run_score(args: argparse.Namespace) -> None:
+    from flowlm.eval import distributed, load_judge, plots
+    from flowlm.eval.run import load_sample_files, score_files
+
+    plots.require_matplotlib()
+    sample_sets = load_sample_files(args.samples)  # bad files fail before the judge is loaded
+    device = distributed.init_from_env(args.device)
+    try:
+        judge = load_judge(args.judge, device=device)
+        results = score_files(
+            sample_sets, judge, args.out, judge_batch_size=args.judge_batch_size, progress=not args.quiet
+        )
+    finally:
+        distributed.finish()
+    _print_report(results, args.out)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from flowlm.eval.report import comparison_markdown
+    from flowlm.eval.run import compare_results
+
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    comparison = compare_results(args.results, args.out, labels)
+    print(comparison_markdown(comparison).split("\n\nJudge:")[0])
+    print(f"wrote comparison.json, comparison.md and plots to {args.out}")
+
+
+COMMANDS = {
+    "train": run_train,
+    "distill": run_distill,
+    "sample": run_sample,
+    "eval": run_eval,
+    "score": run_score,
+    "compare": run_compare,
+    "import-reference": run_import_reference,
+    "demo": run_demo,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {
-            "train": run_train,
-            "distill": run_distill,
-            "sample": run_sample,
-            "import-reference": run_import_reference,
-            "demo": run_demo,
-        }[args.command](args)
+        COMMANDS[args.command](args)
     except FlowLMError as err:
         print(f"flowlm: error: {err}", file=sys.stderr)
         return 2

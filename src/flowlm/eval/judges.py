@@ -269,6 +269,21 @@ class CausalLMJudge:
                 raise DataError(f"judge {self.name!r} gave a non-finite NLL for text {i}: check the judge weights")
         return nll, counts
 
+    def text_nll(
+        self, texts: Sequence[str], batch_size: int = 8, ended: Sequence[bool] | bool = False
+    ) -> tuple[list[float], list[int]]:
+        """Per-text NLL sums (nats) and scored-token counts under the rule of :attr:`definition`, not
+        aggregated (so parts of a sample set can be scored apart, e.g. on several ranks, then combined with
+        :meth:`GenPPLResult.from_samples`). Arguments as :meth:`score_texts`; all-empty input is allowed."""
+        texts = list(texts)
+        flags = [bool(ended)] * len(texts) if isinstance(ended, bool) else [bool(e) for e in ended]
+        if len(flags) != len(texts):
+            raise DataError(f"{len(texts)} texts but {len(flags)} ended flags: pass one flag per text")
+        token_lists = [
+            ids + [self.end_id] if end else ids for ids, end in zip(self.tokenize(texts), flags, strict=True)
+        ]
+        return self.score_ids(token_lists, batch_size=batch_size)
+
     def score_texts(
         self, texts: Sequence[str], batch_size: int = 8, ended: Sequence[bool] | bool = False
     ) -> GenPPLResult:
@@ -281,13 +296,7 @@ class CausalLMJudge:
                 and scored); one bool applies to all. :meth:`score_samples` fills it from the ids.
         """
         texts = list(texts)
-        flags = [bool(ended)] * len(texts) if isinstance(ended, bool) else [bool(e) for e in ended]
-        if len(flags) != len(texts):
-            raise DataError(f"{len(texts)} texts but {len(flags)} ended flags: pass one flag per text")
-        token_lists = [
-            ids + [self.end_id] if end else ids for ids, end in zip(self.tokenize(texts), flags, strict=True)
-        ]
-        nll, counts = self.score_ids(token_lists, batch_size=batch_size)
+        nll, counts = self.text_nll(texts, batch_size=batch_size, ended=ended)
         if sum(counts) == 0:
             raise DataError(f"all {len(texts)} texts are empty, so the judge has no token to score: check the samples")
         return GenPPLResult.from_samples(

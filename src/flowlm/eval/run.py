@@ -1,0 +1,371 @@
+"""``flowlm eval`` and ``flowlm score``: generate, time, score, summarize; sharded over ranks when
+``torch.distributed`` is initialized.
+
+:func:`evaluate` samples a model at each step count, batch by batch (batch ``j`` is seeded from
+``(seed, j)``, see :func:`flowlm.api.batch_seed`, so the samples do not depend on how batches are spread
+over ranks), times the sampling, scores every batch with the judge, gathers everything on every rank and
+lets rank 0 write the sample files and the report. :func:`score_files` rescores saved sample files with
+another judge and writes the same report, without resampling.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from flowlm.errors import ConfigError, DataError
+from flowlm.eval import plots, report
+from flowlm.eval.distributed import barrier, gather, my_batches, rank_and_world
+from flowlm.eval.metrics import (
+    GenPPLResult,
+    decode_for_judge,
+    distinct_n,
+    mean_unigram_entropy,
+    self_bleu,
+)
+from flowlm.eval.samples import Chunk, SampleSet, file_name, read_samples, sha256_of, write_samples
+
+# Methods whose sampler has no step count (autoregressive decoding): evaluated once, with steps=None.
+STEPLESS_METHODS = frozenset({"ar"})
+SAMPLERS = {
+    "flm": "euler",
+    "fmlm": "flow-map",
+    "fmlm-v1-stage1": "v1-stage1-map",
+    "ar": "autoregressive",
+}  # any other method is recorded as "<method> default sampler"
+DIVERSITY_N = 4
+
+ENTROPY_DEFINITION = (
+    "mean over samples of the unigram entropy (nats) of each sample's whole generated block of ids "
+    "(BOS, EOS and ids after the first EOS included, as MDLM / DUO); data entropy: LM1B 4.31, OWT 5.44 (SPEC §6)"
+)
+DIVERSITY_DEFINITION = (
+    f"distinct-{DIVERSITY_N}: distinct {DIVERSITY_N}-grams / all {DIVERSITY_N}-grams pooled over the samples' whole "
+    f"id blocks (1 = nothing repeats); self-BLEU-{DIVERSITY_N}: mean BLEU-{DIVERSITY_N} of each sample's ids "
+    "against all other samples (clipped precision, NLTK method1 smoothing, brevity penalty; lower = more diverse)"
+)
+TIMING_DEFINITION = (
+    "wall-clock seconds (time.perf_counter) of the sampling calls, which return the ids "
+    "on the CPU so device work is finished, summed over ranks and divided by the number of samples; each rank "
+    "first generates one batch untimed (warm-up); decoding and scoring are not timed"
+)
+
+
+# ----------------------------------------------------------------------------------------- options
+
+
+def parse_steps(text: str | Sequence[int]) -> list[int]:
+    """``"1,2,4"`` (or a list) -> ``[1, 2, 4]``: distinct whole numbers >= 1, kept in the given order."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for part in parts:
+        try:
+            value = int(str(part).strip())
+        except ValueError:
+            raise ConfigError(f"--steps {text!r}: {part!r} is not a whole number; use e.g. --steps 1,2,4,8") from None
+        if value < 1:
+            raise ConfigError(f"--steps {text!r}: step counts must be >= 1")
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise ConfigError("--steps is empty: use e.g. --steps 1,2,4,8")
+    return out
+
+
+def model_label(model: Any) -> str:
+    """``<method> <run name>``: how reports and plots name a model."""
+    path = Path(model.path)
+    name = path.parent.name if path.name == "model" else path.name
+    return f"{model.method} {name}"
+
+
+def hardware(device: Any) -> dict:
+    """Where the numbers were measured."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    _, world = rank_and_world()
+    return {
+        "device": str(device),
+        "device_name": name,
+        "torch_threads": torch.get_num_threads(),
+        "world_size": world,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def sampling_provenance(
+    model: Any, *, seed: int, gamma: float, guidance: float | None, seq_len: int, batch_size: int
+) -> dict:
+    from flowlm.training.checkpoint import provenance
+
+    method = model.method
+    return provenance(
+        checkpoint=str(model.path),
+        weights_sha256=model.meta.get("weights_sha256"),
+        checkpoint_step=model.meta.get("step"),
+        label=model_label(model),
+        method=method,
+        sampler=SAMPLERS.get(method, f"{method} default sampler"),
+        gamma=gamma if method == "fmlm" else None,
+        guidance=guidance,
+        seed=seed,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        precision=str(next(model.net.parameters()).dtype).removeprefix("torch."),
+        tokenizer=model.meta.get("tokenizer"),
+        hardware=hardware(model.device),
+    )
+
+
+# ------------------------------------------------------------------------------------------- stages
+
+
+def generate_chunks(
+    model: Any,
+    steps: int | None,
+    *,
+    num_samples: int,
+    seed: int,
+    batch_size: int,
+    seq_len: int | None = None,
+    gamma: float = 0.0,
+    guidance: float | None = None,
+    progress: bool = True,
+) -> tuple[list[Chunk], float]:
+    """This rank's batches of one sampling request (ids, judge texts, ended flags) and the wall-clock
+    seconds they took, after one untimed warm-up batch (see :data:`TIMING_DEFINITION`)."""
+    rank, _ = rank_and_world()
+    n_batches = math.ceil(num_samples / batch_size)
+    mine = my_batches(n_batches)
+    kwargs = dict(seed=seed, seq_len=seq_len, guidance=guidance, gamma=gamma, batch_size=batch_size)
+    if mine:
+        model.sample_tokens(num_samples, steps, batches=[mine[0]], **kwargs)
+    chunks, seconds = [], 0.0
+    label = f"sampling, {steps} steps" if steps is not None else f"sampling ({model.method})"
+    for j in tqdm(mine, desc=label, unit="batch", disable=not progress or rank != 0):
+        start = time.perf_counter()
+        tokens = model.sample_tokens(num_samples, steps, batches=[j], **kwargs)
+        seconds += time.perf_counter() - start
+        texts, ended = decode_for_judge(tokens, model.tokenizer)
+        chunks.append(Chunk(j, tokens.tolist(), texts, ended))
+    return chunks, seconds
+
+
+def score_chunks(judge: Any, chunks: Sequence[Chunk], batch_size: int = 8, progress: bool = True) -> None:
+    """Fill ``nll`` and ``counts`` of each chunk (per-sample judge NLL sums and token counts)."""
+    rank, _ = rank_and_world()
+    for chunk in tqdm(chunks, desc="scoring", unit="batch", disable=not progress or rank != 0):
+        chunk.nll, chunk.counts = judge.text_nll(chunk.texts, batch_size=batch_size, ended=chunk.ended)
+
+
+def gather_chunks(chunks: list[Chunk], n_batches: int) -> list[Chunk]:
+    """Every rank's chunks, on every rank, in batch order; checks that each batch arrived exactly once."""
+    everything = sorted((c for part in gather(chunks) for c in part), key=lambda c: c.batch)
+    if [c.batch for c in everything] != list(range(n_batches)):
+        raise DataError(f"gathered batches {[c.batch for c in everything]}, expected 0 ... {n_batches - 1}")
+    return everything
+
+
+def judge_info(judge: Any) -> dict:
+    return {
+        "name": judge.name,
+        "description": judge.description,
+        "fingerprint": judge.fingerprint,
+        "definition": judge.definition,
+    }
+
+
+def summarize(sample_set: SampleSet, judge: dict, out: Path) -> dict:
+    """One row of the report: Gen PPL (token-weighted over every sample), entropy, diversity, timing;
+    the sample file is named relative to the report folder ``out``."""
+    nll = [x for c in sample_set.chunks for x in c.nll]
+    counts = [x for c in sample_set.chunks for x in c.counts]
+    tokens = sample_set.tokens
+    if len(tokens) != sample_set.header["num_samples"] or len(nll) != len(tokens):
+        raise DataError(f"{len(tokens)} samples and {len(nll)} scores for {sample_set.header['num_samples']} samples")
+    result = GenPPLResult.from_samples(
+        nll, counts, judge=judge["description"], definition=judge["definition"], judge_fingerprint=judge["fingerprint"]
+    )
+    long_enough = any(len(t) >= DIVERSITY_N for t in tokens)
+    timing = sample_set.header.get("timing", {})
+    return {
+        "steps": sample_set.steps,
+        "num_samples": result.num_samples,
+        "judge": result.judge,
+        "gen_ppl": result.gen_ppl,
+        "mean_nll": result.mean_nll,
+        "total_nll": result.total_nll,
+        "total_tokens": result.total_tokens,
+        "entropy": mean_unigram_entropy(tokens),
+        f"distinct_{DIVERSITY_N}": distinct_n(tokens, DIVERSITY_N) if long_enough else None,
+        f"self_bleu_{DIVERSITY_N}": self_bleu(tokens, max_n=DIVERSITY_N) if len(tokens) >= 2 else None,
+        "seconds_per_sample": timing.get("seconds_per_sample"),
+        "wall_seconds": timing.get("wall_seconds"),
+        "samples_file": os.path.relpath(sample_set.path, out) if sample_set.path else None,
+        "samples_sha256": sha256_of(sample_set.path) if sample_set.path else None,
+    }
+
+
+def build_results(
+    sample_sets: Sequence[SampleSet], judge: dict, sampling: dict, scoring_device: Any, out: Path
+) -> dict:
+    from flowlm.training.checkpoint import provenance
+
+    return {
+        "format": report.RESULTS_FORMAT,
+        "label": sampling.get("label", sampling.get("method", "model")),
+        "judge": judge,
+        "definitions": {
+            "gen_ppl": judge["definition"],
+            "entropy": ENTROPY_DEFINITION,
+            "diversity": DIVERSITY_DEFINITION,
+            "seconds_per_sample": TIMING_DEFINITION,
+        },
+        "provenance": {"sampling": sampling, "scoring": provenance(hardware=hardware(scoring_device))},
+        "results": [summarize(s, judge, out) for s in sample_sets],
+    }
+
+
+def write_outputs(results: dict, out: Path) -> dict:
+    """``results.json``, ``results.md`` and the two plots in ``out`` (rank 0 only); returns ``results``."""
+    rank, _ = rank_and_world()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_json(out / "results.json", results)
+        (out / "results.md").write_text(report.results_markdown(results), encoding="utf-8")
+        plots.plot_results([results], out)
+    barrier()  # the files exist for every rank once this returns
+    return results
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def evaluate(
+    model: Any,
+    judge: Any,
+    steps: Sequence[int],
+    out: str | Path,
+    *,
+    num_samples: int = 256,
+    seed: int = 0,
+    batch_size: int = 64,
+    judge_batch_size: int = 8,
+    seq_len: int | None = None,
+    gamma: float = 0.0,
+    guidance: float | None = None,
+    progress: bool = True,
+) -> dict:
+    """Sample ``model`` at each step count, time, score with ``judge``, write samples and the report to ``out``.
+
+    Runs sharded when ``torch.distributed`` is initialized (every rank calls it with the same
+    arguments; rank 0 writes). A method in :data:`STEPLESS_METHODS` is evaluated once with
+    ``steps=None`` whatever ``steps`` says. Returns the results dict written to ``results.json``.
+    """
+    plots.require_matplotlib()
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise ConfigError(f"--num-samples {num_samples!r}: use a whole number >= 1")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size!r}: use a whole number >= 1")
+    step_list: list[int | None] = [None] if model.method in STEPLESS_METHODS else parse_steps(steps)
+    seq_len = seq_len or model.seq_len
+    out = Path(out)
+    rank, world = rank_and_world()
+    sampling = sampling_provenance(
+        model, seed=seed, gamma=gamma, guidance=guidance, seq_len=seq_len, batch_size=batch_size
+    )
+    n_batches = math.ceil(num_samples / batch_size)
+    sample_sets = []
+    for steps_k in step_list:
+        chunks, seconds = generate_chunks(
+            model, steps_k, num_samples=num_samples, seed=seed, batch_size=batch_size, seq_len=seq_len,
+            gamma=gamma, guidance=guidance, progress=progress,
+        )  # fmt: skip
+        score_chunks(judge, chunks, batch_size=judge_batch_size, progress=progress)
+        rank_seconds = gather(seconds)
+        header = {
+            "steps": steps_k,
+            "num_samples": num_samples,
+            "batch_size": batch_size,
+            "timing": {
+                "seconds_per_sample": sum(rank_seconds) / num_samples,
+                "wall_seconds": max(rank_seconds),
+                "rank_seconds": rank_seconds,
+                "warmup_batches_per_rank": 1,
+            },
+            "provenance": sampling,
+        }
+        sample_set = SampleSet(header, gather_chunks(chunks, n_batches))
+        if rank == 0:
+            write_samples(out / file_name(steps_k, model.method), sample_set)
+        sample_sets.append(sample_set)
+    return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
+
+
+def load_sample_files(paths: Sequence[str | Path]) -> list[SampleSet]:
+    """Read sample files written by :func:`evaluate`, checking that they come from one model and sampling
+    setup (e.g. the step counts of one ``flowlm eval`` run): before any judge is loaded."""
+    if not paths:
+        raise ConfigError("flowlm score needs at least one samples_*.jsonl file")
+    sample_sets = [read_samples(p) for p in paths]
+    first = sample_sets[0]
+    for s in sample_sets[1:]:
+        if _comparable(s.header["provenance"]) != _comparable(first.header["provenance"]):
+            raise ConfigError(
+                f"{s.path} and {first.path} were sampled from different models or settings: "
+                "score them with separate flowlm score commands, then merge with flowlm compare"
+            )
+    return sample_sets
+
+
+def score_files(
+    samples: Sequence[str | Path | SampleSet],
+    judge: Any,
+    out: str | Path,
+    *,
+    judge_batch_size: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Rescore sample files written by :func:`evaluate` (paths, or :func:`load_sample_files` output) with
+    ``judge``; writes the same outputs as :func:`evaluate`, without resampling. The files must come from
+    one model and sampling setup. Sharded like :func:`evaluate` when ``torch.distributed`` is initialized."""
+    plots.require_matplotlib()
+    if all(isinstance(s, SampleSet) for s in samples) and samples:
+        sample_sets = list(samples)
+    else:
+        sample_sets = load_sample_files(samples)
+    for s in sample_sets:
+        mine = set(my_batches(len(s.chunks)))
+        local = [c for c in s.chunks if c.batch in mine]
+        score_chunks(judge, local, batch_size=judge_batch_size, progress=progress)
+        s.chunks = gather_chunks(local, len(s.chunks))
+    out = Path(out)
+    sampling = sample_sets[0].header["provenance"]
+    return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
+
+
+def _comparable(sampling: dict) -> dict:
+    """Sampling provenance without when/how the command was launched or where it ran."""
+    return {k: v for k, v in sampling.items() if k not in ("created", "command", "hardware")}
+
+
+def compare_results(paths: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None) -> dict:
+    """Merge several models' ``results.json`` (same judge) into ``comparison.json``, ``comparison.md`` and
+    the two plots, one line per model, in ``out``; see :func:`flowlm.eval.report.compare`."""
+    plots.require_matplotlib()
+    comparison = report.compare(paths, labels)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "comparison.json", comparison)
+    (out / "comparison.md").write_text(report.comparison_markdown(comparison), encoding="utf-8")
+    plots.plot_results(comparison["models"], out)
+    return comparison
