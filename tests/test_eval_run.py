@@ -196,6 +196,7 @@ class _StepLessModel:
     evaluation asks for ``steps=None`` and returns fixed ids."""
 
     method = "ar"
+    sampler = "ancestral-kv-cache"
     seq_len = 12
 
     def __init__(self, path: Path):

@@ -20,6 +20,14 @@ from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
 
 METHODS = ("flm", "fmlm", "fmlm-v1-stage1", "mdlm", "ar")
+# The sampler each method uses (recorded in sample provenance).
+SAMPLERS = {
+    "flm": "euler",
+    "fmlm": "flow-map",
+    "fmlm-v1-stage1": "v1-stage1-map",
+    "mdlm": "ancestral",
+    "ar": "ancestral-kv-cache",
+}
 DEFAULT_STEPS = 64  # sampling steps when none are given (every method but AR)
 
 
@@ -57,6 +65,11 @@ class FlowLM:
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+    @property
+    def sampler(self) -> str:
+        """Name of the sampler :meth:`sample_tokens` uses for this model's method."""
+        return SAMPLERS[self.method]
 
     @property
     def seq_len(self) -> int:

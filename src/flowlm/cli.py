@@ -10,13 +10,6 @@ from pathlib import Path
 
 from flowlm.errors import ConfigError, FlowLMError
 
-SAMPLERS = {
-    "fmlm": "flow-map",
-    "fmlm-v1-stage1": "v1-stage1-map",
-    "mdlm": "ancestral",
-    "ar": "ancestral-kv-cache",
-}
-
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     """Options shared by the commands that train (train, distill)."""
@@ -246,7 +239,7 @@ def run_sample(args: argparse.Namespace) -> None:
         "checkpoint": str(model.path),
         "weights_sha256": model.meta.get("weights_sha256"),
         "method": model.method,
-        "sampler": SAMPLERS.get(model.method, "euler"),
+        "sampler": model.sampler,
         "gamma": args.gamma if model.method == "fmlm" else None,
         "steps": steps,
         "seed": args.seed,

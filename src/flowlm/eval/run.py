@@ -35,12 +35,6 @@ from flowlm.eval.samples import Chunk, SampleSet, file_name, read_samples, sha25
 
 # Methods whose sampler has no step count (autoregressive decoding): evaluated once, with steps=None.
 STEPLESS_METHODS = frozenset({"ar"})
-SAMPLERS = {
-    "flm": "euler",
-    "fmlm": "flow-map",
-    "fmlm-v1-stage1": "v1-stage1-map",
-    "ar": "autoregressive",
-}  # any other method is recorded as "<method> default sampler"
 DIVERSITY_N = 4
 
 ENTROPY_DEFINITION = (
@@ -114,7 +108,7 @@ def sampling_provenance(
         checkpoint_step=model.meta.get("step"),
         label=model_label(model),
         method=method,
-        sampler=SAMPLERS.get(method, f"{method} default sampler"),
+        sampler=model.sampler,
         gamma=gamma if method == "fmlm" else None,
         guidance=guidance,
         seed=seed,
