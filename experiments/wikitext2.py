@@ -122,15 +122,13 @@ def main() -> None:
             f"eval-{name}",
             flowlm(
                 "eval", str(out / name / "model"), *steps, "--num-samples", str(args.num_samples), "--seed", "0",
-                "--judge", judges["offline"], "--out", str(out / "eval" / f"{name}-offline"),
+                "--judge", judges["offline"], "--out", str(out / "eval" / f"{name}-offline"), "--quiet",
             ),
         )
+        samples = sorted(str(f) for f in (out / "eval" / f"{name}-offline").glob("samples_*.jsonl"))
         stage(
             f"score-{name}-ar",
-            flowlm(
-                "score", str(out / "eval" / f"{name}-offline"), "--judge", judges["ar"],
-                "--out", str(out / "eval" / f"{name}-ar"),
-            ),
+            flowlm("score", *samples, "--judge", judges["ar"], "--out", str(out / "eval" / f"{name}-ar"), "--quiet"),
         )
     for judge in judges:
         results = [str(out / "eval" / f"{name}-{judge}" / "results.json") for name in (*SAMPLERS, "ar")]
