@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowlm.errors import ConfigError
 from flowlm.nn.dit import TimestepEmbedder
 
 VELOCITY_GUARD = 1e-5
@@ -24,6 +25,27 @@ def stratified_times(n: int, generator: torch.Generator | None = None, device=No
     u = torch.rand(n, generator=generator, device=device)
     tau = (u / n + torch.arange(n, device=device) / n) % 1.0
     return tau[torch.randperm(n, generator=generator, device=device)]
+
+
+def check_rows(rows: tuple[int, int] | None, batch: int) -> tuple[int, int]:
+    """``rows = (first, total)``: this call's batch is rows [first, first + batch) of a global micro-batch
+    of ``total`` rows whose random quantities are all drawn (and then sliced). None means (0, batch)."""
+    if rows is None:
+        return 0, batch
+    ok = isinstance(rows, (tuple, list)) and len(rows) == 2 and all(isinstance(v, int) for v in rows)
+    if not ok or rows[0] < 0 or rows[0] + batch > rows[1]:
+        raise ConfigError(
+            f"rows={rows!r} for a batch of {batch}: pass (first, total) with 0 <= first and first + {batch} <= total"
+        )
+    return rows[0], rows[1]
+
+
+def per_sequence_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of [B, L] values over each sequence's valid positions -> [B]."""
+    if mask is None:
+        return values.mean(-1)
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def one_hot(tokens: torch.Tensor, vocab_size: int, dtype=torch.float32) -> torch.Tensor:

@@ -8,7 +8,8 @@ Shapes: ``B`` batch, ``L`` sequence length, ``V`` vocabulary, ``d`` width, ``H``
 
 The network is called as ``model(x, tau, tau_end=None) -> logits [B, L, V]`` where ``x`` is either
 integer tokens ``[B, L]`` (an embedding lookup) or a soft state ``[B, L, V]`` (a matmul with the
-same ``V x d`` matrix). ``tau`` is the network clock (SPEC §1), shape ``[B]``; ``tau_end`` is the
+same ``V x d`` matrix), or, with ``embedded=True``, the already projected state ``x @ W`` [B, L, d].
+``tau`` is the network clock (SPEC §1), shape ``[B]``; ``tau_end`` is the
 second time of a flow map, shape ``[B]``. Logits are float32 and soft-capped (``logit_cap``).
 """
 
@@ -336,8 +337,22 @@ class DiT(nn.Module):
         logits = self.output_layer(h, c).float()
         return soft_cap(logits, self.config.logit_cap)
 
-    def forward(self, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None, embedded: bool = False
+    ) -> torch.Tensor:
+        """Logits of tokens / a state ``x``; with ``embedded=True`` ``x`` is the projected input ``x @ W``
+        [B, L, d] (the low-rank path of :mod:`flowlm.methods.lowrank`)."""
+        if embedded:
+            self.check_embedded(x)
+            return self.forward_embedded(x.to(self.vocab_embed.embedding.dtype), tau, tau_end)
         return self.forward_embedded(self.embed(x), tau, tau_end)
+
+    def check_embedded(self, h: torch.Tensor) -> None:
+        cfg = self.config
+        if h.ndim != 3 or h.shape[-1] != cfg.hidden_size or h.shape[1] > cfg.seq_len:
+            raise ConfigError(
+                f"embedded model input has shape {tuple(h.shape)}: pass [B, L <= {cfg.seq_len}, {cfg.hidden_size}]"
+            )
 
 
 def zero_last_time_layer(embedder: TimestepEmbedder) -> None:
