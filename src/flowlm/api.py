@@ -11,6 +11,7 @@ from flowlm.data import Tokenizer
 from flowlm.errors import CheckpointError, ConfigError
 from flowlm.methods.flm import check_steps, flm_sample
 from flowlm.methods.fmlm import check_gamma, fmlm_sample, v1_stage1_sample
+from flowlm.methods.lowrank import check_input_noise
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
 
@@ -50,13 +51,16 @@ class FlowLM:
         guidance: float | None = None,
         gamma: float = 0.0,
         batch_size: int = 64,
+        input_noise: str = "auto",
     ) -> torch.Tensor:
         """Token ids [num_samples, seq_len]; identical for identical arguments (seeded).
 
         FLM models use the Euler sampler (optionally with autoguidance ``guidance`` = η); FMLM models
         use the flow-map sampler with churn ``gamma`` ∈ [0, 1] (0: deterministic). ``steps`` is the
-        number of network calls per sample.
+        number of network calls per sample. ``input_noise``: ``auto`` (exact low-rank states ``x @ W`` when
+        V > d), ``lowrank`` or ``naive`` (full [n, L, V] states); equal in distribution, different draws.
         """
+        check_input_noise(input_noise)
         check_steps(steps)
         check_gamma(gamma)
         if self.method != "flm" and guidance is not None:
@@ -79,15 +83,39 @@ class FlowLM:
                 vocab = self.net.config.vocab_size
                 if self.method == "fmlm-v1-stage1":
                     tokens = v1_stage1_sample(
-                        self.net, self.teacher, n, seq_len, vocab, steps, generator=generator, device=self.device
+                        self.net,
+                        self.teacher,
+                        n,
+                        seq_len,
+                        vocab,
+                        steps,
+                        generator=generator,
+                        device=self.device,
+                        input_noise=input_noise,
                     )
                 elif self.method == "fmlm":
                     tokens = fmlm_sample(
-                        self.net, n, seq_len, vocab, steps, gamma=gamma, generator=generator, device=self.device
+                        self.net,
+                        n,
+                        seq_len,
+                        vocab,
+                        steps,
+                        gamma=gamma,
+                        generator=generator,
+                        device=self.device,
+                        input_noise=input_noise,
                     )
                 else:
                     tokens = flm_sample(
-                        self.net, n, seq_len, vocab, steps, generator=generator, device=self.device, guidance=guidance
+                        self.net,
+                        n,
+                        seq_len,
+                        vocab,
+                        steps,
+                        generator=generator,
+                        device=self.device,
+                        guidance=guidance,
+                        input_noise=input_noise,
                     )
                 chunks.append(tokens)
         return torch.cat(chunks).cpu()

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from flowlm.errors import ConfigError
+from flowlm.methods.lowrank import INPUT_NOISE
 from flowlm.nn.dit import DiTConfig
 
 PRESET_ALIASES = {"small": "lm1b-small"}
@@ -56,6 +57,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     loss_weighting: bool = False
+    input_noise: str = "auto"
     precision: str = "auto"
     compile: bool = False
     seed: int = 0
@@ -192,6 +194,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
     if t.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):
         raise ConfigError(f"train.precision={t.precision!r}: use auto, 32, bf16-mixed, 16-mixed or 64")
+    if t.input_noise not in INPUT_NOISE:
+        raise ConfigError(
+            f"train.input_noise={t.input_noise!r}: use auto (low-rank states when V > d), lowrank or naive"
+        )
     d = cfg.distill
     if t.method == "fmlm" and not d.teacher:
         raise ConfigError("train.method=fmlm distills a teacher: use flowlm distill --teacher CKPT")

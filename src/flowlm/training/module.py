@@ -76,14 +76,18 @@ class FlowLMModule(L.LightningModule):
     def method_loss(
         self, net, tokens: torch.Tensor, generator: torch.Generator, sample_offset: int = 0
     ) -> dict[str, torch.Tensor]:
+        noise = self.cfg.train.input_noise
         if not self.distilling:
-            return flm_loss(net, tokens, self.vocab_size, generator=generator, weighting=self.weighting)
+            return flm_loss(
+                net, tokens, self.vocab_size, generator=generator, weighting=self.weighting, input_noise=noise
+            )
         d = self.cfg.distill
         common = dict(
             generator=generator,
             sample_offset=sample_offset,
             boundary_frac=d.resolved_boundary_frac(),
             weighting=self.weighting,
+            input_noise=noise,
         )
         teacher = self.frozen[0]
         if self.recipe == "v1-stage1":
