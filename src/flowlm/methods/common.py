@@ -67,12 +67,40 @@ def velocity(denoised: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.
     return (denoised - x) / torch.clamp(1 - t, min=VELOCITY_GUARD)
 
 
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """``−Σ_v target_v·log softmax(z)_v`` per row, keeping only ``z``, its log-sum-exp and the target for the
+    backward pass (``∂/∂z = Σ_v target_v·softmax(z) − target``): no [N, V] log-probabilities are stored, which
+    halves what the head holds between forward and backward. No gradient flows to the target."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        if target.dtype in (torch.int32, torch.int64):
+            loss = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        else:
+            loss = lse * target.sum(-1) - (target * logits).sum(-1)
+        ctx.save_for_backward(logits, lse, target)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, target = ctx.saved_tensors
+        out = torch.sub(logits, lse.unsqueeze(-1)).exp_()  # softmax in one [N, V] allocation
+        if target.dtype in (torch.int32, torch.int64):
+            out.scatter_add_(-1, target.unsqueeze(-1), -torch.ones_like(lse).unsqueeze(-1))
+        else:
+            out.mul_(target.sum(-1, keepdim=True)).sub_(target)
+        return out.mul_(grad.unsqueeze(-1)), None
+
+
 def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy [B, L]; ``target`` is token ids [B, L] or distributions [B, L, V]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    if target.dtype in (torch.int32, torch.int64):
-        return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    return -(target.float() * logp).sum(-1)
+    """Per-token cross-entropy [B, L] of logits [B, L, V] (half precision is computed in float32); ``target``
+    is token ids [B, L] or distributions [B, L, V] (treated as constants: no gradient reaches them)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if target.dtype not in (torch.int32, torch.int64):
+        target = target.detach().to(logits.dtype)
+    return _SoftmaxCrossEntropy.apply(logits, target)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

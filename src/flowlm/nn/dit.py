@@ -92,6 +92,28 @@ def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None else cap * torch.tanh(x / cap)
 
 
+class _LogitCap(torch.autograd.Function):
+    """``cap·tanh(x/cap)`` that keeps only its output y for backward (``dy/dx = 1 − (y/cap)²``), so the
+    [.., V] logits are stored once (the cross-entropy keeps the same tensor) instead of twice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cap: float) -> torch.Tensor:
+        y = torch.div(x, cap).tanh_().mul_(cap)  # in place: one [.., V] allocation
+        ctx.save_for_backward(y)
+        ctx.cap = cap
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        return (y / ctx.cap).square_().neg_().add_(1.0).mul_(grad), None
+
+
+def cap_logits(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """:func:`soft_cap` of the output logits, with the memory-lean backward of :class:`_LogitCap`."""
+    return x if cap is None else _LogitCap.apply(x, cap)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation ``x (1 + scale) + shift`` with ``shift, scale`` of shape [B, 1, d]."""
     return x * (1 + scale) + shift
@@ -335,7 +357,7 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, cos, sin, c)
         logits = self.output_layer(h, c).float()
-        return soft_cap(logits, self.config.logit_cap)
+        return cap_logits(logits, self.config.logit_cap)
 
     def forward(
         self, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None, embedded: bool = False
