@@ -456,3 +456,18 @@ def test_lowrank_states_never_have_vocabulary_width():
     flm_loss(net, torch.randint(0, VOCAB, (4, SEQ)), VOCAB, input_noise="lowrank")
     flm_sample(net, 2, SEQ, VOCAB, 3, input_noise="lowrank")
     assert shapes and all(s[-1] == WIDTH for s in shapes)
+
+
+@pytest.mark.parametrize("mode", ["naive", "lowrank"])
+def test_training_harness_honours_the_config_option(mode):
+    from flowlm.config import apply_overrides, load_preset
+    from flowlm.training.module import FlowLMModule
+
+    cfg = apply_overrides(load_preset("tiny"), [f"train.input_noise={mode}", "data.seq_len=8"])
+    module = FlowLMModule(cfg, vocab_size=VOCAB * 4)
+    tokens = torch.randint(0, VOCAB * 4, (2, 8), generator=torch.Generator().manual_seed(0))
+    got = module.method_loss(module.net, tokens, torch.Generator().manual_seed(1))["loss"]
+    want = flm_loss(module.net, tokens, VOCAB * 4, generator=torch.Generator().manual_seed(1), input_noise=mode)
+    assert got.item() == want["loss"].item()
+    with pytest.raises(ConfigError, match="train.input_noise='dense'"):
+        apply_overrides(load_preset("tiny"), ["train.input_noise=dense"])
