@@ -66,7 +66,7 @@ def input_matrix(model) -> torch.Tensor | None:
     return net.vocab_embed.embedding if isinstance(net, DiT) else None
 
 
-def factor_gram(gram: torch.Tensor, jitter: float) -> torch.Tensor:
+def factor_gram(gram: torch.Tensor, jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower Cholesky factor C [k, k] of ``gram + j·I`` with ``j = jitter·mean(diag gram)``.
 
     fp32 (callers pass an fp32 ``gram``). Where that factorization fails, ``j`` is raised by
