@@ -15,6 +15,7 @@ from flowlm.errors import CheckpointError, ConfigError
 from flowlm.methods.ar import ar_sample
 from flowlm.methods.flm import check_steps, flm_sample
 from flowlm.methods.fmlm import check_gamma, fmlm_sample, v1_stage1_sample
+from flowlm.methods.lowrank import check_input_noise
 from flowlm.methods.mdlm import mdlm_sample
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
@@ -92,6 +93,7 @@ class FlowLM:
         gamma: float = 0.0,
         batch_size: int = 64,
         batches: Sequence[int] | None = None,
+        input_noise: str = "auto",
     ) -> torch.Tensor:
         """Token ids [num_samples, seq_len]; identical for identical arguments (seeded).
 
@@ -99,7 +101,9 @@ class FlowLM:
         use the flow-map sampler with churn ``gamma`` ∈ [0, 1] (0: deterministic); MDLM models use the
         ancestral sampler. For these ``steps`` (default 64) is the number of sampler steps (network calls;
         MDLM skips a call after a step that revealed nothing). AR models decode token by token from BOS with
-        a KV cache at temperature 1 and take no ``steps`` (passing one is an error).
+        a KV cache at temperature 1 and take no ``steps`` (passing one is an error). ``input_noise`` (FLM /
+        FMLM): ``auto`` (exact low-rank states ``x @ W`` when V > d), ``lowrank`` or ``naive`` (full
+        [n, L, V] states); equal in distribution, different draws.
 
         The request is cut into batches of ``batch_size`` (the last may be shorter); batch ``j`` holds
         samples ``j * batch_size ...`` and draws from its own seed :func:`batch_seed` ``(seed, j)``, so a
@@ -108,6 +112,7 @@ class FlowLM:
         returned in the order given, e.g. rank ``r`` of ``w`` asks for ``range(r, n_batches, w)``.
         """
         steps = resolve_steps(self.method, steps)
+        check_input_noise(input_noise)
         check_gamma(gamma)
         if self.method != "flm" and guidance is not None:
             raise ConfigError("autoguidance applies to FLM models; for an FMLM model use gamma")
@@ -136,7 +141,15 @@ class FlowLM:
                 vocab = self.net.config.vocab_size
                 if self.method == "fmlm-v1-stage1":
                     tokens = v1_stage1_sample(
-                        self.net, self.teacher, n, seq_len, vocab, steps, generator=generator, device=self.device
+                        self.net,
+                        self.teacher,
+                        n,
+                        seq_len,
+                        vocab,
+                        steps,
+                        generator=generator,
+                        device=self.device,
+                        input_noise=input_noise,
                     )
                 elif self.method == "mdlm":
                     tokens = mdlm_sample(self.net, n, seq_len, vocab, steps, generator=generator, device=self.device)
@@ -146,11 +159,27 @@ class FlowLM:
                     )
                 elif self.method == "fmlm":
                     tokens = fmlm_sample(
-                        self.net, n, seq_len, vocab, steps, gamma=gamma, generator=generator, device=self.device
+                        self.net,
+                        n,
+                        seq_len,
+                        vocab,
+                        steps,
+                        gamma=gamma,
+                        generator=generator,
+                        device=self.device,
+                        input_noise=input_noise,
                     )
                 else:
                     tokens = flm_sample(
-                        self.net, n, seq_len, vocab, steps, generator=generator, device=self.device, guidance=guidance
+                        self.net,
+                        n,
+                        seq_len,
+                        vocab,
+                        steps,
+                        generator=generator,
+                        device=self.device,
+                        guidance=guidance,
+                        input_noise=input_noise,
                     )
                 chunks.append(tokens.cpu())
         return torch.cat(chunks)

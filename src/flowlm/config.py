@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from flowlm.errors import ConfigError
+from flowlm.methods.lowrank import INPUT_NOISE
 from flowlm.nn.dit import DiTConfig
 
 PRESET_ALIASES = {"small": "lm1b-small"}
@@ -61,6 +62,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     loss_weighting: bool = False
+    input_noise: str = "auto"
     precision: str = "auto"
     compile: bool = False
     seed: int = 0
@@ -232,6 +234,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"train.loss_weighting learns a time weighting of the flow losses; train.method={t.method} has its own "
             "fixed weighting: set train.loss_weighting=false"
+        )
+    if t.input_noise not in INPUT_NOISE:
+        raise ConfigError(
+            f"train.input_noise={t.input_noise!r}: use auto (low-rank states when V > d), lowrank or naive"
         )
     d = cfg.distill
     if t.method == "fmlm" and not d.teacher:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowlm.errors import ConfigError
 from flowlm.nn.dit import TimestepEmbedder
 
 VELOCITY_GUARD = 1e-5
@@ -24,6 +25,27 @@ def stratified_times(n: int, generator: torch.Generator | None = None, device=No
     u = torch.rand(n, generator=generator, device=device)
     tau = (u / n + torch.arange(n, device=device) / n) % 1.0
     return tau[torch.randperm(n, generator=generator, device=device)]
+
+
+def check_rows(rows: tuple[int, int] | None, batch: int) -> tuple[int, int]:
+    """``rows = (first, total)``: this call's batch is rows [first, first + batch) of a global micro-batch
+    of ``total`` rows whose random quantities are all drawn (and then sliced). None means (0, batch)."""
+    if rows is None:
+        return 0, batch
+    ok = isinstance(rows, (tuple, list)) and len(rows) == 2 and all(isinstance(v, int) for v in rows)
+    if not ok or rows[0] < 0 or rows[0] + batch > rows[1]:
+        raise ConfigError(
+            f"rows={rows!r} for a batch of {batch}: pass (first, total) with 0 <= first and first + {batch} <= total"
+        )
+    return rows[0], rows[1]
+
+
+def per_sequence_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of [B, L] values over each sequence's valid positions -> [B]."""
+    if mask is None:
+        return values.mean(-1)
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def one_hot(tokens: torch.Tensor, vocab_size: int, dtype=torch.float32) -> torch.Tensor:
@@ -45,12 +67,40 @@ def velocity(denoised: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.
     return (denoised - x) / torch.clamp(1 - t, min=VELOCITY_GUARD)
 
 
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """``−Σ_v target_v·log softmax(z)_v`` per row, keeping only ``z``, its log-sum-exp and the target for the
+    backward pass (``∂/∂z = Σ_v target_v·softmax(z) − target``): no [N, V] log-probabilities are stored, which
+    halves what the head holds between forward and backward. No gradient flows to the target."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        if target.dtype in (torch.int32, torch.int64):
+            loss = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        else:
+            loss = lse * target.sum(-1) - (target * logits).sum(-1)
+        ctx.save_for_backward(logits, lse, target)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, target = ctx.saved_tensors
+        out = torch.sub(logits, lse.unsqueeze(-1)).exp_()  # softmax in one [N, V] allocation
+        if target.dtype in (torch.int32, torch.int64):
+            out.scatter_add_(-1, target.unsqueeze(-1), -torch.ones_like(lse).unsqueeze(-1))
+        else:
+            out.mul_(target.sum(-1, keepdim=True)).sub_(target)
+        return out.mul_(grad.unsqueeze(-1)), None
+
+
 def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy [B, L]; ``target`` is token ids [B, L] or distributions [B, L, V]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    if target.dtype in (torch.int32, torch.int64):
-        return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    return -(target.float() * logp).sum(-1)
+    """Per-token cross-entropy [B, L] of logits [B, L, V] (half precision is computed in float32); ``target``
+    is token ids [B, L] or distributions [B, L, V] (treated as constants: no gradient reaches them)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if target.dtype not in (torch.int32, torch.int64):
+        target = target.detach().to(logits.dtype)
+    return _SoftmaxCrossEntropy.apply(logits, target)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """FLM: flow language model (SPEC §2). Loss and Euler sampler; no I/O, no training harness.
 
 The network is any callable ``model(x [B, L, V], tau [B]) -> logits [B, L, V]``; the denoiser is
-``D = softmax(logits)`` (logits already soft-capped by the backbone).
+``D = softmax(logits)`` (logits already soft-capped by the backbone). ``input_noise`` picks where the
+states live (:mod:`flowlm.methods.lowrank`): ``naive`` builds full [B, L, V] states, ``lowrank`` the
+exact projections ``x @ W`` [B, L, d] of a flowlm DiT, ``auto`` (default) the latter when V > d.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from torch import nn
 from flowlm.errors import ConfigError
 from flowlm.methods.common import (
     LossWeighting,
+    check_rows,
     interpolate,
     masked_mean,
-    one_hot,
+    per_sequence_mean,
     stratified_times,
     token_cross_entropy,
     velocity,
 )
+from flowlm.methods.lowrank import NaiveInputs, input_space
 from flowlm.schedule import get_schedule
 
 
@@ -31,27 +35,30 @@ def flm_loss(
     generator: torch.Generator | None = None,
     mask: torch.Tensor | None = None,
     weighting: LossWeighting | None = None,
+    input_noise: str = "auto",
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Denoising cross-entropy of one batch of tokens [B, L].
 
     τ is stratified over the batch, the state uses ``t = T_V⁻¹(τ)``, the network sees τ.
-    Returns ``loss`` (what to minimize), ``ce`` (the unweighted token cross-entropy, detached)
-    and ``tau`` [B].
+    ``rows = (first, total)``: τ and the noise are drawn for a global micro-batch of ``total`` rows and
+    rows [first, first + B) are kept (data parallelism; None: this batch alone).
+    Returns ``loss`` (what to minimize), ``ce`` (the unweighted token cross-entropy, detached),
+    ``per_sequence`` (its per-sequence means [B], detached) and ``tau`` [B].
     """
     batch, seq = tokens.shape
     device = tokens.device
-    tau = stratified_times(batch, generator, device)
+    first, total = check_rows(rows, batch)
+    space = input_space(input_noise, [model], vocab_size)
+    tau = stratified_times(total, generator, device)[first : first + batch]
     t = get_schedule(vocab_size, device).t_from_tau(tau)
-    x0 = torch.randn(batch, seq, vocab_size, generator=generator, device=device)
-    x_t = interpolate(x0, one_hot(tokens, vocab_size), t)
-    ce = token_cross_entropy(model(x_t, tau), tokens)
+    x0 = space.noise(total, seq, vocab_size, generator, device)[first : first + batch]
+    x_t = interpolate(x0, space.tokens(tokens, vocab_size), t)
+    ce = token_cross_entropy(space.logits(model, x_t, tau), tokens)
     mean_ce = masked_mean(ce, mask)
-    if weighting is None:
-        loss = mean_ce
-    else:
-        per_sequence = ce.mean(-1) if mask is None else (ce * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        loss = LossWeighting.apply(per_sequence, weighting(tau))
-    return {"loss": loss, "ce": mean_ce.detach(), "tau": tau}
+    per_sequence = per_sequence_mean(ce, mask)
+    loss = mean_ce if weighting is None else LossWeighting.apply(per_sequence, weighting(tau))
+    return {"loss": loss, "ce": mean_ce.detach(), "per_sequence": per_sequence.detach(), "tau": tau}
 
 
 def check_steps(steps: int) -> int:
@@ -74,16 +81,25 @@ def dropout_active(model: nn.Module):
             m.train(mode)
 
 
-def flm_denoise(model, x: torch.Tensor, tau: float, guidance: float | None = None) -> torch.Tensor:
+def flm_denoise(model, x: torch.Tensor, tau: float, guidance: float | None = None, inputs=None) -> torch.Tensor:
     """Denoiser ``D(x, τ)`` [B, L, V] at one scalar τ; with autoguidance
-    ``D_weak + η·(D − D_weak)`` where the weak model is the same network with dropout active."""
+    ``D_weak + η·(D − D_weak)`` where the weak model is the same network with dropout active.
+    ``inputs``: the state space of ``x`` (default: full [B, L, V] states)."""
+    inputs = NaiveInputs() if inputs is None else inputs
     tau_vec = torch.full((x.shape[0],), float(tau), device=x.device)
-    probs = torch.softmax(model(x, tau_vec), dim=-1)
+    probs = torch.softmax(inputs.logits(model, x, tau_vec), dim=-1)
     if guidance is None:
         return probs
     with dropout_active(model):
-        weak = torch.softmax(model(x, tau_vec), dim=-1)
+        weak = torch.softmax(inputs.logits(model, x, tau_vec), dim=-1)
     return weak + guidance * (probs - weak)
+
+
+def time_grid(vocab_size: int, steps: int) -> tuple[list[float], list[float]]:
+    """Sampling grid as host floats: ``τ_k = k/N`` and ``t_k = T⁻¹(τ_k)``, k = 0..N (one host computation
+    before the loop, so a sampling step never copies between host and device)."""
+    taus = torch.arange(steps + 1, dtype=torch.float64) / steps
+    return taus.tolist(), get_schedule(vocab_size, "cpu").t_from_tau(taus).tolist()
 
 
 @torch.no_grad()
@@ -97,21 +113,24 @@ def flm_sample(
     device=None,
     guidance: float | None = None,
     x0: torch.Tensor | None = None,
+    input_noise: str = "auto",
 ) -> torch.Tensor:
     """Euler sampler with the last-step jump; returns tokens [num_samples, seq_len].
 
     Grid ``τ_k = k/N``, ``t_k = T⁻¹(τ_k)``. For k < N−1: ``x ← x + (t_{k+1} − t_k)·b(x, t_k)``
     with D evaluated at τ_k; the last step outputs ``D(x, τ_{N−1})`` and takes the arg-max.
-    N = 1 is one network call on pure noise. Deterministic given ``x0`` (drawn from ``generator``
-    when not given).
+    N = 1 is one network call on pure noise. Deterministic given ``x0`` [n, L, V] (drawn from
+    ``generator`` when not given). In the low-rank space the state is ``h = x @ W`` and the step
+    ``h ← h + Δ·(D @ W − h)/(1 − t)``; a given ``x0`` is projected, so both paths follow the same trajectory.
     """
     check_steps(steps)
+    space = input_space(input_noise, [model], vocab_size)
     if x0 is None:
-        x0 = torch.randn(num_samples, seq_len, vocab_size, generator=generator, device=device)
-    taus = torch.arange(steps + 1, dtype=torch.float64) / steps
-    ts = get_schedule(vocab_size, "cpu").t_from_tau(taus).tolist()
-    x = x0
+        x = space.noise(num_samples, seq_len, vocab_size, generator, device)
+    else:
+        x = space.embed(x0)
+    taus, ts = time_grid(vocab_size, steps)
     for k in range(steps - 1):
-        denoised = flm_denoise(model, x, taus[k].item(), guidance)
-        x = x + (ts[k + 1] - ts[k]) * velocity(denoised, x, ts[k])
-    return flm_denoise(model, x, taus[steps - 1].item(), guidance).argmax(dim=-1)
+        denoised = flm_denoise(model, x, taus[k], guidance, space)
+        x = x + (ts[k + 1] - ts[k]) * velocity(space.embed(denoised), x, ts[k])
+    return flm_denoise(model, x, taus[steps - 1], guidance, space).argmax(dim=-1)

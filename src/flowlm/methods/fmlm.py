@@ -15,6 +15,15 @@ the semigroup identity ``δ_{s,t}(x) = λ·δ_{s,u}(x) + (1 − λ)·δ_{u,t}(X_
 Networks are callables ``model(x [B, L, V], tau [B], tau_end [B] | None) -> logits [B, L, V]`` (the
 :class:`~flowlm.nn.dit.DiT` with ``time_inputs=2`` for flow maps, ``time_inputs=1`` for the FLM teacher).
 
+States and ``input_noise``
+--------------------------
+Every state below is a linear combination of noise, one-hot rows and network outputs, so the losses and
+samplers are written once against a state space (:mod:`flowlm.methods.lowrank`): ``naive`` keeps full
+[B, L, V] states, ``lowrank`` keeps their exact projections onto the input matrices of every network that
+sees them (student and teacher: [B, L, 2d]), ``auto`` (default) picks the latter for DiTs when V exceeds
+that width. Quantities that are compared in V-space (the v1 map residuals) are written without the state,
+in which they are affine with coefficient 0 (see :func:`v1_stage1_loss`), so no V-sized state is needed.
+
 Pairs of times (PSD and the v1 recipe)
 --------------------------------------
 Each micro-batch is split deterministically into diagonal pairs (``τ_s = τ_t``), boundary pairs
@@ -27,6 +36,8 @@ arithmetic), so the shares are the configured ones up to one sample at every poi
 parallelism: ``step·global_batch + rank·micro_batches·micro_batch + micro_index·micro_batch``). Within a
 micro-batch the rows are laid out ``[diagonal | boundary | off-diagonal]``; the data rows are i.i.d., so
 the layout carries no information and lets the loss use slices instead of masks (no host sync).
+With ``rows = (first, total)`` a loss call holds rows [first, first + B) of a global micro-batch of
+``total`` rows starting at ``sample_offset``: pairs and noise are drawn for all ``total`` rows and sliced.
 """
 
 from __future__ import annotations
@@ -44,14 +55,15 @@ from flowlm.errors import ConfigError
 from flowlm.methods.common import (
     VELOCITY_GUARD,
     LossWeighting,
+    check_rows,
     interpolate,
     masked_mean,
-    one_hot,
+    per_sequence_mean,
     stratified_times,
     token_cross_entropy,
-    velocity,
 )
-from flowlm.methods.flm import check_steps
+from flowlm.methods.flm import check_steps, time_grid
+from flowlm.methods.lowrank import NaiveInputs, input_space
 from flowlm.nn.dit import DiT, zero_last_time_layer
 from flowlm.schedule import get_schedule
 
@@ -106,6 +118,8 @@ def flow_map_step(x: torch.Tensor, delta: torch.Tensor, s, t) -> torch.Tensor:
     Returns the state [B, L, V] at time t. ``1 − s`` has the velocity's 1e-5 guard, so ``s = t``
     returns ``x`` even at ``s = 1``; ``t = 1`` returns ``δ``.
     """
+    if not isinstance(s, torch.Tensor) and not isinstance(t, torch.Tensor):  # grid times: no tensor, no copy
+        return x + (t - s) / max(1.0 - s, VELOCITY_GUARD) * (delta - x)
     s, t = _as_time(s, x), _as_time(t, x)
     return x + (t - s) / torch.clamp(1 - s, min=VELOCITY_GUARD) * (delta - x)
 
@@ -242,15 +256,16 @@ def pair_times(
     Returns ``tau_s`` [B], ``tau_t`` [B] (float32) and ``kind`` [B] (int64: DIAGONAL, BOUNDARY,
     OFF_DIAGONAL).
     """
-    n_diag, n_boundary, n_off = pair_counts(batch_size, sample_offset, diag_frac, boundary_frac)
+    counts = pair_counts(batch_size, sample_offset, diag_frac, boundary_frac)
+    n_diag, n_boundary, n_off = counts
     diag = stratified_times(n_diag, generator, device)
     d = 1.0 - torch.rand(n_off, generator=generator, device=device)  # (0, 1]: never a diagonal pair
     start = torch.rand(n_off, generator=generator, device=device) * (1.0 - d)
     zeros, ones = torch.zeros(n_boundary, device=device), torch.ones(n_boundary, device=device)
     tau_s = torch.cat([diag, zeros, start])
     tau_t = torch.cat([diag, ones, torch.clamp(start + d, max=1.0)])
-    counts = torch.tensor([n_diag, n_boundary, n_off])
-    kind = torch.repeat_interleave(torch.tensor([DIAGONAL, BOUNDARY, OFF_DIAGONAL]), counts).to(device)
+    kinds = (DIAGONAL, BOUNDARY, OFF_DIAGONAL)
+    kind = torch.cat([torch.full((n,), k, device=device) for n, k in zip(counts, kinds, strict=True)])
     return tau_s, tau_t, kind
 
 
@@ -263,35 +278,49 @@ def _clock(tau: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return get_schedule(vocab_size, tau.device).t_from_tau(tau.to(_time_dtype(tau.device)))
 
 
-def _noisy_states(tokens: torch.Tensor, vocab_size: int, s: torch.Tensor, generator) -> torch.Tensor:
+def _pairs_and_states(inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows):
+    """Pairs for a global micro-batch of ``total`` rows, its noise, both sliced to this call's rows.
+
+    Returns ``tau_s``, ``tau_t`` [B], the number of diagonal rows among them and the states
+    ``x_s = (1 − s)·x₀ + s·x₁`` with ``s = T⁻¹(τ_s)`` (in the space of ``inputs``).
+    """
     batch, seq = tokens.shape
-    x0 = torch.randn(batch, seq, vocab_size, generator=generator, device=tokens.device)
-    return interpolate(x0, one_hot(tokens, vocab_size), s)
+    first, total = check_rows(rows, batch)
+    n_diag = pair_counts(total, sample_offset, diag_frac, boundary_frac)[0]
+    tau_s, tau_t, _ = pair_times(total, sample_offset, diag_frac, boundary_frac, generator, tokens.device)
+    x0 = inputs.noise(total, seq, vocab_size, generator, tokens.device)
+    keep = slice(first, first + batch)
+    tau_s, tau_t = tau_s[keep], tau_t[keep]
+    x_s = interpolate(x0[keep], inputs.tokens(tokens, vocab_size), _clock(tau_s, vocab_size))
+    return tau_s, tau_t, min(max(n_diag - first, 0), batch), x_s
 
 
-def _weighted(per_token, mask, weighting, tau_s, tau_t) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, unweighted masked mean) of a per-token loss [B, L]."""
+def _weighted(per_token, mask, weighting, tau_s, tau_t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, unweighted masked mean, per-sequence means [B]) of a per-token loss [B, L]."""
     mean = masked_mean(per_token, mask)
+    per_sequence = per_sequence_mean(per_token, mask)
     if weighting is None:
-        return mean, mean
-    if mask is None:
-        per_sequence = per_token.mean(-1)
-    else:
-        per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return LossWeighting.apply(per_sequence, weighting(tau_s, tau_t)), mean
+        return mean, mean, per_sequence
+    return LossWeighting.apply(per_sequence, weighting(tau_s, tau_t)), mean, per_sequence
 
 
 # --- PSD distillation (main recipe) ------------------------------------------------------------------
 
 
-def _probs(model, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
-    logits = model(x, tau) if tau_end is None else model(x, tau, tau_end)
-    return torch.softmax(logits.float(), dim=-1)
+def _probs(inputs, model, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.softmax(inputs.logits(model, x, tau, tau_end).float(), dim=-1)
 
 
 @torch.no_grad()
 def psd_target(
-    student, teacher, x_s: torch.Tensor, tau_s: torch.Tensor, tau_t: torch.Tensor, n_diag: int, vocab_size: int
+    student,
+    teacher,
+    x_s: torch.Tensor,
+    tau_s: torch.Tensor,
+    tau_t: torch.Tensor,
+    n_diag: int,
+    vocab_size: int,
+    inputs=None,
 ) -> torch.Tensor:
     """PSD targets [B, L, V] (no gradient), rows laid out as :func:`pair_times` does.
 
@@ -299,21 +328,23 @@ def psd_target(
     Other rows (boundary and off-diagonal alike): the midpoint composition through ``τ_u = (τ_s + τ_t)/2``
     with the current student, ``λ·δ̂_{s,u}(x_s) + (1 − λ)·δ̂_{u,t}(X_{s,u}(x_s))``, ``s, u, t = T⁻¹(τ_s, τ_u,
     τ_t)``; at the boundary ``(0, 1)`` that is ``δ̂_{½,1}(X_{0,u}(x_0))`` since λ = 0 at t = 1.
-    Both networks run in eval mode (no dropout); their modes are restored afterwards.
+    Both networks run in eval mode (no dropout); their modes are restored afterwards. ``inputs``: the state
+    space of ``x_s`` (default: full [B, L, V] states); ``X_{s,u}`` is formed in it with ``δ̂_{s,u} @ W``.
     """
-    target = torch.empty(x_s.shape, dtype=torch.float32, device=x_s.device)
+    inputs = NaiveInputs() if inputs is None else inputs
+    target = torch.empty((*x_s.shape[:2], vocab_size), dtype=torch.float32, device=x_s.device)
     if n_diag > 0:
         with _eval_mode(teacher):
-            target[:n_diag] = _probs(teacher, x_s[:n_diag], tau_s[:n_diag])
+            target[:n_diag] = _probs(inputs, teacher, x_s[:n_diag], tau_s[:n_diag])
     if n_diag < x_s.shape[0]:
         x, ts, tt = x_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:]
         tu = (ts + tt) / 2
         s, u, t = (_clock(tau, vocab_size) for tau in (ts, tu, tt))
         lam = semigroup_lambda(s, u, t).to(torch.float32).view(-1, 1, 1)
         with _eval_mode(student):
-            d_su = _probs(student, x, ts, tu)
-            x_su = flow_map_step(x, d_su.to(x.dtype), s.to(x.dtype), u.to(x.dtype))
-            d_ut = _probs(student, x_su, tu, tt)
+            d_su = _probs(inputs, student, x, ts, tu)
+            x_su = flow_map_step(x, inputs.embed(d_su).to(x.dtype), s.to(x.dtype), u.to(x.dtype))
+            d_ut = _probs(inputs, student, x_su, tu, tt)
         target[n_diag:] = lam * d_su + (1 - lam) * d_ut
     return target
 
@@ -329,6 +360,8 @@ def psd_loss(
     boundary_frac: float = PSD_BOUNDARY_FRAC,
     weighting: LossWeighting | None = None,
     mask: torch.Tensor | None = None,
+    input_noise: str = "auto",
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """PSD (semigroup self-distillation from a frozen FLM teacher, SPEC §3) on tokens [B, L].
 
@@ -338,18 +371,20 @@ def psd_loss(
     valid tokens; with ``weighting`` (a ``LossWeighting(two_times=True)``) the per-sequence mean ℓ is
     replaced by ``exp(−w(τ_s, τ_t))·ℓ + w``.
 
+    ``input_noise`` (auto | lowrank | naive) and ``rows`` (first, total): see the module docstring.
+
     Returns ``loss`` (to minimize), ``ce`` (unweighted cross-entropy, detached), ``ce_diag`` /
-    ``ce_off`` (the same over diagonal / other rows, 0 when there are none), ``tau_s``, ``tau_t`` [B].
+    ``ce_off`` (the same over diagonal / other rows, 0 when there are none), ``per_sequence`` [B]
+    (detached), ``tau_s``, ``tau_t`` [B].
     """
-    batch = tokens.shape[0]
-    device = tokens.device
-    n_diag, _, _ = pair_counts(batch, sample_offset, diag_frac, boundary_frac)
-    tau_s, tau_t, _ = pair_times(batch, sample_offset, diag_frac, boundary_frac, generator, device)
-    x_s = _noisy_states(tokens, vocab_size, _clock(tau_s, vocab_size), generator)
-    logits = student(x_s, tau_s, tau_t)
-    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size)
+    inputs = input_space(input_noise, [student, teacher], vocab_size)
+    tau_s, tau_t, n_diag, x_s = _pairs_and_states(
+        inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows
+    )
+    logits = inputs.logits(student, x_s, tau_s, tau_t)
+    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs)
     ce = token_cross_entropy(logits, target)
-    loss, mean_ce = _weighted(ce, mask, weighting, tau_s, tau_t)
+    loss, mean_ce, per_sequence = _weighted(ce, mask, weighting, tau_s, tau_t)
     with torch.no_grad():
         m = torch.ones_like(ce) if mask is None else mask.to(ce.dtype)
         parts = [
@@ -360,6 +395,7 @@ def psd_loss(
         "ce": mean_ce.detach(),
         "ce_diag": parts[0],
         "ce_off": parts[1],
+        "per_sequence": per_sequence.detach(),
         "tau_s": tau_s,
         "tau_t": tau_t,
     }
@@ -374,10 +410,11 @@ def check_gamma(gamma) -> float:
     return float(gamma)
 
 
-def fmlm_denoise(model, x: torch.Tensor, tau_s: float, tau_t: float) -> torch.Tensor:
-    """``δ̂_{s,t}(x) = softmax(model(x, τ_s, τ_t))`` [B, L, V] at scalar network times τ_s, τ_t."""
+def fmlm_denoise(model, x: torch.Tensor, tau_s: float, tau_t: float, inputs=None) -> torch.Tensor:
+    """``δ̂_{s,t}(x) = softmax(model(x, τ_s, τ_t))`` [B, L, V] at scalar network times τ_s, τ_t
+    (``inputs``: the state space of ``x``, default full [B, L, V] states)."""
     full = lambda v: torch.full((x.shape[0],), float(v), device=x.device)  # noqa: E731
-    return _probs(model, x, full(tau_s), full(tau_t))
+    return _probs(NaiveInputs() if inputs is None else inputs, model, x, full(tau_s), full(tau_t))
 
 
 @torch.no_grad()
@@ -391,6 +428,7 @@ def fmlm_sample(
     generator: torch.Generator | None = None,
     device=None,
     x0: torch.Tensor | None = None,
+    input_noise: str = "auto",
 ) -> torch.Tensor:
     """Flow-map sampler with churn γ (SPEC §3); returns tokens [num_samples, seq_len].
 
@@ -399,48 +437,68 @@ def fmlm_sample(
     returns arg-max δ, the others set ``x ← X_{t,t̃}(x) + (σ̃ − σ)·δ + γσ·ξ`` with ``ξ ~ N(0, I)`` drawn from
     ``generator``. γ = 0 is the deterministic chain of flow maps ``X_{t_k, t_{k+1}}``; γ = 1 re-noises
     the clean estimate ``δ̂_{τ_k,1}`` to time ``t_{k+1}``. N = 1 is one call: arg-max ``δ̂_{0,1}(x₀)``.
-    ``x0`` (default: drawn from ``generator``) is the starting noise [n, L, V].
+    ``x0`` (default: drawn from ``generator``) is the starting noise [n, L, V]. In the low-rank space
+    (``input_noise``) the state is ``x @ W``, δ enters as ``δ @ W`` and ξ is drawn as ``ε·Cᵀ``.
     """
     check_steps(steps)
     gamma = check_gamma(gamma)
-    if x0 is None:
-        x0 = torch.randn(num_samples, seq_len, vocab_size, generator=generator, device=device)
-    sched = get_schedule(vocab_size, "cpu")
-    taus = torch.arange(steps + 1, dtype=torch.float64) / steps
-    ts = sched.t_from_tau(taus).tolist()
-    x = x0
+    inputs = input_space(input_noise, [model], vocab_size)
+    x = inputs.noise(num_samples, seq_len, vocab_size, generator, device) if x0 is None else inputs.embed(x0)
+    taus, ts = time_grid(vocab_size, steps)
+    sigmas = [1.0 - t for t in ts[1:]]
+    sigma_tildes = [sigma * math.sqrt(1.0 - gamma * gamma) for sigma in sigmas]
+    if gamma == 0.0:
+        tau_tildes = taus[1:]
+    else:  # τ̃ = T(1 − σ̃), computed on the host before the loop
+        t_tildes = torch.tensor([1.0 - st for st in sigma_tildes], dtype=torch.float64)
+        tau_tildes = get_schedule(vocab_size, "cpu").tau_from_t(t_tildes).tolist()
     for k in range(steps):
-        t, sigma = ts[k], 1.0 - ts[k + 1]
-        sigma_tilde = sigma * math.sqrt(1.0 - gamma * gamma)
-        t_tilde = 1.0 - sigma_tilde
-        if gamma == 0.0 or sigma_tilde == 0.0:
-            tau_tilde = taus[k + 1].item() if gamma == 0.0 else 1.0
-        else:
-            tau_tilde = sched.tau_from_t(torch.tensor(t_tilde, dtype=torch.float64)).item()
-        delta = fmlm_denoise(model, x, taus[k].item(), tau_tilde)
+        t, sigma, sigma_tilde = ts[k], sigmas[k], sigma_tildes[k]
+        delta = fmlm_denoise(model, x, taus[k], tau_tildes[k], inputs)
         if k == steps - 1:
             return delta.argmax(dim=-1)
-        delta = delta.to(x.dtype)
-        x = flow_map_step(x, delta, t, t_tilde) + (sigma_tilde - sigma) * delta
+        delta = inputs.embed(delta).to(x.dtype)
+        x = flow_map_step(x, delta, t, 1.0 - sigma_tilde) + (sigma_tilde - sigma) * delta
         if gamma > 0.0:
-            x = x + gamma * sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + gamma * sigma * inputs.noise(x.shape[0], x.shape[1], vocab_size, generator, x.device).to(x.dtype)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 # --- seed-version recipe (SPEC §4) ---------------------------------------------------------------------
 
 
-def v1_stage1_map(g_net, teacher, x: torch.Tensor, tau_s: torch.Tensor, tau_t: torch.Tensor, s, t) -> torch.Tensor:
+def v1_stage1_map(
+    g_net, teacher, x: torch.Tensor, tau_s: torch.Tensor, tau_t: torch.Tensor, s, t, inputs=None
+) -> torch.Tensor:
     """Stage-1 map ``X_{s,t}(x) = x + Δ·b_T(x, s) + ½Δ²·g(x, τ_s, τ_t)``, ``Δ = t − s`` [B, L, V].
 
     ``tau_s, tau_t`` [B] are what the networks see; ``s, t`` the matching interpolation times (floats or
     tensors () / [B]). At t = 1 the map is ``D_T(x, τ_s) + ½(1 − s)²·g``. Gradients flow to whatever
-    network has them enabled (use under ``torch.no_grad`` for targets and sampling).
+    network has them enabled (use under ``torch.no_grad`` for targets and sampling). ``inputs``: the state
+    space of ``x`` (default full [B, L, V] states); the result is in the same space (``D_T @ W``, ``g @ W``).
     """
-    s, t = _as_time(s, x), _as_time(t, x)
-    span = t - s
-    b = (_probs(teacher, x, tau_s).to(x.dtype) - x) / torch.clamp(1 - s, min=VELOCITY_GUARD)  # b_T(x, s)
-    return x + span * b + 0.5 * span * span * g_net(x, tau_s, tau_t).to(x.dtype)
+    inputs = NaiveInputs() if inputs is None else inputs
+    denoised = inputs.embed(_probs(inputs, teacher, x, tau_s)).to(x.dtype)
+    raw = inputs.embed(inputs.logits(g_net, x, tau_s, tau_t).to(x.dtype))
+    return flow_map_step(x, denoised, s, t) + _half_square(s, t, x) * raw
+
+
+def _half_square(s, t, like: torch.Tensor):
+    """``½(t − s)²`` as a float (grid times) or a tensor broadcastable against ``like``."""
+    if not isinstance(s, torch.Tensor) and not isinstance(t, torch.Tensor):
+        return 0.5 * (t - s) ** 2
+    span = _as_time(t, like) - _as_time(s, like)
+    return 0.5 * span * span
+
+
+def _v1_pairs(inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows):
+    """Off-diagonal and boundary pairs with their τ-midpoint; float64 clocks s, u, t [B]; states x_s."""
+    tau_s, tau_t, _, x_s = _pairs_and_states(
+        inputs, tokens, vocab_size, generator, sample_offset, 0.0, boundary_frac, rows
+    )
+    tau_u = (tau_s + tau_t) / 2
+    s, u, t = (_clock(tau, vocab_size) for tau in (tau_s, tau_u, tau_t))
+    return tau_s, tau_u, tau_t, s, u, t, x_s
 
 
 def v1_stage1_loss(
@@ -453,6 +511,8 @@ def v1_stage1_loss(
     boundary_frac: float = V1_STAGE1_BOUNDARY_FRAC,
     weighting: LossWeighting | None = None,
     mask: torch.Tensor | None = None,
+    input_noise: str = "auto",
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stage 1 of the v1 recipe (SPEC §4): semigroup-bootstrapped MSE for the raw network ``g``.
 
@@ -468,31 +528,37 @@ def v1_stage1_loss(
     * loss: squared error summed over V, averaged over valid tokens, or ``exp(−w)·ℓ + w`` per sequence
       with ``weighting`` (``LossWeighting(two_times=True)``, its parameters trained with g's).
 
-    The teacher runs under ``no_grad`` in eval mode, the target's g calls too. Returns ``loss``,
-    ``mse`` (unweighted, detached), ``tau_s``, ``tau_t``.
+    The target is affine in x_s with coefficient 0, and is computed in that form (exactly equal, and no
+    V-sized state needed): with ``A = D_T(x_s, τ_s) + ½Δ₁(1 − s)·g(x_s, τ_s, τ_u)`` (so that
+    ``(1 − s)·v̂_{s,u} = A − x_s`` and ``y = X_{s,u}`` of :func:`flow_map_step` with A in place of δ) and
+    ``B = ((1 − s)·D_T(y, τ_u) − Δ₁·A)/(1 − u) + ½Δ₂(1 − s)·g(y, τ_u, τ_t)`` (so that
+    ``(1 − s)·v̂_{u,t} = B − x_s``), the target is ``(Δ₁/Δ)·A + (Δ₂/Δ)·B``.
+
+    The teacher runs under ``no_grad`` in eval mode, the target's g calls too. ``input_noise`` and
+    ``rows``: see the module docstring. Returns ``loss``, ``mse`` (unweighted, detached),
+    ``per_sequence`` [B] (detached), ``tau_s``, ``tau_t``.
     """
-    batch = tokens.shape[0]
-    tau_s, tau_t, _ = pair_times(batch, sample_offset, 0.0, boundary_frac, generator, tokens.device)
-    tau_u = (tau_s + tau_t) / 2
-    s64, u64, t64 = (_clock(tau, vocab_size) for tau in (tau_s, tau_u, tau_t))
-    x_s = _noisy_states(tokens, vocab_size, s64, generator)
-    col = lambda v: v.to(x_s.dtype).view(-1, 1, 1)  # noqa: E731
+    inputs = input_space(input_noise, [g_net, teacher], vocab_size)
+    tau_s, tau_u, tau_t, s64, u64, t64, x_s = _v1_pairs(
+        inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows
+    )
+    col = lambda v: v.to(torch.float32).view(-1, 1, 1)  # noqa: E731
     span = t64 - s64
     w1 = torch.where(span > 0, (u64 - s64) / torch.where(span > 0, span, 1.0), 0.5)  # Δ₁/Δ
     s, d1, d2, dt, w1 = col(s64), col(u64 - s64), col(t64 - u64), col(span), col(w1)
+    one_minus_u = torch.clamp(1 - col(u64), min=VELOCITY_GUARD)
     with torch.no_grad(), _eval_mode(teacher):
-        denoised = _probs(teacher, x_s, tau_s).to(x_s.dtype)
+        denoised = _probs(inputs, teacher, x_s, tau_s)
         with _eval_mode(g_net):
-            v_su = velocity(denoised, x_s, s64.to(x_s.dtype)) + 0.5 * d1 * g_net(x_s, tau_s, tau_u).to(x_s.dtype)
-            y = x_s + d1 * v_su
-            b_u = velocity(_probs(teacher, y, tau_u).to(x_s.dtype), y, u64.to(x_s.dtype))
-            v_ut = b_u + 0.5 * d2 * g_net(y, tau_u, tau_t).to(x_s.dtype)
-        v_bar = w1 * v_su + (1 - w1) * v_ut
-        target = x_s + (1 - s) * v_bar
-    pred = denoised + 0.5 * dt * (1 - s) * g_net(x_s, tau_s, tau_t)
+            a = denoised + 0.5 * d1 * (1 - s) * inputs.logits(g_net, x_s, tau_s, tau_u).float()
+            y = flow_map_step(x_s, inputs.embed(a).to(x_s.dtype), s64.to(x_s.dtype), u64.to(x_s.dtype))
+            b = ((1 - s) * _probs(inputs, teacher, y, tau_u) - d1 * a) / one_minus_u
+            b = b + 0.5 * d2 * (1 - s) * inputs.logits(g_net, y, tau_u, tau_t).float()
+        target = w1 * a + (1 - w1) * b
+    pred = denoised + 0.5 * dt * (1 - s) * inputs.logits(g_net, x_s, tau_s, tau_t).float()
     err = (pred - target).pow(2).sum(-1)
-    loss, mean = _weighted(err, mask, weighting, tau_s, tau_t)
-    return {"loss": loss, "mse": mean.detach(), "tau_s": tau_s, "tau_t": tau_t}
+    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, tau_t)
+    return {"loss": loss, "mse": mean.detach(), "per_sequence": per_sequence.detach(), "tau_s": tau_s, "tau_t": tau_t}
 
 
 @torch.no_grad()
@@ -506,22 +572,26 @@ def v1_stage1_sample(
     generator: torch.Generator | None = None,
     device=None,
     x0: torch.Tensor | None = None,
+    input_noise: str = "auto",
 ) -> torch.Tensor:
     """Sampler of the stage-1 map: ``x ← X_{t_k, t_{k+1}}(x)`` on the grid ``τ_k = k/N`` (two network
-    calls per step, teacher and g), tokens = arg-max of the final state (at t = 1 the map is
-    ``D_T + ½(1 − t_{N−1})²·g``). With ``g ≡ 0`` this is exactly :func:`~flowlm.methods.flm.flm_sample`.
-    Returns tokens [num_samples, seq_len]."""
+    calls per step, teacher and g), tokens = arg-max of the final state, which at t = 1 is
+    ``D_T + ½(1 − t_{N−1})²·g`` (computed in that form: no V-sized state is needed). With ``g ≡ 0``
+    this is exactly :func:`~flowlm.methods.flm.flm_sample`. Returns tokens [num_samples, seq_len]."""
     check_steps(steps)
-    if x0 is None:
-        x0 = torch.randn(num_samples, seq_len, vocab_size, generator=generator, device=device)
-    taus = torch.arange(steps + 1, dtype=torch.float64) / steps
-    ts = get_schedule(vocab_size, "cpu").t_from_tau(taus).tolist()
-    x = x0
-    full = lambda v: torch.full((x0.shape[0],), float(v), device=x0.device)  # noqa: E731
+    inputs = input_space(input_noise, [g_net, teacher], vocab_size)
+    x = inputs.noise(num_samples, seq_len, vocab_size, generator, device) if x0 is None else inputs.embed(x0)
+    taus, ts = time_grid(vocab_size, steps)
+    full = lambda v: torch.full((x.shape[0],), float(v), device=x.device)  # noqa: E731
     with _eval_mode(teacher, g_net):
-        for k in range(steps):
-            x = v1_stage1_map(g_net, teacher, x, full(taus[k]), full(taus[k + 1]), ts[k], ts[k + 1])
-    return x.argmax(dim=-1)
+        for k in range(steps - 1):
+            x = v1_stage1_map(g_net, teacher, x, full(taus[k]), full(taus[k + 1]), ts[k], ts[k + 1], inputs)
+        tau_s, tau_t = full(taus[steps - 1]), full(taus[steps])
+        final = (
+            _probs(inputs, teacher, x, tau_s)
+            + _half_square(ts[steps - 1], 1.0, x) * inputs.logits(g_net, x, tau_s, tau_t).float()
+        )
+    return final.argmax(dim=-1)
 
 
 def v1_stage2_loss(
@@ -535,6 +605,8 @@ def v1_stage2_loss(
     boundary_frac: float = V1_STAGE2_BOUNDARY_FRAC,
     weighting: LossWeighting | None = None,
     mask: torch.Tensor | None = None,
+    input_noise: str = "auto",
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stage 2 of the v1 recipe (SPEC §4): regress the student's map onto the stage-1 map.
 
@@ -542,16 +614,24 @@ def v1_stage2_loss(
     ``x_s + Δ·(δ̂ − x_s)/(1 − s)`` with ``δ̂ = softmax(student(x_s, τ_s, τ_t))`` — the same map as
     :func:`flow_map_step`, so the student samples with :func:`fmlm_sample`; target (no grad)
     ``v1_stage1_map(g, teacher, x_s, ...)``; loss: squared error summed over V, averaged over valid
-    tokens (optionally weighted as in stage 1). Returns ``loss``, ``mse`` (detached), ``tau_s``, ``tau_t``.
+    tokens (optionally weighted as in stage 1). Both maps move x_s by the same ``−Δ/(1 − s)·x_s``, so the
+    residual is computed as ``Δ/(1 − s)·(δ̂ − D_T(x_s)) − ½Δ²·g(x_s)`` (exactly equal; no V-sized state).
+    ``input_noise`` and ``rows``: see the module docstring. Returns ``loss``, ``mse`` (detached),
+    ``per_sequence`` [B] (detached), ``tau_s``, ``tau_t``.
     """
-    batch = tokens.shape[0]
-    tau_s, tau_t, _ = pair_times(batch, sample_offset, 0.0, boundary_frac, generator, tokens.device)
-    s64, t64 = _clock(tau_s, vocab_size), _clock(tau_t, vocab_size)
-    x_s = _noisy_states(tokens, vocab_size, s64, generator)
-    s, t = s64.to(x_s.dtype), t64.to(x_s.dtype)
+    inputs = input_space(input_noise, [student, teacher, g_net], vocab_size)
+    tau_s, _, tau_t, s64, _, t64, x_s = _v1_pairs(
+        inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows
+    )
+    col = lambda v: v.to(torch.float32).view(-1, 1, 1)  # noqa: E731
+    s, dt = col(s64), col(t64 - s64)
     with torch.no_grad(), _eval_mode(teacher, g_net):
-        target = v1_stage1_map(g_net, teacher, x_s, tau_s, tau_t, s, t)
-    pred = flow_map_step(x_s, _probs(student, x_s, tau_s, tau_t).to(x_s.dtype), s, t)
+        denoised = _probs(inputs, teacher, x_s, tau_s)
+        target = (
+            denoised / torch.clamp(1 - s, min=VELOCITY_GUARD) * dt
+            + 0.5 * dt * dt * inputs.logits(g_net, x_s, tau_s, tau_t).float()
+        )
+    pred = _probs(inputs, student, x_s, tau_s, tau_t) / torch.clamp(1 - s, min=VELOCITY_GUARD) * dt
     err = (pred - target).pow(2).sum(-1)
-    loss, mean = _weighted(err, mask, weighting, tau_s, tau_t)
-    return {"loss": loss, "mse": mean.detach(), "tau_s": tau_s, "tau_t": tau_t}
+    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, tau_t)
+    return {"loss": loss, "mse": mean.detach(), "per_sequence": per_sequence.detach(), "tau_s": tau_s, "tau_t": tau_t}

@@ -8,7 +8,8 @@ Shapes: ``B`` batch, ``L`` sequence length, ``V`` vocabulary, ``d`` width, ``H``
 
 The network is called as ``model(x, tau, tau_end=None) -> logits [B, L, V]`` where ``x`` is either
 integer tokens ``[B, L]`` (an embedding lookup) or a soft state ``[B, L, V]`` (a matmul with the
-same ``V x d`` matrix). ``tau`` is the network clock (SPEC §1), shape ``[B]``; ``tau_end`` is the
+same ``V x d`` matrix), or, with ``embedded=True``, the already projected state ``x @ W`` [B, L, d].
+``tau`` is the network clock (SPEC §1), shape ``[B]``; ``tau_end`` is the
 second time of a flow map, shape ``[B]``. Logits are float32 and soft-capped (``logit_cap``).
 
 The baselines use two options that the flow models leave off: ``mask_input`` (MDLM) adds one input id,
@@ -100,6 +101,28 @@ class DiTConfig:
 def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     """``cap * tanh(x / cap)``; identity when ``cap`` is None."""
     return x if cap is None else cap * torch.tanh(x / cap)
+
+
+class _LogitCap(torch.autograd.Function):
+    """``cap·tanh(x/cap)`` that keeps only its output y for backward (``dy/dx = 1 − (y/cap)²``), so the
+    [.., V] logits are stored once (the cross-entropy keeps the same tensor) instead of twice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cap: float) -> torch.Tensor:
+        y = torch.div(x, cap).tanh_().mul_(cap)  # in place: one [.., V] allocation
+        ctx.save_for_backward(y)
+        ctx.cap = cap
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        return (y / ctx.cap).square_().neg_().add_(1.0).mul_(grad), None
+
+
+def cap_logits(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """:func:`soft_cap` of the output logits, with the memory-lean backward of :class:`_LogitCap`."""
+    return x if cap is None else _LogitCap.apply(x, cap)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -446,7 +469,7 @@ class DiT(nn.Module):
         if cache is not None:
             cache.length = start + seq
         logits = self.output_layer(h, c).float()
-        return soft_cap(logits, self.config.logit_cap)
+        return cap_logits(logits, self.config.logit_cap)
 
     def forward(
         self,
@@ -454,8 +477,21 @@ class DiT(nn.Module):
         tau: torch.Tensor,
         tau_end: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        embedded: bool = False,
     ) -> torch.Tensor:
+        """Logits of tokens / a state ``x``; with ``embedded=True`` ``x`` is the projected input ``x @ W``
+        [B, L, d] (the low-rank path of :mod:`flowlm.methods.lowrank`); ``cache``: AR decoding."""
+        if embedded:
+            self.check_embedded(x)
+            return self.forward_embedded(x.to(self.vocab_embed.embedding.dtype), tau, tau_end, cache)
         return self.forward_embedded(self.embed(x), tau, tau_end, cache)
+
+    def check_embedded(self, h: torch.Tensor) -> None:
+        cfg = self.config
+        if h.ndim != 3 or h.shape[-1] != cfg.hidden_size or h.shape[1] > cfg.seq_len:
+            raise ConfigError(
+                f"embedded model input has shape {tuple(h.shape)}: pass [B, L <= {cfg.seq_len}, {cfg.hidden_size}]"
+            )
 
 
 def zero_last_time_layer(embedder: TimestepEmbedder) -> None:

@@ -63,7 +63,8 @@ class FlowLMModule(L.LightningModule):
         if self.distilling:
             if teacher is None or (self.recipe == "v1-stage2" and stage1 is None):
                 raise ValueError(f"distillation with recipe {self.recipe} needs its frozen networks")
-            self.net = init_stage1(teacher) if self.recipe == "v1-stage1" else init_student(teacher)
+            # A copy of the (eval-mode) teacher: train mode, so the student uses its dropout like the teacher did.
+            self.net = (init_stage1(teacher) if self.recipe == "v1-stage1" else init_student(teacher)).train()
             # Frozen networks are kept out of the module's state dict: checkpoints never contain them.
             self.frozen = [teacher.eval().requires_grad_(False)]
             if stage1 is not None:
@@ -98,14 +99,18 @@ class FlowLMModule(L.LightningModule):
             return mdlm_loss(net, tokens, self.vocab_size, generator=generator)
         if method == "ar":
             return ar_loss(net, tokens)
+        noise = self.cfg.train.input_noise
         if not self.distilling:
-            return flm_loss(net, tokens, self.vocab_size, generator=generator, weighting=self.weighting)
+            return flm_loss(
+                net, tokens, self.vocab_size, generator=generator, weighting=self.weighting, input_noise=noise
+            )
         d = self.cfg.distill
         common = dict(
             generator=generator,
             sample_offset=sample_offset,
             boundary_frac=d.resolved_boundary_frac(),
             weighting=self.weighting,
+            input_noise=noise,
         )
         teacher = self.frozen[0]
         if self.recipe == "v1-stage1":
