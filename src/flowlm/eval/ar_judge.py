@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from flowlm.errors import ConfigError, DataError
+from flowlm.errors import ConfigError
 from flowlm.eval.judges import CausalLMJudge
 from flowlm.training.checkpoint import META, read_meta, resolve_model_dir
 
@@ -105,19 +104,9 @@ class ARJudge(CausalLMJudge):
             "so windows stop before the block-closing EOS position"
         )
 
-    def __repr__(self) -> str:
-        return (
-            f"ARJudge({self.name!r}, context={self.max_length}, prefix={self.prefix_token!r}, "
-            f"end={self.end_token!r}, device={self.device}, dtype={self.dtype})"
-        )
-
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode(self, texts: list[str]) -> list[list[int]]:
         """The AR model's ids of each text, no special token added."""
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise DataError(f"text {i} is a {type(t).__name__}, not a str: decode samples to text first")
-        return self.tokenizer.encode_batch(texts) if texts else []
+        return self.tokenizer.encode_batch(texts)
 
 
 def is_flowlm_folder(spec: str | os.PathLike) -> bool:

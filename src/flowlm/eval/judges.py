@@ -196,7 +196,7 @@ class CausalLMJudge:
 
     def __repr__(self) -> str:
         return (
-            f"CausalLMJudge({self.name!r}, context={self.max_length}, prefix={self.prefix_token!r}, "
+            f"{type(self).__name__}({self.name!r}, context={self.max_length}, prefix={self.prefix_token!r}, "
             f"end={self.end_token!r}, device={self.device}, dtype={self.dtype})"
         )
 
@@ -208,8 +208,10 @@ class CausalLMJudge:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise DataError(f"text {i} is a {type(t).__name__}, not a str: decode samples to text first")
-        if not texts:
-            return []
+        return self.encode(texts) if texts else []
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """The tokenizer call behind :meth:`tokenize` (a non-empty list of strings)."""
         enc = self.tokenizer(texts, add_special_tokens=False, verbose=False)
         return [list(map(int, ids)) for ids in enc["input_ids"]]
 
