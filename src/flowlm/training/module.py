@@ -47,6 +47,27 @@ def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
     return value
 
 
+def rank_draws(
+    method: str, shared: torch.Generator, own: torch.Generator, rows_per_rank: int, index: int, rank: int, world: int
+) -> dict:
+    """Keyword arguments of the method's loss that make rank ``rank``'s loss the slice of the loss one
+    process computes on the whole global micro-batch number ``index`` (``world·rows_per_rank`` rows, rank r
+    holding rows [r·B, (r + 1)·B), as :class:`~flowlm.training.batches.StepBatches` lays them out).
+
+    ``shared`` must be seeded the same on every rank: all ranks draw the times and noise of all rows and
+    keep their own (``rows``); ``sample_offset`` is the first sample of the global micro-batch. MDLM's loss
+    cannot slice its draws (it has no ``rows``), so it gets ``own``, a per-rank generator; its runs equal
+    one process only when ``world`` = 1.
+    """
+    if method == "mdlm":
+        return {"generator": own}
+    return {
+        "generator": shared,
+        "rows": (rank * rows_per_rank, world * rows_per_rank),
+        "sample_offset": index * world * rows_per_rank,
+    }
+
+
 class FlowLMModule(L.LightningModule):
     """``training_step`` computes the method's loss on one micro-batch of tokens [B, L]."""
 
@@ -147,23 +168,16 @@ class FlowLMModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.train.seed, step, micro, stream))
 
     def global_draws(self, batch: torch.Tensor, step: int, micro: int, stream: int, index: int) -> dict:
-        """Generator, ``rows`` and ``sample_offset`` that make this rank's loss the slice of the loss
-        one process would compute on the whole global micro-batch number ``index`` (every rank holds
-        ``B`` rows of it, rank r rows [r·B, (r + 1)·B), see :class:`~flowlm.training.batches.StepBatches`).
-
-        The generator depends on (seed, step, micro, stream) only, so all ranks draw the same times and
-        noise for all ``world·B`` rows and keep their own. MDLM's loss cannot slice its draws (no ``rows``):
-        each rank gets its own stream (``stream + rank``), which matches one process only when world = 1.
-        """
-        rank, world = self.global_rank, self.trainer.world_size
-        if self.cfg.train.method == "mdlm":
-            return {"generator": self.generator(step, micro, stream + rank)}
-        rows_per_rank = batch.shape[0]
-        return {
-            "generator": self.generator(step, micro, stream),
-            "rows": (rank * rows_per_rank, world * rows_per_rank),
-            "sample_offset": index * world * rows_per_rank,
-        }
+        """:func:`rank_draws` for this rank, on this module's device."""
+        return rank_draws(
+            self.cfg.train.method,
+            self.generator(step, micro, stream),
+            self.generator(step, micro, stream + self.global_rank),
+            batch.shape[0],
+            index,
+            self.global_rank,
+            self.trainer.world_size,
+        )
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         micro = batch_idx % self.accumulate
