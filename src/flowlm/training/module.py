@@ -180,6 +180,12 @@ class FlowLMModule(L.LightningModule):
         )
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        # DDP averages the per-rank mean losses: that is the global mean only if every rank holds B rows.
+        if batch.shape[0] * self.trainer.world_size * self.accumulate != self.cfg.train.batch_size:
+            raise ValueError(
+                f"micro-batch of {batch.shape[0]} rows x {self.trainer.world_size} processes x {self.accumulate} "
+                f"accumulation != train.batch_size={self.cfg.train.batch_size}"
+            )
         micro = batch_idx % self.accumulate
         index = self.global_step * self.accumulate + micro
         out = self.method_loss(self.train_net, batch, **self.global_draws(batch, self.global_step, micro, 1, index))
