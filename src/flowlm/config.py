@@ -202,8 +202,9 @@ def device_count(devices: int | str) -> int | None:
 def validate_distributed(t: TrainConfig) -> None:
     if t.strategy == "fsdp":
         raise ConfigError(
-            "train.strategy=fsdp is not supported: the EMA keeps a full float32 copy of every parameter per "
-            "device, which sharding would break; use ddp (the paper's 170M-parameter models fit one GPU each)"
+            "train.strategy=fsdp is not supported: the EMA and the model export read whole, unsharded parameters, "
+            "and Lightning's FSDP needs CUDA, so it could not be tested against ddp on CPU; use train.strategy=ddp "
+            "(the paper's 170M-parameter models fit one GPU each, see docs/scaling.md)"
         )
     if t.strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy={t.strategy!r}: choose one of {', '.join(STRATEGIES)}")

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from flowlm.config import RunConfig
-from flowlm.errors import TrainingDivergedError
+from flowlm.errors import ConfigError, TrainingDivergedError
 from flowlm.methods.ar import ar_loss
 from flowlm.methods.common import LossWeighting
 from flowlm.methods.flm import flm_loss
@@ -33,6 +33,10 @@ METRICS = {
     "ar": ("nll", "nll"),
 }
 PERPLEXITY = {"mdlm": "ppl_bound", "ar": "ppl"}
+# Checkpoints record how the step noise is laid out across ranks (FlowLMModule.global_draws): "global" = drawn
+# for the whole global micro-batch and sliced per rank. Older multi-process checkpoints drew per rank.
+DRAWS = "global"
+DROPOUT_STREAM = 1 << 20  # step_seed stream of rank 0's global RNG in a multi-process run
 
 
 def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
@@ -41,6 +45,27 @@ def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
         (1 << 63) - 1
     )
     return value
+
+
+def rank_draws(
+    method: str, shared: torch.Generator, own: torch.Generator, rows_per_rank: int, index: int, rank: int, world: int
+) -> dict:
+    """Keyword arguments of the method's loss that make rank ``rank``'s loss the slice of the loss one
+    process computes on the whole global micro-batch number ``index`` (``world·rows_per_rank`` rows, rank r
+    holding rows [r·B, (r + 1)·B), as :class:`~flowlm.training.batches.StepBatches` lays them out).
+
+    ``shared`` must be seeded the same on every rank: all ranks draw the times and noise of all rows and
+    keep their own (``rows``); ``sample_offset`` is the first sample of the global micro-batch. MDLM's loss
+    cannot slice its draws (it has no ``rows``), so it gets ``own``, a per-rank generator; its runs equal
+    one process only when ``world`` = 1.
+    """
+    if method == "mdlm":
+        return {"generator": own}
+    return {
+        "generator": shared,
+        "rows": (rank * rows_per_rank, world * rows_per_rank),
+        "sample_offset": index * world * rows_per_rank,
+    }
 
 
 class FlowLMModule(L.LightningModule):
@@ -92,8 +117,16 @@ class FlowLMModule(L.LightningModule):
         return self._compiled if self._compiled is not None else self.net
 
     def method_loss(
-        self, net, tokens: torch.Tensor, generator: torch.Generator, sample_offset: int = 0
+        self,
+        net,
+        tokens: torch.Tensor,
+        generator: torch.Generator,
+        sample_offset: int = 0,
+        rows: tuple[int, int] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """The method's loss dict for tokens [B, L]. ``rows = (first, total)``: ``tokens`` are rows
+        [first, first + B) of a global micro-batch of ``total`` rows that starts at sample ``sample_offset``
+        (ignored by MDLM, whose loss has no ``rows``, and by AR, which draws nothing)."""
         method = self.cfg.train.method
         if method == "mdlm":
             return mdlm_loss(net, tokens, self.vocab_size, generator=generator)
@@ -102,12 +135,19 @@ class FlowLMModule(L.LightningModule):
         noise = self.cfg.train.input_noise
         if not self.distilling:
             return flm_loss(
-                net, tokens, self.vocab_size, generator=generator, weighting=self.weighting, input_noise=noise
+                net,
+                tokens,
+                self.vocab_size,
+                generator=generator,
+                weighting=self.weighting,
+                input_noise=noise,
+                rows=rows,
             )
         d = self.cfg.distill
         common = dict(
             generator=generator,
             sample_offset=sample_offset,
+            rows=rows,
             boundary_frac=d.resolved_boundary_frac(),
             weighting=self.weighting,
             input_noise=noise,
@@ -127,18 +167,35 @@ class FlowLMModule(L.LightningModule):
     def generator(self, step: int, micro: int, stream: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.train.seed, step, micro, stream))
 
+    def global_draws(self, batch: torch.Tensor, step: int, micro: int, stream: int, index: int) -> dict:
+        """:func:`rank_draws` for this rank, on this module's device."""
+        return rank_draws(
+            self.cfg.train.method,
+            self.generator(step, micro, stream),
+            self.generator(step, micro, stream + self.global_rank),
+            batch.shape[0],
+            index,
+            self.global_rank,
+            self.trainer.world_size,
+        )
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        # DDP averages the per-rank mean losses: that is the global mean only if every rank holds B rows.
+        if batch.shape[0] * self.trainer.world_size * self.accumulate != self.cfg.train.batch_size:
+            raise ValueError(
+                f"micro-batch of {batch.shape[0]} rows x {self.trainer.world_size} processes x {self.accumulate} "
+                f"accumulation != train.batch_size={self.cfg.train.batch_size}"
+            )
         micro = batch_idx % self.accumulate
-        g = self.generator(self.global_step, micro, 1 + self.global_rank)
-        world = self.trainer.world_size
-        offset = ((self.global_step * self.accumulate + micro) * world + self.global_rank) * batch.shape[0]
-        out = self.method_loss(self.train_net, batch, g, sample_offset=offset)
+        index = self.global_step * self.accumulate + micro
+        out = self.method_loss(self.train_net, batch, **self.global_draws(batch, self.global_step, micro, 1, index))
         loss = out["loss"]
         bad = ~torch.isfinite(loss.detach())
         self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
         self._tokens += batch.numel() * self.trainer.world_size
-        self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log(f"train/{self.metric_name}", out[self.metric_key])
+        # Mean over ranks (equal-sized slices): the loss of the whole global micro-batch.
+        self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
+        self.log(f"train/{self.metric_name}", out[self.metric_key], sync_dist=True)
         return loss
 
     @property
@@ -151,19 +208,35 @@ class FlowLMModule(L.LightningModule):
         return METRICS["v1" if self.recipe in ("v1-stage1", "v1-stage2") else self.cfg.train.method][1]
 
     def check_finite(self) -> None:
-        """Raise if any loss since the last check was NaN/inf (one host sync)."""
-        if self._nonfinite is not None and bool(self._nonfinite):
+        """Raise if any loss on any rank since the last check was NaN/inf (one host sync, one all-reduce:
+        every rank calls this at the same step, so all stop together instead of one waiting forever)."""
+        bad = torch.zeros((), device=self.device) if self._nonfinite is None else self._nonfinite.float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        if bool(bad > 0):
             raise TrainingDivergedError(
                 f"the training loss became NaN or infinite before step {self.global_step}: training stopped and "
                 "the last good checkpoint was kept; lower train.lr or raise train.warmup_steps and resume"
             )
         self._nonfinite = None
 
+    def on_train_start(self) -> None:
+        # The global RNG drives dropout only. One process keeps the stream of seed_everything(seed); with
+        # several, each rank gets its own so their dropout masks are independent (a resume restores them).
+        if self.trainer.world_size > 1:
+            torch.manual_seed(step_seed(self.cfg.train.seed, 0, 0, DROPOUT_STREAM + self.global_rank))
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self._pending_rng is not None:
-            torch.set_rng_state(self._pending_rng["cpu"])
-            if torch.cuda.is_available() and self._pending_rng.get("cuda"):
-                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+        rng = self._pending_rng
+        if rng is not None:
+            if "cpu_per_rank" in rng:
+                torch.set_rng_state(rng["cpu_per_rank"][self.global_rank].clone())
+                if torch.cuda.is_available() and rng.get("cuda_per_rank") is not None:
+                    torch.cuda.set_rng_state(rng["cuda_per_rank"][self.global_rank].clone())
+            else:
+                torch.set_rng_state(rng["cpu"])
+                if torch.cuda.is_available() and rng.get("cuda"):
+                    torch.cuda.set_rng_state_all(rng["cuda"])
             self._pending_rng = None
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -181,8 +254,7 @@ class FlowLMModule(L.LightningModule):
                 self._tokens, self._clock = 0, now
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        g = self.generator(0, batch_idx, 0)
-        out = self.method_loss(self.net, batch, g)
+        out = self.method_loss(self.net, batch, **self.global_draws(batch, 0, batch_idx, 0, batch_idx))
         self.log(f"val/{self.metric_name}", out[self.metric_key], prog_bar=True, sync_dist=True)
         value = out[self.metric_key].double()
         self._val_sum = value if self._val_sum is None else self._val_sum + value
@@ -215,13 +287,25 @@ class FlowLMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Runs on every rank (only rank 0 writes): the per-rank global RNG states are gathered here."""
         checkpoint["ema"] = self.ema.state_dict()
-        checkpoint["rng"] = {
-            "cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        checkpoint["draws"] = DRAWS
+        if self.trainer.world_size == 1:
+            checkpoint["rng"] = {
+                "cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
+            return
+        gather = self.trainer.strategy.all_gather
+        cuda = gather(torch.cuda.get_rng_state().to(self.device)).cpu() if self.device.type == "cuda" else None
+        checkpoint["rng"] = {"cpu_per_rank": gather(torch.get_rng_state().to(self.device)).cpu(), "cuda_per_rank": cuda}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainer.world_size > 1 and checkpoint.get("draws") != DRAWS and self.cfg.train.method != "ar":
+            raise ConfigError(
+                "this checkpoint comes from a multi-process run of an older flowlm that drew the training noise per "
+                "rank; it cannot be resumed exactly: start a new run (a new --out folder) or resume with that version"
+            )
         self.ema.load_state_dict(checkpoint["ema"])
         self._pending_rng = checkpoint.get("rng")
         self._logged_step = checkpoint.get("global_step", -1)

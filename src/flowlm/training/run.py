@@ -9,6 +9,7 @@ training state: weights, EMA, optimizer, loop position, RNG; for exact resumptio
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -75,7 +76,8 @@ def world_size(cfg: RunConfig) -> int:
     """Processes in the run: devices per node × ``train.num_nodes`` (``auto``/-1: every visible GPU, or 1)."""
     devices = device_count(cfg.train.devices)
     if devices is None:
-        devices = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+        gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+        devices = max(1, torch.cuda.device_count()) if gpu else 1
     return devices * cfg.train.num_nodes
 
 
@@ -94,6 +96,16 @@ def batch_split(cfg: RunConfig, world: int) -> tuple[int, int]:
             "batch_size = micro_batch_size x devices x num_nodes x accumulation"
         )
     return micro, t.batch_size // (micro * world)
+
+
+def rank_and_world(trainer: L.Trainer, world: int) -> tuple[int, int]:
+    """(this process's rank, processes) once launched; the batch split assumed ``world`` processes."""
+    if trainer.world_size != world:
+        raise ConfigError(
+            f"the run was split for {world} processes (train.devices x train.num_nodes) but {trainer.world_size} "
+            "were launched: make train.devices and train.num_nodes match the launcher (torchrun / SLURM)"
+        )
+    return trainer.global_rank, trainer.world_size
 
 
 def resolve_precision(cfg: RunConfig) -> str:
@@ -227,9 +239,13 @@ def train(
     L.seed_everything(cfg.train.seed, verbose=False)
     module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate, teacher=teacher, stage1=stage1)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(
+    # Every process of a multi-process launch writes the same file: atomically, so that no process can read
+    # another's half-written copy in check_resumable.
+    partial = run_dir / f"config.json.{os.getpid()}"
+    partial.write_text(
         json.dumps(provenance(run=cfg.to_dict(), vocab_size=tokenizer.vocab_size, tokenizer=tokenizer.spec), indent=2)
     )
+    os.replace(partial, run_dir / "config.json")
 
     # One log folder per launch (logs/session-0, session-1, ... after resumptions): Lightning's CSV
     # logger would otherwise overwrite the metrics of the interrupted launch.
@@ -261,18 +277,19 @@ def train(
         default_root_dir=run_dir,
     )
     total = cfg.train.max_steps * accumulate
-    rank = trainer.global_rank
 
     class Data(L.LightningDataModule):
+        # Built after the processes are launched, when each knows its rank.
         def train_dataloader(self):
             start = trainer.global_step * accumulate
-            dataset = StepBatches(train_blocks, micro, cfg.train.seed, rank, world, length=total)
+            dataset = StepBatches(train_blocks, micro, cfg.train.seed, *rank_and_world(trainer, world), length=total)
             return StepDataLoader(
                 dataset, batch_size=None, sampler=RangeSampler(start, total), num_workers=cfg.train.num_workers
             )
 
         def val_dataloader(self):
-            dataset = StepBatches(val_blocks, micro, cfg.train.seed + 1, rank, world, length=cfg.train.val_batches)
+            rank = rank_and_world(trainer, world)
+            dataset = StepBatches(val_blocks, micro, cfg.train.seed + 1, *rank, length=cfg.train.val_batches)
             return StepDataLoader(dataset, batch_size=None, sampler=RangeSampler(0, cfg.train.val_batches))
 
     trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
