@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from flowlm.methods.flm import flm_loss
 from flowlm.methods.fmlm import init_student, psd_loss
+from flowlm.methods.mdlm import mdlm_loss
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.module import rank_draws
 
@@ -35,8 +36,7 @@ def tiny_net(time_inputs=1) -> DiT:
 
 def loss_and_grad(net, loss_fn, tokens, world, rank, index=3):
     shared = torch.Generator().manual_seed(7)
-    own = torch.Generator().manual_seed(100 + rank)  # as the module's: a stream per rank
-    draws = rank_draws("flm", shared, own, len(tokens), index, rank, world)
+    draws = rank_draws(shared, len(tokens), index, rank, world)
     net.zero_grad()
     out = loss_fn(tokens, **draws)
     out["loss"].backward()
@@ -48,10 +48,11 @@ def check_ranks_reproduce_one_process(net, loss_fn, world=2):
     whole, grad = loss_and_grad(net, loss_fn, tokens, 1, 0)
     parts = [loss_and_grad(net, loss_fn, tokens[r * ROWS : (r + 1) * ROWS], world, r) for r in range(world)]
     # Each rank draws exactly its rows of the one-process times ...
-    for key in [k for k in whole if k.startswith("tau")]:
+    for key in [k for k in whole if k.startswith("tau") or k == "t"]:
         assert torch.equal(torch.cat([p[0][key] for p in parts]), whole[key]), key
     # ... so its per-sequence losses are its rows of the one-process ones ...
-    torch.testing.assert_close(torch.cat([p[0]["per_sequence"] for p in parts]), whole["per_sequence"])
+    if "per_sequence" in whole:
+        torch.testing.assert_close(torch.cat([p[0]["per_sequence"] for p in parts]), whole["per_sequence"])
     # ... so the mean over ranks of the per-rank losses and gradients (what DDP averages) is the global one.
     torch.testing.assert_close(sum(p[0]["loss"] for p in parts) / world, whole["loss"])
     for k, g in enumerate(grad):
@@ -79,12 +80,24 @@ def test_psd_rank_losses_are_slices_of_the_one_process_loss():
     check_ranks_reproduce_one_process(student, loss, world=4)
 
 
+def test_mdlm_rank_losses_are_slices_of_the_one_process_loss():
+    torch.manual_seed(0)
+    cfg = DiTConfig(VOCAB, SEQ, hidden_size=16, n_blocks=1, n_heads=2, cond_dim=8, dropout=0.0, mask_input=True)
+    net = DiT(cfg)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+
+    def loss(tokens, sample_offset, **kw):  # MDLM's draws do not depend on the position in the run
+        return mdlm_loss(net, tokens, VOCAB, **kw)
+
+    check_ranks_reproduce_one_process(net, loss, world=2)
+
+
 def test_rank_draws_start_at_the_global_micro_batch():
-    shared, own = torch.Generator(), torch.Generator()
-    draws = rank_draws("fmlm", shared, own, rows_per_rank=4, index=5, rank=1, world=2)
+    shared = torch.Generator()
+    draws = rank_draws(shared, rows_per_rank=4, index=5, rank=1, world=2)
     assert draws == {"generator": shared, "rows": (4, 8), "sample_offset": 40}
-    # MDLM's loss cannot slice its draws: each rank keeps its own stream.
-    assert rank_draws("mdlm", shared, own, 4, 5, 1, 2) == {"generator": own}
 
 
 # --- two processes over gloo against one ---------------------------------------------------------------------

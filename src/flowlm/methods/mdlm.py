@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from flowlm.methods.common import stratified_times, token_cross_entropy
+from flowlm.methods.common import check_rows, stratified_times, token_cross_entropy
 from flowlm.methods.flm import check_steps
 
 T_MIN = 1e-3  # smallest training / validation time, as MDLM's reference code (its ``sampling_eps``)
@@ -43,13 +43,19 @@ def mdlm_times(batch: int, generator: torch.Generator | None = None, device=None
 
 
 def mask_tokens(
-    tokens: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator | None = None
+    tokens: torch.Tensor,
+    t: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``z_t``: each position of ``tokens`` [B, L] becomes ``mask_id`` with probability ``t`` [B].
 
+    ``rows = (first, total)``: the uniforms are drawn for ``total`` rows and rows [first, first + B) kept.
     Returns ``(z [B, L], masked [B, L] bool)``.
     """
-    u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+    first, total = check_rows(rows, tokens.shape[0])
+    u = torch.rand((total, tokens.shape[1]), generator=generator, device=tokens.device)[first : first + len(tokens)]
     masked = u < t.unsqueeze(-1)
     return torch.where(masked, torch.full_like(tokens, mask_id), tokens), masked
 
@@ -60,6 +66,7 @@ def mdlm_loss(
     vocab_size: int,
     generator: torch.Generator | None = None,
     t_min: float = T_MIN,
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The continuous-time NELBO estimate of one batch of clean tokens [B, L], in nats per token.
 
@@ -73,11 +80,15 @@ def mdlm_loss(
     ``t_min·(mean of the integrand on [t_min, 1] − its mean on [0, t_min])``, an O(t_min) term that is ≥ 0 when
     the per-masked-token loss grows with the masking rate, as it does for a good model.
 
+    ``rows = (first, total)``: ``t`` and the masks are drawn for a global micro-batch of ``total`` rows
+    and rows [first, first + B) kept (data parallelism: every rank reproduces its slice of one process).
+
     Returns ``loss`` (to minimize), ``nll_bound`` (the same, detached) and ``t`` [B].
     """
     batch = tokens.shape[0]
-    t = mdlm_times(batch, generator, tokens.device, t_min)
-    z, masked = mask_tokens(tokens, t, vocab_size, generator)
+    first, total = check_rows(rows, batch)
+    t = mdlm_times(total, generator, tokens.device, t_min)[first : first + batch]
+    z, masked = mask_tokens(tokens, t, vocab_size, generator, rows)
     logits = model(z, torch.zeros(batch, device=tokens.device))
     # Under SUBS the unmasked positions contribute log 1 = 0, so only the masked ones enter.
     ce = token_cross_entropy(logits, tokens) * masked

@@ -47,20 +47,14 @@ def step_seed(seed: int, step: int, micro: int, stream: int) -> int:
     return value
 
 
-def rank_draws(
-    method: str, shared: torch.Generator, own: torch.Generator, rows_per_rank: int, index: int, rank: int, world: int
-) -> dict:
+def rank_draws(shared: torch.Generator, rows_per_rank: int, index: int, rank: int, world: int) -> dict:
     """Keyword arguments of the method's loss that make rank ``rank``'s loss the slice of the loss one
     process computes on the whole global micro-batch number ``index`` (``world·rows_per_rank`` rows, rank r
     holding rows [r·B, (r + 1)·B), as :class:`~flowlm.training.batches.StepBatches` lays them out).
 
     ``shared`` must be seeded the same on every rank: all ranks draw the times and noise of all rows and
-    keep their own (``rows``); ``sample_offset`` is the first sample of the global micro-batch. MDLM's loss
-    cannot slice its draws (it has no ``rows``), so it gets ``own``, a per-rank generator; its runs equal
-    one process only when ``world`` = 1.
+    keep their own (``rows``); ``sample_offset`` is the first sample of the global micro-batch.
     """
-    if method == "mdlm":
-        return {"generator": own}
     return {
         "generator": shared,
         "rows": (rank * rows_per_rank, world * rows_per_rank),
@@ -126,10 +120,10 @@ class FlowLMModule(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """The method's loss dict for tokens [B, L]. ``rows = (first, total)``: ``tokens`` are rows
         [first, first + B) of a global micro-batch of ``total`` rows that starts at sample ``sample_offset``
-        (ignored by MDLM, whose loss has no ``rows``, and by AR, which draws nothing)."""
+        (AR draws nothing and ignores both)."""
         method = self.cfg.train.method
         if method == "mdlm":
-            return mdlm_loss(net, tokens, self.vocab_size, generator=generator)
+            return mdlm_loss(net, tokens, self.vocab_size, generator=generator, rows=rows)
         if method == "ar":
             return ar_loss(net, tokens)
         noise = self.cfg.train.input_noise
@@ -170,9 +164,7 @@ class FlowLMModule(L.LightningModule):
     def global_draws(self, batch: torch.Tensor, step: int, micro: int, stream: int, index: int) -> dict:
         """:func:`rank_draws` for this rank, on this module's device."""
         return rank_draws(
-            self.cfg.train.method,
             self.generator(step, micro, stream),
-            self.generator(step, micro, stream + self.global_rank),
             batch.shape[0],
             index,
             self.global_rank,
