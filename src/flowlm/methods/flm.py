@@ -21,7 +21,6 @@ from flowlm.methods.common import (
     masked_mean,
     per_sequence_mean,
     stratified_times,
-    token_cross_entropy,
     velocity,
 )
 from flowlm.methods.lowrank import NaiveInputs, input_space
@@ -54,7 +53,7 @@ def flm_loss(
     t = get_schedule(vocab_size, device).t_from_tau(tau)
     x0 = space.noise(total, seq, vocab_size, generator, device)[first : first + batch]
     x_t = interpolate(x0, space.tokens(tokens, vocab_size), t)
-    ce = token_cross_entropy(space.logits(model, x_t, tau), tokens)
+    ce = space.cross_entropy(model, x_t, tau, tokens)
     mean_ce = masked_mean(ce, mask)
     per_sequence = per_sequence_mean(ce, mask)
     loss = mean_ce if weighting is None else LossWeighting.apply(per_sequence, weighting(tau))

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from flowlm.errors import ConfigError
-from flowlm.methods.common import one_hot
+from flowlm.methods.common import model_cross_entropy, one_hot
 from flowlm.nn.dit import DiT
 
 INPUT_NOISE = ("auto", "lowrank", "naive")
@@ -105,6 +105,10 @@ class NaiveInputs:
     def logits(self, model, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
         return model(x, tau) if tau_end is None else model(x, tau, tau_end)
 
+    def cross_entropy(self, model, x: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None):
+        """Per-token cross-entropy [B, L] of the model's logits at state x against token ids (chunked head)."""
+        return model_cross_entropy(model, x, tau, targets, tau_end)
+
 
 class LowRankInputs:
     """States are ``h = x @ M`` [B, L, k] for the stacked input matrices M of ``models`` (module docstring).
@@ -157,6 +161,10 @@ class LowRankInputs:
 
     def logits(self, model, h: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
         return model(h[..., self.slots[id(model)]], tau, tau_end, embedded=True)
+
+    def cross_entropy(self, model, h: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None):
+        """Per-token cross-entropy [B, L] of the model's logits at state h against token ids (chunked head)."""
+        return model_cross_entropy(model, h[..., self.slots[id(model)]], tau, targets, tau_end, embedded=True)
 
 
 def input_space(mode: str, models: Sequence, vocab_size: int) -> NaiveInputs | LowRankInputs:

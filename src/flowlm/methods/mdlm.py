@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from flowlm.methods.common import stratified_times, token_cross_entropy
+from flowlm.methods.common import model_cross_entropy, stratified_times
 from flowlm.methods.flm import check_steps
 
 T_MIN = 1e-3  # smallest training / validation time, as MDLM's reference code (its ``sampling_eps``)
@@ -78,9 +78,8 @@ def mdlm_loss(
     batch = tokens.shape[0]
     t = mdlm_times(batch, generator, tokens.device, t_min)
     z, masked = mask_tokens(tokens, t, vocab_size, generator)
-    logits = model(z, torch.zeros(batch, device=tokens.device))
     # Under SUBS the unmasked positions contribute log 1 = 0, so only the masked ones enter.
-    ce = token_cross_entropy(logits, tokens) * masked
+    ce = model_cross_entropy(model, z, torch.zeros(batch, device=tokens.device), tokens) * masked
     loss = (ce.sum(-1) / (t * tokens.shape[1])).mean()
     return {"loss": loss, "nll_bound": loss.detach(), "t": t}
 
