@@ -52,11 +52,17 @@ JITTER_SINGLE = 0.0
 JITTER_SEVERAL = 1e-6
 JITTER_RETRY_FACTOR = 100.0
 JITTER_RETRIES = 2
+# ``auto`` picks the naive path below this many tokens per call per unit of k: the measured crossover of an FLM
+# training call (loss + backward) at V = 30,522 on the 2-core CPU lies between 0.25·k and 1·k for
+# d = 128, 384 and 768 (benchmarks/bench_lowrank.py, section "crossover").
+AUTO_MIN_TOKENS_PER_WIDTH = 0.5
 
 
 def check_input_noise(mode) -> str:
     if mode not in INPUT_NOISE:
-        raise ConfigError(f"input_noise={mode!r}: use one of {', '.join(INPUT_NOISE)} (auto: lowrank when V > k)")
+        raise ConfigError(
+            f"input_noise={mode!r}: use one of {', '.join(INPUT_NOISE)} (auto: lowrank when V > k and enough tokens)"
+        )
     return mode
 
 
@@ -167,12 +173,16 @@ class LowRankInputs:
         return model_cross_entropy(model, h[..., self.slots[id(model)]], tau, targets, tau_end, embedded=True)
 
 
-def input_space(mode: str, models: Sequence, vocab_size: int) -> NaiveInputs | LowRankInputs:
+def input_space(mode: str, models: Sequence, vocab_size: int, tokens: int | None = None) -> NaiveInputs | LowRankInputs:
     """The state space for ``models`` (every network that sees the states).
 
     ``mode``: ``naive`` (full [.., V] states), ``lowrank`` (exact k-dimensional states; needs flowlm DiTs),
-    ``auto`` (lowrank when every model is a DiT and ``V > k``, k the summed width of the distinct input
-    matrices — d for FLM and its samplers, 2d for PSD and v1 stage 1, 3d for v1 stage 2 — else naive).
+    ``auto`` (lowrank when every model is a DiT, ``V > k`` and, if ``tokens`` is given, ``tokens >=
+    AUTO_MIN_TOKENS_PER_WIDTH·k``; else naive). k is the summed width of the distinct input matrices — d for
+    FLM and its samplers, 2d for PSD and v1 stage 1, 3d for v1 stage 2. ``tokens``: how many token positions
+    go through the networks per construction of this space (B·L for a loss call, samples·L·steps for a
+    sampler call): the low-rank path pays ~V·k² once per construction (the Gram matrix, and its gradient),
+    the naive one ~V·k plus a few [V]-sized elementwise passes per token.
     """
     check_input_noise(mode)
     if mode == "naive":
@@ -182,6 +192,6 @@ def input_space(mode: str, models: Sequence, vocab_size: int) -> NaiveInputs | L
         if any(w is None for w in weights):
             return NaiveInputs()
         width = sum(w.shape[1] for w in {id(w): w for w in weights}.values())
-        if vocab_size <= width:
+        if vocab_size <= width or (tokens is not None and tokens < AUTO_MIN_TOKENS_PER_WIDTH * width):
             return NaiveInputs()
     return LowRankInputs(models)

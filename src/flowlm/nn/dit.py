@@ -106,11 +106,12 @@ def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 
 class _LogitCap(torch.autograd.Function):
     """``cap·tanh(x/cap)`` that keeps only its output y for backward (``dy/dx = 1 − (y/cap)²``), so the
-    [.., V] logits are stored once (the cross-entropy keeps the same tensor) instead of twice."""
+    [.., V] logits are stored once (the cross-entropy keeps the same tensor) instead of twice. Evaluated as
+    ``2·cap·sigmoid(2x/cap) − cap`` (the same function; a CPU sigmoid costs a sixth of a tanh)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, cap: float) -> torch.Tensor:
-        y = torch.div(x, cap).tanh_().mul_(cap)  # in place: one [.., V] allocation
+        y = torch.mul(x, 2.0 / cap).sigmoid_().mul_(2.0 * cap).sub_(cap)  # in place: one [.., V] allocation
         ctx.save_for_backward(y)
         ctx.cap = cap
         return y

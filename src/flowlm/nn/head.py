@@ -11,31 +11,22 @@ a chunk run on cache-resident data, which pays for the recomputation on a CPU.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from flowlm.errors import ConfigError
 
-# Rows per chunk: two [rows, V] float32 buffers (~16 MB each at V = 30,522), a GEMM large enough to run near
-# the machine's rate, and far below the [N, V] logits of a training batch (N = B·L, thousands of rows).
+# Rows per chunk: one or two [V, rows] float32 buffers (~16 MB each at V = 30,522): a GEMM large enough to run near the
+# machine's rate, and far below the [N, V] logits of a training batch (N = B·L, thousands of rows).
 CHUNK_ROWS = 128
 
 
-def _capped_logits(features, weight, bias, cap):
-    """``(y, t)``: capped float32 logits y [n, V] of features [n, d] and, with a cap, ``t = tanh(logits/cap)``
-    (for ``∂y/∂logits = 1 − t²``; None without a cap). The linear layer runs as in the model (autocast applies)."""
-    logits = F.linear(features, weight, bias).float()
-    if cap is None:
-        return logits, None
-    t = logits.mul_(1.0 / cap).tanh_()
-    return t * cap, t
-
-
-def _row_logsumexp(y: torch.Tensor, cap: float | None) -> torch.Tensor:
-    """Row log-sum-exp [n] of logits y [n, V]. With a cap ``|y| <= cap``, so ``exp(y − cap)`` cannot
-    overflow and stays above ``exp(−2·cap)``: the max pass of a generic logsumexp is not needed."""
-    if cap is None:
-        return torch.logsumexp(y, dim=-1)
-    return torch.sub(y, cap).exp_().sum(-1).log_().add_(cap)
+def _chunk_scores(features, weight, bias, cap):
+    """Scores [V, n] float32 of one chunk of features [n, d]: the logits without a cap, with one
+    ``z = sigmoid(2·logits/cap)``, since ``cap·tanh(u/cap) = 2·cap·z − cap`` (a sigmoid costs a sixth of a tanh
+    on a CPU) and ``∂(cap·tanh(u/cap))/∂u = 4·z·(1 − z)``. Transposed, because ``weight @ featuresᵀ`` runs
+    ~1.5x faster on a CPU than ``features @ weightᵀ`` for n << V. The matmul runs as in the model (autocast
+    applies)."""
+    logits = (weight @ features.T if bias is None else torch.addmm(bias[:, None], weight, features.T)).float()
+    return logits if cap is None else logits.mul_(2.0 / cap).sigmoid_()
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -46,9 +37,13 @@ class _HeadCrossEntropy(torch.autograd.Function):
         picked = torch.empty_like(lse)
         for start in range(0, n, chunk):
             rows = slice(start, start + chunk)
-            y, _ = _capped_logits(features[rows], weight, bias, cap)
-            lse[rows] = _row_logsumexp(y, cap)
-            picked[rows] = y.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1)
+            z = _chunk_scores(features[rows], weight, bias, cap)
+            at_target = z.gather(0, targets[None, rows]).squeeze(0)
+            if cap is None:
+                lse[rows], picked[rows] = torch.logsumexp(z, dim=0), at_target
+            else:  # |y| <= cap: exp(y − cap) = exp(2·cap·(z − 1)) can neither overflow nor underflow to 0
+                lse[rows] = torch.sub(z, 1.0).mul_(2.0 * cap).exp_().sum(0).log_().add_(cap)
+                picked[rows] = at_target * (2.0 * cap) - cap
         ctx.save_for_backward(features, weight, bias, targets, lse)
         device = features.device.type
         ctx.amp = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
@@ -66,19 +61,21 @@ class _HeadCrossEntropy(torch.autograd.Function):
         w32 = weight.float()
         for start in range(0, features.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
-            with torch.autocast(device, dtype=amp_dtype, enabled=amp):  # the forward's logits, bit for bit
-                y, t = _capped_logits(features[rows], weight, bias, ctx.cap)
-            g = grad[rows].float().unsqueeze(-1)
-            dy = y.sub_(lse[rows].unsqueeze(-1)).exp_().mul_(g)  # g·softmax(y) ...
-            dy.scatter_add_(-1, targets[rows].unsqueeze(-1), -g)  # ... − g·onehot(target) = g·∂ce/∂y
-            if t is not None:
-                dy.mul_(t.square_().neg_().add_(1.0))  # ∂y/∂logits = 1 − t²
+            with torch.autocast(device, dtype=amp_dtype, enabled=amp):  # the forward's scores, bit for bit
+                z = _chunk_scores(features[rows], weight, bias, ctx.cap)
+            g = grad[None, rows].float()
+            y = z if ctx.cap is None else torch.mul(z, 2.0 * ctx.cap).sub_(ctx.cap)
+            dy = y.sub_(lse[None, rows]).exp_().mul_(g)  # g·softmax(y) ...
+            dy.scatter_add_(0, targets[None, rows], -g)  # ... − g·onehot(target) = g·∂ce/∂y, [V, n]
+            if ctx.cap is not None:  # ∂y/∂logits = 4·z·(1 − z)
+                dy.mul_(z)
+                dy.mul_(z.neg_().add_(1.0)).mul_(4.0)
             if need_x:
-                grad_x[rows] = dy @ w32
+                grad_x[rows] = dy.T @ w32
             if need_w:
-                grad_w.addmm_(dy.T, features[rows].float())
+                grad_w.addmm_(dy, features[rows].float())
             if need_b:
-                grad_b.add_(dy.sum(0))
+                grad_b.add_(dy.sum(1))
         grad_w = grad_w.to(weight.dtype) if need_w else None
         grad_b = grad_b.to(bias.dtype) if need_b else None
         return grad_x, grad_w, grad_b, None, None, None
