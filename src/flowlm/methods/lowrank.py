@@ -52,9 +52,10 @@ JITTER_SINGLE = 0.0
 JITTER_SEVERAL = 1e-6
 JITTER_RETRY_FACTOR = 100.0
 JITTER_RETRIES = 2
-# ``auto`` picks the naive path below this many tokens per call per unit of k: the measured crossover of an FLM
-# training call (loss + backward) at V = 30,522 on the 2-core CPU lies between 0.25·k and 1·k for
-# d = 128, 384 and 768 (benchmarks/bench_lowrank.py, section "crossover").
+# ``auto`` picks the naive path below this many tokens per call per unit of k: measured crossovers of an FLM
+# training call (loss + backward) at V = 30,522 on the shared 2-core CPU lie between 0.33·k and 1·k for
+# d = 128, 384 and 768 (benchmarks/bench_lowrank.py, section "crossover"; noisy, and the two paths differ by
+# < 15% in that range).
 AUTO_MIN_TOKENS_PER_WIDTH = 0.5
 
 
