@@ -95,6 +95,10 @@ def test_auto_mode_and_errors():
     assert isinstance(input_space("auto", [net], VOCAB).noise(2, SEQ, VOCAB), torch.Tensor)
     wide = tiny_dit(vocab=WIDTH)
     assert isinstance(input_space("auto", [wide], WIDTH), NaiveInputs)  # V <= d: nothing to save
+    # few tokens per call: the V·d² Gram matrix costs more than the naive states save (crossover ≈ d/2 tokens)
+    assert isinstance(input_space("auto", [net], VOCAB, tokens=WIDTH // 2 - 1), NaiveInputs)
+    assert isinstance(input_space("auto", [net], VOCAB, tokens=WIDTH // 2), LowRankInputs)
+    assert isinstance(input_space("lowrank", [net], VOCAB, tokens=1), LowRankInputs)  # explicit modes obey
     assert isinstance(input_space("auto", [lambda x, tau: x], VOCAB), NaiveInputs)  # not a DiT
     assert isinstance(input_space("naive", [net], VOCAB), NaiveInputs)
     with pytest.raises(ConfigError, match="input_noise='lowrank' needs flowlm DiT"):

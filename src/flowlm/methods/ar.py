@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from flowlm.errors import ConfigError
-from flowlm.methods.common import token_cross_entropy
+from flowlm.methods.common import model_cross_entropy
 
 
 def ar_loss(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -23,8 +23,7 @@ def ar_loss(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     over the ``B·(L − 1)`` predicted positions. Returns ``loss`` and ``nll`` (the same, detached).
     """
     batch = tokens.shape[0]
-    logits = model(tokens[:, :-1], torch.zeros(batch, device=tokens.device))
-    loss = token_cross_entropy(logits, tokens[:, 1:]).mean()
+    loss = model_cross_entropy(model, tokens[:, :-1], torch.zeros(batch, device=tokens.device), tokens[:, 1:]).mean()
     return {"loss": loss, "nll": loss.detach()}
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowlm.errors import ConfigError
-from flowlm.nn.dit import TimestepEmbedder
+from flowlm.nn.dit import DiT, TimestepEmbedder
 
 VELOCITY_GUARD = 1e-5
 
@@ -101,6 +101,28 @@ def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     if target.dtype not in (torch.int32, torch.int64):
         target = target.detach().to(logits.dtype)
     return _SoftmaxCrossEntropy.apply(logits, target)
+
+
+def model_cross_entropy(
+    model,
+    x: torch.Tensor,
+    tau: torch.Tensor,
+    targets: torch.Tensor,
+    tau_end: torch.Tensor | None = None,
+    embedded: bool = False,
+) -> torch.Tensor:
+    """Per-token cross-entropy [B, L] of ``model(x, tau[, tau_end], embedded=...)`` against token ids [B, L].
+
+    A flowlm :class:`~flowlm.nn.dit.DiT` is called with ``targets`` and computes its output layer, cap and
+    cross-entropy in row chunks (no [B·L, V] logits kept for backward). Other callables, and a DiT behind
+    ``torch.compile`` (whose compiled graph is kept as it was), go through the logits and
+    :func:`token_cross_entropy`; both give the same values and gradients.
+    """
+    if isinstance(model, DiT):
+        return model(x, tau, tau_end, embedded=embedded, targets=targets)
+    if embedded:
+        return token_cross_entropy(model(x, tau, tau_end, embedded=True), targets)
+    return token_cross_entropy(model(x, tau) if tau_end is None else model(x, tau, tau_end), targets)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -3,7 +3,8 @@
 The network is any callable ``model(x [B, L, V], tau [B]) -> logits [B, L, V]``; the denoiser is
 ``D = softmax(logits)`` (logits already soft-capped by the backbone). ``input_noise`` picks where the
 states live (:mod:`flowlm.methods.lowrank`): ``naive`` builds full [B, L, V] states, ``lowrank`` the
-exact projections ``x @ W`` [B, L, d] of a flowlm DiT, ``auto`` (default) the latter when V > d.
+exact projections ``x @ W`` [B, L, d] of a flowlm DiT, ``auto`` (default) the latter when V > d and a call
+sees at least d/2 tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from flowlm.methods.common import (
     masked_mean,
     per_sequence_mean,
     stratified_times,
-    token_cross_entropy,
     velocity,
 )
 from flowlm.methods.lowrank import NaiveInputs, input_space
@@ -49,12 +49,12 @@ def flm_loss(
     batch, seq = tokens.shape
     device = tokens.device
     first, total = check_rows(rows, batch)
-    space = input_space(input_noise, [model], vocab_size)
+    space = input_space(input_noise, [model], vocab_size, tokens=batch * seq)
     tau = stratified_times(total, generator, device)[first : first + batch]
     t = get_schedule(vocab_size, device).t_from_tau(tau)
     x0 = space.noise(total, seq, vocab_size, generator, device)[first : first + batch]
     x_t = interpolate(x0, space.tokens(tokens, vocab_size), t)
-    ce = token_cross_entropy(space.logits(model, x_t, tau), tokens)
+    ce = space.cross_entropy(model, x_t, tau, tokens)
     mean_ce = masked_mean(ce, mask)
     per_sequence = per_sequence_mean(ce, mask)
     loss = mean_ce if weighting is None else LossWeighting.apply(per_sequence, weighting(tau))
@@ -124,7 +124,7 @@ def flm_sample(
     ``h ← h + Δ·(D @ W − h)/(1 − t)``; a given ``x0`` is projected, so both paths follow the same trajectory.
     """
     check_steps(steps)
-    space = input_space(input_noise, [model], vocab_size)
+    space = input_space(input_noise, [model], vocab_size, tokens=num_samples * seq_len * steps)
     if x0 is None:
         x = space.noise(num_samples, seq_len, vocab_size, generator, device)
     else:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from flowlm.errors import ConfigError
-from flowlm.methods.common import one_hot
+from flowlm.methods.common import model_cross_entropy, one_hot
 from flowlm.nn.dit import DiT
 
 INPUT_NOISE = ("auto", "lowrank", "naive")
@@ -52,11 +52,18 @@ JITTER_SINGLE = 0.0
 JITTER_SEVERAL = 1e-6
 JITTER_RETRY_FACTOR = 100.0
 JITTER_RETRIES = 2
+# ``auto`` picks the naive path below this many tokens per call per unit of k: measured crossovers of an FLM
+# training call (loss + backward) at V = 30,522 on the shared 2-core CPU lie between 0.33·k and 1·k for
+# d = 128, 384 and 768 (benchmarks/bench_lowrank.py, section "crossover"; noisy, and the two paths differ by
+# < 15% in that range).
+AUTO_MIN_TOKENS_PER_WIDTH = 0.5
 
 
 def check_input_noise(mode) -> str:
     if mode not in INPUT_NOISE:
-        raise ConfigError(f"input_noise={mode!r}: use one of {', '.join(INPUT_NOISE)} (auto: lowrank when V > k)")
+        raise ConfigError(
+            f"input_noise={mode!r}: use one of {', '.join(INPUT_NOISE)} (auto: lowrank when V > k and enough tokens)"
+        )
     return mode
 
 
@@ -104,6 +111,10 @@ class NaiveInputs:
 
     def logits(self, model, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
         return model(x, tau) if tau_end is None else model(x, tau, tau_end)
+
+    def cross_entropy(self, model, x: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None):
+        """Per-token cross-entropy [B, L] of the model's logits at state x against token ids (chunked head)."""
+        return model_cross_entropy(model, x, tau, targets, tau_end)
 
 
 class LowRankInputs:
@@ -158,13 +169,21 @@ class LowRankInputs:
     def logits(self, model, h: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
         return model(h[..., self.slots[id(model)]], tau, tau_end, embedded=True)
 
+    def cross_entropy(self, model, h: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None):
+        """Per-token cross-entropy [B, L] of the model's logits at state h against token ids (chunked head)."""
+        return model_cross_entropy(model, h[..., self.slots[id(model)]], tau, targets, tau_end, embedded=True)
 
-def input_space(mode: str, models: Sequence, vocab_size: int) -> NaiveInputs | LowRankInputs:
+
+def input_space(mode: str, models: Sequence, vocab_size: int, tokens: int | None = None) -> NaiveInputs | LowRankInputs:
     """The state space for ``models`` (every network that sees the states).
 
     ``mode``: ``naive`` (full [.., V] states), ``lowrank`` (exact k-dimensional states; needs flowlm DiTs),
-    ``auto`` (lowrank when every model is a DiT and ``V > k``, k the summed width of the distinct input
-    matrices — d for FLM and its samplers, 2d for PSD and v1 stage 1, 3d for v1 stage 2 — else naive).
+    ``auto`` (lowrank when every model is a DiT, ``V > k`` and, if ``tokens`` is given, ``tokens >=
+    AUTO_MIN_TOKENS_PER_WIDTH·k``; else naive). k is the summed width of the distinct input matrices — d for
+    FLM and its samplers, 2d for PSD and v1 stage 1, 3d for v1 stage 2. ``tokens``: how many token positions
+    go through the networks per construction of this space (B·L for a loss call, samples·L·steps for a
+    sampler call): the low-rank path pays ~V·k² once per construction (the Gram matrix, and its gradient),
+    the naive one ~V·k plus a few [V]-sized elementwise passes per token.
     """
     check_input_noise(mode)
     if mode == "naive":
@@ -174,6 +193,6 @@ def input_space(mode: str, models: Sequence, vocab_size: int) -> NaiveInputs | L
         if any(w is None for w in weights):
             return NaiveInputs()
         width = sum(w.shape[1] for w in {id(w): w for w in weights}.values())
-        if vocab_size <= width:
+        if vocab_size <= width or (tokens is not None and tokens < AUTO_MIN_TOKENS_PER_WIDTH * width):
             return NaiveInputs()
     return LowRankInputs(models)

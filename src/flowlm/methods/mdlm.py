@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from flowlm.methods.common import check_rows, stratified_times, token_cross_entropy
+from flowlm.methods.common import check_rows, model_cross_entropy, stratified_times
 from flowlm.methods.flm import check_steps
 
 T_MIN = 1e-3  # smallest training / validation time, as MDLM's reference code (its ``sampling_eps``)
@@ -89,9 +89,8 @@ def mdlm_loss(
     first, total = check_rows(rows, batch)
     t = mdlm_times(total, generator, tokens.device, t_min)[first : first + batch]
     z, masked = mask_tokens(tokens, t, vocab_size, generator, rows)
-    logits = model(z, torch.zeros(batch, device=tokens.device))
     # Under SUBS the unmasked positions contribute log 1 = 0, so only the masked ones enter.
-    ce = token_cross_entropy(logits, tokens) * masked
+    ce = model_cross_entropy(model, z, torch.zeros(batch, device=tokens.device), tokens) * masked
     loss = (ce.sum(-1) / (t * tokens.shape[1])).mean()
     return {"loss": loss, "nll_bound": loss.detach(), "t": t}
 
