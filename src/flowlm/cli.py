@@ -173,6 +173,13 @@ def add_judge_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def is_main_process() -> bool:
+    """False on the ranks > 0 of a distributed run (so a launch with N processes prints its result once)."""
+    from flowlm.eval.distributed import rank_and_world
+
+    return rank_and_world()[0] == 0
+
+
 def run_train(args: argparse.Namespace) -> None:
     from flowlm.training.run import train
 
@@ -187,9 +194,10 @@ def run_train(args: argparse.Namespace) -> None:
         resume=not args.no_resume,
         progress=not args.quiet,
     )
-    print(f"model written to {model_dir}")
-    steps = "" if args.method == "ar" else " --steps 64"
-    print(f"sample from it with: flowlm sample {model_dir}{steps}")
+    if is_main_process():
+        print(f"model written to {model_dir}")
+        steps = "" if args.method == "ar" else " --steps 64"
+        print(f"sample from it with: flowlm sample {model_dir}{steps}")
 
 
 def run_distill(args: argparse.Namespace) -> None:
@@ -206,8 +214,9 @@ def run_distill(args: argparse.Namespace) -> None:
         resume=not args.no_resume,
         progress=not args.quiet,
     )
-    print(f"flow-map model written to {model_dir}")
-    print(f"sample from it in one step with: flowlm sample {model_dir} --steps 1")
+    if is_main_process():
+        print(f"flow-map model written to {model_dir}")
+        print(f"sample from it in one step with: flowlm sample {model_dir} --steps 1")
 
 
 def run_sample(args: argparse.Namespace) -> None:
