@@ -30,6 +30,14 @@ def train_loop(net, steps: int, loss_fn, lr: float, betas=(0.9, 0.999)) -> EMA:
     return ema
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to stalls on a shared CPU (use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    with single_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def markov_flm():
     """(chain, FLM with its EMA weights in eval mode, training seconds): a 2-block, width-64 DiT trained

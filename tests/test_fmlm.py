@@ -30,14 +30,7 @@ from flowlm.methods.fmlm import (
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.schedule import t_from_tau, tau_from_t
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to stalls on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**kw):

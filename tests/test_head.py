@@ -20,12 +20,7 @@ N, D, V = 10, 6, 50
 RTOL, ATOL = 1e-5, 1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def head_inputs(scale: float, bias: bool = True, seed: int = 0):

@@ -34,12 +34,7 @@ from flowlm.schedule import get_schedule, t_from_tau
 VOCAB, SEQ, WIDTH = 48, 4, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_dit(seed: int = 0, time_inputs: int = 1, vocab: int = VOCAB) -> DiT:
