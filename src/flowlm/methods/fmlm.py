@@ -377,7 +377,7 @@ def psd_loss(
     ``ce_off`` (the same over diagonal / other rows, 0 when there are none), ``per_sequence`` [B]
     (detached), ``tau_s``, ``tau_t`` [B].
     """
-    inputs = input_space(input_noise, [student, teacher], vocab_size)
+    inputs = input_space(input_noise, [student, teacher], vocab_size, tokens=tokens.numel())
     tau_s, tau_t, n_diag, x_s = _pairs_and_states(
         inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows
     )
@@ -442,7 +442,7 @@ def fmlm_sample(
     """
     check_steps(steps)
     gamma = check_gamma(gamma)
-    inputs = input_space(input_noise, [model], vocab_size)
+    inputs = input_space(input_noise, [model], vocab_size, tokens=num_samples * seq_len * steps)
     x = inputs.noise(num_samples, seq_len, vocab_size, generator, device) if x0 is None else inputs.embed(x0)
     taus, ts = time_grid(vocab_size, steps)
     sigmas = [1.0 - t for t in ts[1:]]
@@ -538,7 +538,7 @@ def v1_stage1_loss(
     ``rows``: see the module docstring. Returns ``loss``, ``mse`` (unweighted, detached),
     ``per_sequence`` [B] (detached), ``tau_s``, ``tau_t``.
     """
-    inputs = input_space(input_noise, [g_net, teacher], vocab_size)
+    inputs = input_space(input_noise, [g_net, teacher], vocab_size, tokens=tokens.numel())
     tau_s, tau_u, tau_t, s64, u64, t64, x_s = _v1_pairs(
         inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows
     )
@@ -579,7 +579,7 @@ def v1_stage1_sample(
     ``D_T + ½(1 − t_{N−1})²·g`` (computed in that form: no V-sized state is needed). With ``g ≡ 0``
     this is exactly :func:`~flowlm.methods.flm.flm_sample`. Returns tokens [num_samples, seq_len]."""
     check_steps(steps)
-    inputs = input_space(input_noise, [g_net, teacher], vocab_size)
+    inputs = input_space(input_noise, [g_net, teacher], vocab_size, tokens=num_samples * seq_len * steps)
     x = inputs.noise(num_samples, seq_len, vocab_size, generator, device) if x0 is None else inputs.embed(x0)
     taus, ts = time_grid(vocab_size, steps)
     full = lambda v: torch.full((x.shape[0],), float(v), device=x.device)  # noqa: E731
@@ -619,7 +619,7 @@ def v1_stage2_loss(
     ``input_noise`` and ``rows``: see the module docstring. Returns ``loss``, ``mse`` (detached),
     ``per_sequence`` [B] (detached), ``tau_s``, ``tau_t``.
     """
-    inputs = input_space(input_noise, [student, teacher, g_net], vocab_size)
+    inputs = input_space(input_noise, [student, teacher, g_net], vocab_size, tokens=tokens.numel())
     tau_s, _, tau_t, s64, _, t64, x_s = _v1_pairs(
         inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows
     )
