@@ -9,6 +9,7 @@ training state: weights, EMA, optimizer, loop position, RNG; for exact resumptio
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +26,16 @@ from flowlm.training.checkpoint import provenance, save_model
 from flowlm.training.module import FlowLMModule
 
 LAST = "last.ckpt"
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" line, printed on every run we start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_NO_ADVERTS = _NoAdverts()
 
 
 class Checkpointing(Callback):
@@ -250,6 +261,7 @@ def train(
     # One log folder per launch (logs/session-0, session-1, ... after resumptions): Lightning's CSV
     # logger would otherwise overwrite the metrics of the interrupted launch.
     log_version = f"session-{len(list((run_dir / 'logs').glob('session-*')))}"
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTS)  # a set: added once
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         accumulate_grad_batches=accumulate,
