@@ -143,7 +143,8 @@ class LowRankInputs:
                 matrices.append(weight)
             self.slots[id(model)] = seen[id(weight)]
         with torch.autocast(matrices[0].device.type, enabled=False):
-            stacked = torch.cat([w.float() for w in matrices], dim=1)  # M [V, k]
+            # M [V, k]; one fp32 matrix is used as it is (no V×k copy, the common single-network case)
+            stacked = matrices[0].float() if len(matrices) == 1 else torch.cat([w.float() for w in matrices], dim=1)
             cross = stacked.detach().T @ stacked  # MᵀM [k, k]; gradient only through the right factor
             self.factor, self.jitter = factor_gram(
                 cross.detach(), JITTER_SINGLE if len(matrices) == 1 else JITTER_SEVERAL
