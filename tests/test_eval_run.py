@@ -17,7 +17,7 @@ from flowlm.cli import main
 from flowlm.data import load_tokenizer
 from flowlm.errors import ConfigError, DataError
 from flowlm.eval import load_judge, plots
-from flowlm.eval.metrics import decode_for_judge, distinct_n, mean_unigram_entropy, self_bleu
+from flowlm.eval.metrics import GenPPLResult, decode_for_judge, distinct_n, mean_unigram_entropy, self_bleu
 from flowlm.eval.run import STEPLESS_METHODS, evaluate, parse_steps, score_files
 from flowlm.eval.samples import read_samples
 from flowlm.nn.dit import DiT, DiTConfig
@@ -82,9 +82,12 @@ def test_provenance_and_definitions(evaluated, model_dir, judge_dir):  # noqa: F
     assert results["judge"]["fingerprint"] == judge.fingerprint
     assert results["judge"]["description"] == judge.description
     assert results["definitions"]["gen_ppl"] == judge.definition
-    assert set(results["definitions"]) == {"gen_ppl", "entropy", "diversity", "seconds_per_sample"}
+    assert set(results["definitions"]) == {"gen_ppl", "gen_ppl_ci95", "entropy", "diversity", "seconds_per_sample"}
     for row in results["results"]:
         assert row["num_samples"] == 7 and row["judge"] == judge.description
+        again = GenPPLResult.from_samples(row["sample_nll"], row["sample_tokens"], judge="", definition="")
+        assert again.gen_ppl == pytest.approx(row["gen_ppl"], rel=1e-12)
+        assert row["gen_ppl_ci95"] == list(again.bootstrap_interval())
         assert row["seconds_per_sample"] > 0 and row["wall_seconds"] >= row["seconds_per_sample"] * 7 * 0.999
     header = json.loads((out / "samples_steps2.jsonl").read_text().splitlines()[0])
     assert header["steps"] == 2 and header["provenance"] == sampling
@@ -278,7 +281,7 @@ class _FixedJudge:
         return [3.0] * len(texts), [2] * len(texts)
 
 
-@pytest.mark.parametrize("command", ["eval", "score", "compare"])
+@pytest.mark.parametrize("command", ["eval", "score", "compare", "reference"])
 def test_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -127,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("samples", nargs="+", help="samples_*.jsonl files of one flowlm eval run")
     add_judge_options(sc)
 
+    rf = sub.add_parser(
+        "reference",
+        help="score held-out real text like samples: the Gen PPL and entropy of the data, for orientation",
+        description="Draw --num-samples blocks (seeded) from a split of the model's own training corpus (or "
+        "--data), cut with the model's tokenizer and length, decode them as samples are decoded, score them "
+        "with --judge and write samples_data.jsonl and the usual report to --out. flowlm compare shows it as "
+        "a line without steps.",
+    )
+    rf.add_argument("checkpoint", help="model folder whose tokenizer, length and corpus define the blocks")
+    rf.add_argument("--data", help="corpus spec or text file (default: the corpus the model was trained on)")
+    rf.add_argument("--split", default="validation", help="split to draw from (default validation: held out)")
+    rf.add_argument("--num-samples", "-n", type=int, default=256, help="blocks to score (default 256)")
+    rf.add_argument("--seed", type=int, default=0, help="random seed of the draw (default 0)")
+    rf.add_argument("--batch-size", type=int, default=64, help="blocks per judge batch group (default 64)")
+    rf.add_argument("--cache-dir", help="token cache folder (default: flowlm's cache)")
+    add_judge_options(rf)
+
     co = sub.add_parser(
         "compare",
         help="merge several models' results.json into one table and one pair of plots",
@@ -154,7 +171,6 @@ def run_import_reference(args: argparse.Namespace) -> None:
     out = import_reference(args.checkpoint, args.out, args.tokenizer, args.weights, args.logit_cap)
     print(f"model written to {out}")
     print(f"sample from it with: flowlm sample {out} --steps 64")
-
 
 
 DEFAULT_EVAL_STEPS = "1,2,4,8,16,32,64"
@@ -317,6 +333,26 @@ def run_score(args: argparse.Namespace) -> None:
     _print_report(results, args.out)
 
 
+def run_reference(args: argparse.Namespace) -> None:
+    import flowlm
+    from flowlm.eval import distributed, load_judge, plots
+    from flowlm.eval.run import reference
+
+    plots.require_matplotlib()
+    device = distributed.init_from_env(args.device)
+    try:
+        model = flowlm.load(args.checkpoint, device=device)
+        judge = load_judge(args.judge, device=device)
+        results = reference(
+            model, judge, args.out, data=args.data, split=args.split, num_samples=args.num_samples, seed=args.seed,
+            batch_size=args.batch_size, judge_batch_size=args.judge_batch_size, cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )  # fmt: skip
+    finally:
+        distributed.finish()
+    _print_report(results, args.out)
+
+
 def run_compare(args: argparse.Namespace) -> None:
     from flowlm.eval.report import comparison_markdown
     from flowlm.eval.run import compare_results
@@ -333,6 +369,7 @@ COMMANDS = {
     "sample": run_sample,
     "eval": run_eval,
     "score": run_score,
+    "reference": run_reference,
     "compare": run_compare,
     "import-reference": run_import_reference,
     "demo": run_demo,

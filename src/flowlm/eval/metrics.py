@@ -406,6 +406,31 @@ class GenPPLResult:
             sample_tokens=tokens,
         )
 
+    def bootstrap_interval(self, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """A percentile-bootstrap interval of Gen PPL over *samples*: ``resamples`` times, draw
+        ``num_samples`` samples with replacement (a fixed-seed numpy generator) and recompute the
+        token-weighted Gen PPL; returns the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles.
+
+        Samples, not tokens, are resampled because a sample's tokens are not independent. The interval says
+        how much the number moves with another draw of the same number of samples from the same model (judge
+        and model fixed); differences inside it are not evidence.
+
+        Raises:
+            DataError: no per-sample values (a result built without them) or no scored token at all.
+        """
+        if not self.sample_nll or self.total_tokens == 0:
+            raise DataError("a bootstrap interval needs per-sample NLL sums and at least one scored token")
+        if not 0 < level < 1:
+            raise ConfigError(f"interval level {level!r}: use a number strictly between 0 and 1")
+        nll = np.asarray(self.sample_nll, dtype=np.float64)
+        tokens = np.asarray(self.sample_tokens, dtype=np.float64)
+        picks = np.random.default_rng(seed).integers(0, len(nll), size=(resamples, len(nll)))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a draw of only empty samples has no tokens
+            ppl = np.exp(nll[picks].sum(axis=1) / tokens[picks].sum(axis=1))
+        ppl = ppl[np.isfinite(ppl)]
+        lo, hi = np.quantile(ppl, [(1 - level) / 2, (1 + level) / 2])
+        return float(lo), float(hi)
+
     def to_dict(self, per_sample: bool = False) -> dict:
         """A JSON-ready dict; per-sample lists only when ``per_sample``."""
         d = asdict(self)

@@ -21,6 +21,7 @@ COMPARISON_FORMAT = "flowlm-eval-comparison/1"
 _COLUMNS = (
     ("steps", "steps", None),
     ("Gen PPL", "gen_ppl", ".2f"),
+    ("95% interval", "gen_ppl_ci95", ".1f"),
     ("entropy (nats)", "entropy", ".3f"),
     ("distinct-4", "distinct_4", ".3f"),
     ("self-BLEU-4", "self_bleu_4", ".3f"),
@@ -58,6 +59,8 @@ def _cell(value, fmt: str | None) -> str:
         return "n/a" if fmt else "-"
     if fmt is None:
         return str(value)
+    if isinstance(value, list | tuple):  # an interval
+        return "–".join(_cell(v, fmt) for v in value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return format(value, fmt)
@@ -81,6 +84,7 @@ def _definitions(judge: dict, definitions: dict) -> list[str]:
         "",
         "Definitions:",
         f"- Gen PPL: {definitions['gen_ppl']}",
+        f"- 95% interval: {definitions.get('gen_ppl_ci95', 'not computed for these results')}",
         f"- Entropy: {definitions['entropy']}",
         f"- Diversity: {definitions['diversity']}",
         f"- Seconds per sample: {definitions['seconds_per_sample']}",
@@ -124,9 +128,10 @@ def compare(paths: Sequence[str | Path], labels: Sequence[str] | None = None) ->
     models = [read_results(p) for p in paths]
     first = models[0]
     for path, results in zip(paths, models, strict=True):
-        if results["judge"]["fingerprint"] != first["judge"]["fingerprint"] or results["definitions"] != first[
-            "definitions"
-        ]:
+        if (
+            results["judge"]["fingerprint"] != first["judge"]["fingerprint"]
+            or results["definitions"] != first["definitions"]
+        ):
             raise ConfigError(
                 f"{path} was scored by {results['judge']['description']} and {paths[0]} by "
                 f"{first['judge']['description']} (or with another definition): numbers from different judges are "

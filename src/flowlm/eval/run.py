@@ -46,6 +46,11 @@ DIVERSITY_DEFINITION = (
     f"id blocks (1 = nothing repeats); self-BLEU-{DIVERSITY_N}: mean BLEU-{DIVERSITY_N} of each sample's ids "
     "against all other samples (clipped precision, NLTK method1 smoothing, brevity penalty; lower = more diverse)"
 )
+INTERVAL_DEFINITION = (
+    "percentile bootstrap over samples (2,000 resamples of the whole sample set with replacement, numpy seed 0, "
+    "Gen PPL recomputed token-weighted each time): how much Gen PPL moves with another draw of as many samples "
+    "from the same model, under the same judge; a difference inside it is not evidence"
+)
 TIMING_DEFINITION = (
     "wall-clock seconds (time.perf_counter) of the sampling calls, which return the ids "
     "on the CPU so device work is finished, summed over ranks and divided by the number of samples; each rank "
@@ -196,6 +201,7 @@ def summarize(sample_set: SampleSet, judge: dict, out: Path) -> dict:
         "num_samples": result.num_samples,
         "judge": result.judge,
         "gen_ppl": result.gen_ppl,
+        "gen_ppl_ci95": list(result.bootstrap_interval()),
         "mean_nll": result.mean_nll,
         "total_nll": result.total_nll,
         "total_tokens": result.total_tokens,
@@ -206,6 +212,8 @@ def summarize(sample_set: SampleSet, judge: dict, out: Path) -> dict:
         "wall_seconds": timing.get("wall_seconds"),
         "samples_file": os.path.relpath(sample_set.path, out) if sample_set.path else None,
         "samples_sha256": sha256_of(sample_set.path) if sample_set.path else None,
+        "sample_nll": list(result.sample_nll),
+        "sample_tokens": list(result.sample_tokens),
     }
 
 
@@ -220,6 +228,7 @@ def build_results(
         "judge": judge,
         "definitions": {
             "gen_ppl": judge["definition"],
+            "gen_ppl_ci95": INTERVAL_DEFINITION,
             "entropy": ENTROPY_DEFINITION,
             "diversity": DIVERSITY_DEFINITION,
             "seconds_per_sample": TIMING_DEFINITION,
@@ -305,6 +314,73 @@ def evaluate(
     return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
 
 
+def reference(
+    model: Any,
+    judge: Any,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "validation",
+    num_samples: int = 256,
+    seed: int = 0,
+    batch_size: int = 64,
+    judge_batch_size: int = 8,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score real text as a reference row: ``num_samples`` blocks drawn at random (seeded) from ``split`` of
+    the model's own corpus (or ``data``), cut with the model's tokenizer and length and decoded for the judge
+    exactly as samples are (SPEC §6 EOS rule). Writes ``samples_data.jsonl`` and the usual report to ``out``;
+    the row has no step count and no timing, so ``flowlm compare`` draws it as a horizontal line.
+
+    Raises:
+        ConfigError: no corpus is known (the model does not record one and ``data`` is not given), or the
+            split holds fewer blocks than ``num_samples``.
+    """
+    from flowlm.data import prepare_blocks
+    from flowlm.training.checkpoint import provenance
+
+    plots.require_matplotlib()
+    for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ConfigError(f"{name} {value!r}: use a whole number >= 1")
+    corpus = data or model.meta.get("run", {}).get("data", {}).get("corpus")
+    if not corpus:
+        raise ConfigError(f"{model.path} does not record its training corpus: pass --data (a corpus spec or file)")
+    blocks = prepare_blocks(corpus, model.tokenizer, model.seq_len, split, cache_dir, progress=progress)
+    if len(blocks) < num_samples:
+        raise ConfigError(
+            f"the {split} split of {corpus} holds {len(blocks)} blocks of {model.seq_len} tokens, fewer than "
+            f"--num-samples {num_samples}: ask for at most {len(blocks)}"
+        )
+    picks = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:num_samples].tolist()
+    n_batches = math.ceil(num_samples / batch_size)
+    chunks = []
+    for j in my_batches(n_batches):
+        ids = torch.stack([blocks[i] for i in picks[j * batch_size : (j + 1) * batch_size]])
+        texts, ended = decode_for_judge(ids, model.tokenizer)
+        chunks.append(Chunk(j, ids.tolist(), texts, ended))
+    score_chunks(judge, chunks, batch_size=judge_batch_size, progress=progress)
+    sampling = provenance(
+        checkpoint=str(model.path),
+        label=f"data ({split})",
+        method="data",
+        corpus=str(corpus),
+        split=split,
+        seed=seed,
+        seq_len=model.seq_len,
+        batch_size=batch_size,
+        tokenizer=model.meta.get("tokenizer"),
+        hardware=hardware(model.device),
+    )
+    header = {"steps": None, "num_samples": num_samples, "batch_size": batch_size, "provenance": sampling}
+    sample_set = SampleSet(header, gather_chunks(chunks, n_batches))
+    out = Path(out)
+    if rank_and_world()[0] == 0:
+        write_samples(out / file_name(None, "data"), sample_set)
+    return write_outputs(build_results([sample_set], judge_info(judge), sampling, judge.device, out), out)
+
+
 def load_sample_files(paths: Sequence[str | Path]) -> list[SampleSet]:
     """Read sample files written by :func:`evaluate`, checking that they come from one model and sampling
     setup (e.g. the step counts of one ``flowlm eval`` run): before any judge is loaded."""
@@ -337,6 +413,7 @@ def score_files(
         sample_sets = list(samples)
     else:
         sample_sets = load_sample_files(samples)
+    sample_sets.sort(key=lambda s: (s.steps is None, s.steps or 0))  # rows by step count, whatever the file order
     for s in sample_sets:
         mine = set(my_batches(len(s.chunks)))
         local = [c for c in s.chunks if c.batch in mine]
