@@ -47,7 +47,8 @@ def cli(*args, check=True):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     cache = f"data.cache_dir={root / 'cache'}"
-    cli("train", *TINY, cache, "--steps", "6", "--out", str(root / "straight"))
+    straight = cli("train", *TINY, cache, "--steps", "6", "--out", str(root / "straight"))
+    (root / "straight.stderr").write_text(straight.stderr)
     cli("train", *TINY, cache, "--steps", "3", "--out", str(root / "resumed"))
     first_leg = load_file(str(root / "resumed" / "model" / "model.safetensors"))
     cli("train", *TINY, cache, "--steps", "6", "--out", str(root / "resumed"))
@@ -68,6 +69,14 @@ def test_resumed_run_equals_uninterrupted_run(runs):
     assert a["global_step"] == b["global_step"] == 6
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+def test_training_output_has_no_noise_users_cannot_act_on(runs):
+    """Lightning's litlogger advert and its LeafSpec deprecation warning (torch >= 2.10) are filtered out."""
+    root, _ = runs
+    stderr = (root / "straight.stderr").read_text()
+    assert "Trainer.fit" in stderr  # the filter keeps Lightning's own messages
+    assert "litlogger" not in stderr and "LeafSpec" not in stderr, stderr
 
 
 def test_checkpoint_provenance(runs):

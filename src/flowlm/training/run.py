@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -304,5 +305,9 @@ def train(
             dataset = StepBatches(val_blocks, micro, cfg.train.seed + 1, *rank, length=cfg.train.val_batches)
             return StepDataLoader(dataset, batch_size=None, sampler=RangeSampler(0, cfg.train.val_batches))
 
-    trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # Lightning 2.6's pytree helper builds torch's LeafSpec, which torch >= 2.10 deprecates: a warning about
+        # Lightning's internals that users cannot act on, printed on every run
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+        trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
     return run_dir / "model"
