@@ -111,9 +111,11 @@ def mdlm_sample(
     ``t = t_k`` to ``s = t_{k+1}``) reveals each still-masked position with probability
     ``(t − s)/t = 1/(N − k)``, drawing its token from ``p_θ(· | z_t)``; revealed tokens never change. The last
     step reveals everything, so N = 1 draws every position independently from ``p_θ(x_ℓ | all masked)``.
-    The network is called again only after a step that revealed something (it does not depend on ``t``) and
-    not at all once every position is revealed, so it makes at most ``min(N, L)`` calls. Deterministic given
-    ``generator``.
+    The network is called again only after a step that revealed something in some row of the batch (it does
+    not depend on ``t``) and not at all once every position is revealed: at most ``min(N, B·L)`` calls for a
+    batch of B samples, so the saving is real for one sample (at most L calls) but small for a large batch
+    (a batch of 64 samples of 64 tokens at N = 1,024 reveals something at nearly every step). Deterministic
+    given ``generator``.
     """
     check_steps(steps)
     mask_id = vocab_size
