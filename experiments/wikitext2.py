@@ -1,8 +1,9 @@
 """Issue 5: the paper's claims at a scale two CPU cores can train, on WikiText-2.
 
 Trains FLM, MDLM and AR with the same budget of training tokens (same backbone size, tokenizer, data,
-batch and steps), distills the FLM into an FMLM (PSD), samples every model at several step counts, and
-scores the samples with the offline judge (SmolLM2-135M) and with the AR model as an in-domain judge.
+batch and steps), distills the FLM into an FMLM (PSD) for 1,000 steps and continues that distillation to
+4,000 steps in a copy, samples every model at several step counts, and scores the samples with the offline
+judge (SmolLM2-135M) and with the AR model as an in-domain judge.
 Held-out real text, cut into blocks and scored exactly like the samples (``flowlm reference``), is the
 reference line every table and plot carries.
 
@@ -10,7 +11,10 @@ Every stage is one ``flowlm`` command (printed before it runs, so it can be reru
 restartable: finished stages are skipped, an interrupted training resumes from its last checkpoint, and
 ``stages.json`` in the output folder accumulates each stage's wall-clock over all attempts.
 
-    python experiments/wikitext2.py --data ../shared/data/wikitext2-valid.txt --out runs/wikitext2
+    OMP_NUM_THREADS=1 python experiments/wikitext2.py --data ../shared/data/wikitext2-valid.txt --out runs/wikitext2
+
+About 3 hours on two CPU cores; the results, commands and timings of one run are in docs/results.md, and
+``experiments/pivot_tables.py`` prints the comparisons as the tables there.
 
 The corpus is the WikiText-2 *validation* split (the only WikiText file in ../shared/data): its
 paragraphs are documents and every 20th is held out (flowlm's rule for local text files). ``<unk>`` is
