@@ -190,10 +190,14 @@ def add_judge_options(parser: argparse.ArgumentParser) -> None:
 
 
 def is_main_process() -> bool:
-    """False on the ranks > 0 of a distributed run (so a launch with N processes prints its result once)."""
+    """False on the ranks > 0 of a distributed run (so a launch with N processes prints its result once): the
+    process group's rank while one exists (Lightning's own launches), else torchrun's ``RANK`` (the group of
+    eval / score / reference is destroyed before they report)."""
+    import os
+
     from flowlm.eval.distributed import rank_and_world
 
-    return rank_and_world()[0] == 0
+    return rank_and_world()[0] == 0 and os.environ.get("RANK", "0") == "0"
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -284,11 +288,9 @@ def run_sample(args: argparse.Namespace) -> None:
 
 
 def _print_report(results: dict, out: str) -> None:
-    import os
-
     from flowlm.eval.report import results_markdown
 
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+    if is_main_process():  # under torchrun only rank 0 reports
         print(results_markdown(results).split("\n\nJudge:")[0])
         print(f"wrote results.json, results.md and plots to {out}")
 

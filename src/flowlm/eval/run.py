@@ -125,6 +125,13 @@ def sampling_provenance(
     )
 
 
+def check_counts(num_samples: Any, batch_size: Any) -> None:
+    """Both must be whole numbers >= 1 (``--num-samples`` / ``--batch-size`` of eval and reference)."""
+    for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ConfigError(f"{name} {value!r}: use a whole number >= 1")
+
+
 # ------------------------------------------------------------------------------------------- stages
 
 
@@ -275,10 +282,7 @@ def evaluate(
     ``steps=None`` whatever ``steps`` says. Returns the results dict written to ``results.json``.
     """
     plots.require_matplotlib()
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise ConfigError(f"--num-samples {num_samples!r}: use a whole number >= 1")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size!r}: use a whole number >= 1")
+    check_counts(num_samples, batch_size)
     step_list: list[int | None] = [None] if model.method in STEPLESS_METHODS else parse_steps(steps)
     seq_len = seq_len or model.seq_len
     out = Path(out)
@@ -341,9 +345,7 @@ def reference(
     from flowlm.training.checkpoint import provenance
 
     plots.require_matplotlib()
-    for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ConfigError(f"{name} {value!r}: use a whole number >= 1")
+    check_counts(num_samples, batch_size)
     corpus = data or model.meta.get("run", {}).get("data", {}).get("corpus")
     if not corpus:
         raise ConfigError(f"{model.path} does not record its training corpus: pass --data (a corpus spec or file)")
