@@ -15,10 +15,10 @@ import flowlm
 from flowlm.errors import ConfigError
 from flowlm.eval.ar_judge import ARJudge
 from flowlm.eval.judges import CausalLMJudge, load_judge
+from flowlm.methods import registry
 from flowlm.methods.ar import ar_loss, ar_sample
 from flowlm.nn.dit import DiT, DiTConfig, attention, count_parameters
 from flowlm.training.checkpoint import save_model
-from flowlm.training.module import METRICS, PERPLEXITY
 
 CPU_BACKENDS = ["math", "sdpa", "flex"]  # flash needs CUDA: tests/test_dit.py covers it on a GPU
 
@@ -153,7 +153,8 @@ def test_ancestral_decoding_draws_from_the_model_at_temperature_one():
 def test_same_size_as_flm_and_flow_losses_never_called_perplexity():
     cfg = dict(vocab_size=50, seq_len=16, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)
     assert count_parameters(DiT(DiTConfig(**cfg, causal=True))) == count_parameters(DiT(DiTConfig(**cfg)))
-    assert METRICS["flm"][1] == "denoising_ce" and set(PERPLEXITY) == {"mdlm", "ar"}
+    assert registry.get("flm").metric_name == "denoising_ce"
+    assert {m.name for m in registry.methods() if m.perplexity_name} == {"mdlm", "ar"}
 
 
 # -------------------------------------------------------------------------------------- CLI, judge

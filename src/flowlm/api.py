@@ -10,38 +10,25 @@ import numpy as np
 import torch
 
 from flowlm.data import Tokenizer
-from flowlm.demo import PREFIX, demo_path
+from flowlm.demo_models import PREFIX, demo_path
 from flowlm.errors import CheckpointError, ConfigError
-from flowlm.methods.ar import ar_sample
-from flowlm.methods.flm import check_steps, flm_sample
-from flowlm.methods.fmlm import check_gamma, fmlm_sample, v1_stage1_sample
+from flowlm.methods import registry
+from flowlm.methods.base import Method, SampleRequest
 from flowlm.methods.lowrank import check_input_noise
-from flowlm.methods.mdlm import mdlm_sample
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
 
-METHODS = ("flm", "fmlm", "fmlm-v1-stage1", "mdlm", "ar")
-# The sampler each method uses (recorded in sample provenance).
-SAMPLERS = {
-    "flm": "euler",
-    "fmlm": "flow-map",
-    "fmlm-v1-stage1": "v1-stage1-map",
-    "mdlm": "ancestral",
-    "ar": "ancestral-kv-cache",
-}
-DEFAULT_STEPS = 64  # sampling steps when none are given (every method but AR)
+DEFAULT_STEPS = 64  # sampling steps when none are given (every method that takes steps)
 
 
-def resolve_steps(method: str, steps: int | None) -> int | None:
-    """The number of sampling steps: ``steps`` (default 64); None for AR, which takes none."""
-    if method == "ar":
-        if steps is not None:
-            raise ConfigError(
-                f"steps={steps}: an autoregressive model decodes one token per network call (seq_len - 1 calls, "
-                "KV-cached) and takes no number of steps; leave steps (--steps) unset"
-            )
-        return None
-    return check_steps(DEFAULT_STEPS if steps is None else steps)
+def resolve_steps(method: Method, steps: int | None) -> int | None:
+    """The number of sampling steps of ``method``: ``steps`` (default 64); None for a method without steps."""
+    return method.resolve_steps(steps, DEFAULT_STEPS)
+
+
+def sampler_options(method: Method, **given) -> dict:
+    """Every sampler option of ``method``, checked, defaults filled in; options left None count as not given."""
+    return method.resolve_options({k: v for k, v in given.items() if v is not None}, registry.sampler_options())
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -61,7 +48,8 @@ class FlowLM:
         self.tokenizer = tokenizer
         self.meta = meta
         self.path = path
-        self.method = meta["method"]
+        self.method = meta["method"]  # the name recorded in flowlm.json
+        self.method_def = registry.for_meta(meta, where=str(path))  # what that name means (flowlm.methods)
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +58,7 @@ class FlowLM:
     @property
     def sampler(self) -> str:
         """Name of the sampler :meth:`sample_tokens` uses for this model's method."""
-        return SAMPLERS[self.method]
+        return self.method_def.sampler_name
 
     @property
     def seq_len(self) -> int:
@@ -90,10 +78,11 @@ class FlowLM:
         seed: int = 0,
         seq_len: int | None = None,
         guidance: float | None = None,
-        gamma: float = 0.0,
+        gamma: float | None = None,
         batch_size: int = 64,
         batches: Sequence[int] | None = None,
         input_noise: str = "auto",
+        **options,
     ) -> torch.Tensor:
         """Token ids [num_samples, seq_len]; identical for identical arguments (seeded).
 
@@ -110,14 +99,15 @@ class FlowLM:
         batch's samples do not depend on which other batches are generated, in what order or where.
         ``batches`` (default: all) selects the batches to generate; the rows of the selected batches are
         returned in the order given, e.g. rank ``r`` of ``w`` asks for ``range(r, n_batches, w)``.
+
+        Other keyword ``options`` go to the method's sampler (:attr:`flowlm.methods.Method.options`); an option
+        the method does not have is an error unless it is given at its "off" value (``gamma=0``).
         """
-        steps = resolve_steps(self.method, steps)
+        method = self.method_def
+        steps = resolve_steps(method, steps)
         check_input_noise(input_noise)
-        check_gamma(gamma)
-        if self.method != "flm" and guidance is not None:
-            raise ConfigError("autoguidance applies to FLM models; for an FMLM model use gamma")
-        if self.method != "fmlm" and gamma != 0.0:
-            raise ConfigError("gamma is the churn of the flow-map sampler: it needs an FMLM model (flowlm distill)")
+        resolved = sampler_options(method, guidance=guidance, gamma=gamma, **options)
+        method.check_request(self, resolved)
         if num_samples < 1:
             raise ConfigError(f"num_samples={num_samples}: ask for at least one sample")
         seq_len = seq_len or self.seq_len
@@ -138,49 +128,20 @@ class FlowLM:
                 n = min(batch_size, num_samples - j * batch_size)
                 torch.manual_seed(batch_seed_j)
                 generator = torch.Generator(device=self.device).manual_seed(batch_seed_j)
-                vocab = self.net.config.vocab_size
-                if self.method == "fmlm-v1-stage1":
-                    tokens = v1_stage1_sample(
-                        self.net,
-                        self.teacher,
-                        n,
-                        seq_len,
-                        vocab,
-                        steps,
-                        generator=generator,
-                        device=self.device,
-                        input_noise=input_noise,
-                    )
-                elif self.method == "mdlm":
-                    tokens = mdlm_sample(self.net, n, seq_len, vocab, steps, generator=generator, device=self.device)
-                elif self.method == "ar":
-                    tokens = ar_sample(
-                        self.net, n, seq_len, self.tokenizer.bos_id, generator=generator, device=self.device
-                    )
-                elif self.method == "fmlm":
-                    tokens = fmlm_sample(
-                        self.net,
-                        n,
-                        seq_len,
-                        vocab,
-                        steps,
-                        gamma=gamma,
-                        generator=generator,
-                        device=self.device,
-                        input_noise=input_noise,
-                    )
-                else:
-                    tokens = flm_sample(
-                        self.net,
-                        n,
-                        seq_len,
-                        vocab,
-                        steps,
-                        generator=generator,
-                        device=self.device,
-                        guidance=guidance,
-                        input_noise=input_noise,
-                    )
+                request = SampleRequest(
+                    net=self.net,
+                    num_samples=n,
+                    seq_len=seq_len,
+                    vocab_size=self.net.config.vocab_size,
+                    steps=steps,
+                    generator=generator,
+                    device=self.device,
+                    options=resolved,
+                    input_noise=input_noise,
+                    teacher=self.teacher,
+                    bos_id=self.tokenizer.bos_id,
+                )
+                tokens = method.sample(request)
                 chunks.append(tokens.cpu())
         return torch.cat(chunks)
 
@@ -224,13 +185,12 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: 
             f"the tokenizer in {directory} has {tokenizer.vocab_size} tokens but the model expects "
             f"{config.vocab_size}: the checkpoint was assembled from mismatched parts; re-export it"
         )
-    if meta.get("method") not in METHODS:
-        raise CheckpointError(f"{directory} holds a {meta.get('method')!r} model, which this flowlm cannot sample")
+    method = registry.for_meta(meta, where=str(directory))
     net = DiT(config)
     load_state_strict(net, read_weights(directory, meta), str(directory))
     teacher = None
-    if meta["method"] == "fmlm-v1-stage1":
-        # The stage-1 map adds g to the teacher's velocity: it samples with its (verified) teacher.
+    if method.samples_with_teacher:
+        # E.g. the v1 stage-1 map adds g to the teacher's velocity: it samples with its (verified) teacher.
         recorded = meta["teacher"]
         teacher_model = load(recorded["path"], device=device)
         if teacher_model.meta.get("weights_sha256") != recorded["weights_sha256"]:

@@ -20,6 +20,32 @@ def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
+def add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    """``--<option>`` for every sampler option of the registered methods (``--guidance``, ``--gamma``, ...)."""
+    from flowlm.methods import registry
+
+    owners: dict[str, list[str]] = {}
+    for kind in registry.methods():
+        for option in kind.options:
+            owners.setdefault(option.name, [])
+            if kind.title not in owners[option.name]:
+                owners[option.name].append(kind.title)
+    for name, option in registry.sampler_options().items():
+        kind = type(option.default) if option.default is not None else float
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"option_{name}",
+            type=kind,
+            help=f"{option.help} ({', '.join(owners[name])}; default {option.default})",
+        )
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The sampler options given on the command line (see :func:`add_sampler_options`)."""
+    prefix = "option_"
+    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowlm", description="Flow language models: train and sample.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -34,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--method",
         help="flm (flow language model, the presets' default), or a baseline: mdlm (masked diffusion) or ar "
-        "(autoregressive, causal DiT of the same size)",
+        "(autoregressive, causal DiT of the same size); any method registered in flowlm.methods.registry",
     )
     tr.add_argument("--data", help="corpus: shakespeare (embedded), a .txt file or folder, lm1b, openwebtext, wikitext")
     tr.add_argument("--tokenizer", help="bert-base-uncased, gpt2, bpe:<size>, or a Hugging Face tokenizer name")
@@ -51,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument(
         "--recipe",
         default="psd",
-        choices=("psd", "v1-stage1", "v1-stage2"),
-        help="psd (SPEC §3, default) or the paper's v1 two-stage recipe (SPEC §4)",
+        help="psd (SPEC §3, default) or the paper's v1 two-stage recipe (SPEC §4): v1-stage1, v1-stage2",
     )
     di.add_argument("--stage1", help="v1-stage2 only: the v1-stage1 model folder to regress onto")
     add_run_options(di, "runs/fmlm-<recipe>-<teacher run name>")
@@ -72,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--num-samples", "-n", type=int, default=4, help="how many samples (default 4)")
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
-    sa.add_argument("--guidance", type=float, help="autoguidance strength η (FLM; default off)")
-    sa.add_argument("--gamma", type=float, default=0.0, help="churn γ in [0, 1] of the flow-map sampler (FMLM)")
+    add_sampler_options(sa)
     sa.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
     sa.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sa.add_argument("--out", help="write JSONL here instead of printing")
@@ -113,8 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-samples", "-n", type=int, default=256, help="samples per step count (default 256)")
     ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ev.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
-    ev.add_argument("--guidance", type=float, help="autoguidance strength η (FLM; default off)")
-    ev.add_argument("--gamma", type=float, default=0.0, help="churn γ in [0, 1] of the flow-map sampler (FMLM)")
+    add_sampler_options(ev)
     ev.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
     add_judge_options(ev)
 
@@ -215,8 +238,11 @@ def run_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     if is_main_process():
+        from flowlm.methods import registry
+        from flowlm.training.checkpoint import read_meta
+
         print(f"model written to {model_dir}")
-        steps = "" if args.method == "ar" else " --steps 64"
+        steps = " --steps 64" if registry.for_meta(read_meta(model_dir)).takes_steps else ""
         print(f"sample from it with: flowlm sample {model_dir}{steps}")
 
 
@@ -242,22 +268,23 @@ def run_distill(args: argparse.Namespace) -> None:
 def run_sample(args: argparse.Namespace) -> None:
     import flowlm
     from flowlm.api import resolve_steps
+    from flowlm.eval.run import option_provenance
     from flowlm.training.checkpoint import code_version
 
     model = flowlm.load(args.checkpoint, device=args.device)
+    options = given_options(args)
     start = time.perf_counter()
     tokens = model.sample_tokens(
         args.num_samples,
         args.steps,
         seed=args.seed,
         seq_len=args.seq_len,
-        guidance=args.guidance,
-        gamma=args.gamma,
         batch_size=args.batch_size,
+        **options,
     )
     seconds = time.perf_counter() - start
     texts = model.decode(tokens)
-    steps = resolve_steps(model.method, args.steps)
+    steps = resolve_steps(model.method_def, args.steps)
     if args.out is None:
         for i, text in enumerate(texts):
             print(f"--- sample {i} ---\n{text}")
@@ -269,10 +296,9 @@ def run_sample(args: argparse.Namespace) -> None:
         "weights_sha256": model.meta.get("weights_sha256"),
         "method": model.method,
         "sampler": model.sampler,
-        "gamma": args.gamma if model.method == "fmlm" else None,
+        **option_provenance(model, options),
         "steps": steps,
         "seed": args.seed,
-        "guidance": args.guidance,
         "precision": "float32",
         "num_samples": args.num_samples,
         "seconds_per_sample": seconds / args.num_samples,
@@ -298,20 +324,20 @@ def _print_report(results: dict, out: str) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     import flowlm
     from flowlm.eval import distributed, load_judge, plots
-    from flowlm.eval.run import STEPLESS_METHODS, evaluate, parse_steps
+    from flowlm.eval.run import evaluate, parse_steps
 
     steps = parse_steps(args.steps or DEFAULT_EVAL_STEPS)
     plots.require_matplotlib()
     device = distributed.init_from_env(args.device)
     try:
         model = flowlm.load(args.checkpoint, device=device)
-        if model.method in STEPLESS_METHODS and args.steps:
+        if not model.method_def.takes_steps and args.steps:
             print(f"flowlm: note: {model.method} has no step count; --steps ignored, evaluated once", file=sys.stderr)
         judge = load_judge(args.judge, device=device)
         results = evaluate(
             model, judge, steps, args.out, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
-            judge_batch_size=args.judge_batch_size, seq_len=args.seq_len, gamma=args.gamma, guidance=args.guidance,
-            progress=not args.quiet,
+            judge_batch_size=args.judge_batch_size, seq_len=args.seq_len, progress=not args.quiet,
+            **given_options(args),
         )  # fmt: skip
     finally:
         distributed.finish()

@@ -2,7 +2,8 @@
 
 A run is ``RunConfig(data, model, train)``. ``model`` holds the DiT sizes except the vocabulary
 size and length, which come from the tokenizer and ``data.seq_len``, and the options that follow from
-the method (``causal`` for AR, ``mask_input`` for MDLM; see :data:`METHOD_MODEL`).
+the method (``causal`` for AR, ``mask_input`` for MDLM: each method's ``dit_options``, see
+:mod:`flowlm.methods.registry`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ from typing import Any
 import yaml
 
 from flowlm.errors import ConfigError
+from flowlm.methods import registry
 from flowlm.methods.lowrank import INPUT_NOISE
 from flowlm.nn.dit import DiTConfig
 
 PRESET_ALIASES = {"small": "lm1b-small"}
-METHODS = ("flm", "fmlm", "mdlm", "ar")
-# DiT options fixed by the method rather than chosen by the user.
-METHOD_MODEL = {"mdlm": {"mask_input": True}, "ar": {"causal": True}}
-RECIPES = ("psd", "v1-stage1", "v1-stage2")
 STRATEGIES = ("auto", "ddp")
 
 
@@ -34,8 +32,9 @@ class DataConfig:
     cache_dir: str | None = None
 
 
-def _dit(self, vocab_size: int, seq_len: int, method: str = "flm") -> DiTConfig:
-    return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **asdict(self), **METHOD_MODEL.get(method, {}))
+def _dit(self, vocab_size: int, seq_len: int, options: dict | None = None) -> DiTConfig:
+    """The DiTConfig of these sizes; ``options`` are the DiT options a method fixes (its ``dit_options``)."""
+    return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **{**asdict(self), **(options or {})})
 
 
 # The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len) and
@@ -96,7 +95,7 @@ class DistillConfig:
     def resolved_boundary_frac(self) -> float:
         if self.boundary_frac is not None:
             return self.boundary_frac
-        return 1 / 128 if self.recipe == "v1-stage2" else 1 / 64
+        return registry.for_recipe(self.recipe).default_boundary_frac
 
 
 @dataclass
@@ -219,8 +218,10 @@ def validate_distributed(t: TrainConfig) -> None:
 
 def validate(cfg: RunConfig) -> None:
     t = cfg.train
-    if t.method not in METHODS:
-        raise ConfigError(f"unknown method {t.method!r}: choose one of {', '.join(METHODS)}")
+    d = cfg.distill
+    if d.recipe not in registry.distillation_recipes():
+        raise ConfigError(f"distill.recipe={d.recipe!r}: choose one of {', '.join(registry.distillation_recipes())}")
+    method = registry.for_config(cfg)
     for name in ("max_steps", "batch_size", "log_every", "ckpt_every", "val_every"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name}={getattr(t, name)} must be >= 1")
@@ -231,7 +232,7 @@ def validate(cfg: RunConfig) -> None:
     if t.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):
         raise ConfigError(f"train.precision={t.precision!r}: use auto, 32, bf16-mixed, 16-mixed or 64")
     validate_distributed(t)
-    if t.loss_weighting and t.method in METHOD_MODEL:
+    if t.loss_weighting and not method.learnable_weighting:
         raise ConfigError(
             f"train.loss_weighting learns a time weighting of the flow losses; train.method={t.method} has its own "
             "fixed weighting: set train.loss_weighting=false"
@@ -240,15 +241,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"train.input_noise={t.input_noise!r}: use auto (low-rank states when V > d), lowrank or naive"
         )
-    d = cfg.distill
-    if t.method == "fmlm" and not d.teacher:
-        raise ConfigError("train.method=fmlm distills a teacher: use flowlm distill --teacher CKPT")
-    if d.recipe not in RECIPES:
-        raise ConfigError(f"distill.recipe={d.recipe!r}: choose one of {', '.join(RECIPES)}")
-    if d.recipe == "v1-stage2" and t.method == "fmlm" and not d.stage1:
-        raise ConfigError("distill.recipe=v1-stage2 regresses onto a stage-1 map: pass --stage1 CKPT")
+    if method.distills and not d.teacher:
+        raise ConfigError(f"train.method={t.method} distills a teacher: use flowlm distill --teacher CKPT")
+    if "stage1" in method.needs and not d.stage1:
+        raise ConfigError(f"distill.recipe={d.recipe} regresses onto a stage-1 map: pass --stage1 CKPT")
     if not (0 <= d.diag_frac and 0 <= d.resolved_boundary_frac() and d.diag_frac + d.resolved_boundary_frac() <= 1):
         raise ConfigError("distill.diag_frac and distill.boundary_frac must be >= 0 and sum to at most 1")
     if cfg.data.seq_len < 3:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len}: blocks need room for BOS, EOS and text (>= 3)")
-    cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len, method=t.method)
+    cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len, options=method.dit_options)

@@ -9,27 +9,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from flowlm.errors import CheckpointError
+from flowlm.api import load
+from flowlm.demo_models import DEMO_DIR, DEMO_MODELS, PREFIX, demo_path
 
-DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
-DEMO_MODELS = ("flm", "fmlm")
-PREFIX = "demo:"
-
-
-def demo_path(name: str) -> Path:
-    """Folder of the shipped demo model ``name`` (``flm`` or ``fmlm``; a ``demo:`` prefix is accepted)."""
-    key = name[len(PREFIX) :] if name.startswith(PREFIX) else name
-    if key not in DEMO_MODELS:
-        raise CheckpointError(f"unknown demo model {name!r}: use one of {', '.join(PREFIX + m for m in DEMO_MODELS)}")
-    path = DEMO_DIR / key
-    if not (path / "flowlm.json").is_file():
-        raise CheckpointError(
-            f"the demo model {key!r} is missing from this installation ({path}): reinstall flowlm from a full "
-            "source tree (the demo weights are package data)"
-        )
-    return path
+__all__ = ["DEMO_DIR", "DEMO_MODELS", "PREFIX", "DemoRun", "demo_path", "format_demo", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +38,6 @@ def run_demo(
     One single-sample, one-step call per model runs first and is not timed, so the numbers exclude
     one-off start-up costs (thread pools, first allocations).
     """
-    from flowlm.api import load
-
     runs = []
     for name, step_list in (("fmlm", fmlm_steps), ("flm", flm_steps)):
         model = load(demo_path(name), device=device)

@@ -65,11 +65,8 @@ def save_pretrained(model, directory: str | Path, license: str | None = None, ca
     """Write ``model`` (a :class:`flowlm.FlowLM`) as a model folder with its model card."""
     from flowlm.training.checkpoint import save_model
 
-    if model.method == "fmlm-v1-stage1":
-        raise CheckpointError(
-            "a v1 stage-1 model samples with its teacher, which is referenced by a local path: "
-            "publish the stage-2 model (flowlm distill --recipe v1-stage2) instead"
-        )
+    if model.method_def.unpublishable:
+        raise CheckpointError(model.method_def.unpublishable)
     meta = {k: v for k, v in model.meta.items() if k not in ("format", "format_version", "weights_sha256")}
     if license is not None:
         meta["license"] = license

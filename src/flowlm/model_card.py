@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 
-METHOD_TEXT = {
-    "flm": "a flow language model (FLM): continuous denoising of one-hot tokens, sampled with the Euler sampler",
-    "fmlm": "a flow-map language model (FMLM): a distilled flow map that samples in one or a few steps",
-    "fmlm-v1-stage1": "a stage-1 flow map of the v1 recipe (it samples with its teacher)",
-}
-SUGGESTED_STEPS = {"flm": 1024, "fmlm": 1, "fmlm-v1-stage1": 4}
+from flowlm.errors import CheckpointError
+from flowlm.methods import registry
 
 
 def _yaml_list(items: list[str]) -> str:
@@ -23,12 +19,16 @@ def model_card(meta: dict, name: str | None = None) -> str:
     ``name`` is how a reader loads the model (a Hub id or a folder); ``meta`` is the ``flowlm.json`` document.
     """
     method = meta.get("method", "flm")
+    try:
+        method_def = registry.for_meta({**meta, "method": method})
+        text, steps, options = method_def.card_text, method_def.suggested_steps, method_def.card_options
+    except CheckpointError:  # a method this flowlm does not know: describe it by its name
+        text, steps, options = method, 64, ""
     run = meta.get("run", {}) or {}
     data = run.get("data", {}) or {}
     model = meta.get("model", {}) or {}
     tokenizer = meta.get("tokenizer", {}) or {}
     source = name or "path/to/this/folder"
-    steps = SUGGESTED_STEPS.get(method, 64)
     tags = ["flowlm", "flow-language-model", "text-generation", method]
     if meta.get("imported_from"):
         tags.append("imported")
@@ -57,7 +57,8 @@ def model_card(meta: dict, name: str | None = None) -> str:
             ("imported from", f"reference checkpoint `{imported.get('algo')}`, SHA-256 `{imported.get('sha256')}`")
         )
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
-    gamma = ", gamma=0.8" if method == "fmlm" else ""  # the paper's LM1B churn; gamma=0 is deterministic
+    python_steps = "" if steps is None else f", steps={steps}"
+    cli_steps = "" if steps is None else f" --steps {steps}"
     return f"""---
 library_name: flowlm
 license: {meta.get("license", "other")}
@@ -68,7 +69,7 @@ pipeline_tag: text-generation
 
 # {name or "flowlm model"}
 
-This is {METHOD_TEXT.get(method, method)}, made with flowlm and stored in its model-folder
+This is {text}, made with flowlm and stored in its model-folder
 format: `model.safetensors` (weights), `flowlm.json` (configuration and provenance) and
 `tokenizer/`.
 
@@ -86,10 +87,10 @@ The full configuration is in `flowlm.json` (`run`, `model`).
 import flowlm
 
 model = flowlm.load("{source}")  # a Hub id or a local folder
-texts = model.generate(num_samples=4, steps={steps}{gamma})
+texts = model.generate(num_samples=4{python_steps}{options})
 ```
 
-or on the command line: `flowlm sample {source} --steps {steps} -n 4`.
+or on the command line: `flowlm sample {source}{cli_steps} -n 4`.
 
 <details><summary>flowlm.json</summary>
 

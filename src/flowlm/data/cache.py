@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flowlm.data.corpus import Corpus, load_corpus
+from flowlm.data.corpus import Corpus
 from flowlm.data.packing import PackStats, pack_wrapped_batches
+from flowlm.data.sources import load_corpus
 from flowlm.data.tokenizer import Tokenizer
 from flowlm.errors import DataError
 

@@ -1,4 +1,5 @@
-"""Corpora: ``load_corpus(spec, split)`` gives the documents (strings) of a corpus split.
+"""Corpora: the embedded Shakespeare and local text files; :func:`flowlm.data.sources.load_corpus` (spec, split)
+gives the documents (strings) of a corpus split, of these or of a Hugging Face dataset (:mod:`flowlm.data.hf`).
 
 Specs:
 
@@ -111,7 +112,7 @@ def shakespeare_works() -> list[str]:
     return lzma.decompress(path.read_bytes()).decode("utf-8").split(WORK_SEPARATOR)
 
 
-def _shakespeare(split: str) -> Corpus:
+def shakespeare_corpus(split: str) -> Corpus:
     keep = _held_out(split, "shakespeare")
 
     def docs() -> Iterator[str]:
@@ -159,7 +160,7 @@ def _text_files(root: Path) -> list[Path]:
     return files
 
 
-def _local(spec: str, path: Path, split: str) -> Corpus:
+def local_corpus(spec: str, path: Path, split: str) -> Corpus:
     keep = _held_out(split, spec)
     files = [path] if path.is_file() else _text_files(path)
 
@@ -169,27 +170,3 @@ def _local(spec: str, path: Path, split: str) -> Corpus:
 
     stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     return Corpus(spec, split, lambda: _select(docs(), keep), _hash("local", stats, split, CORPUS_FORMAT))
-
-
-def load_corpus(spec: str, split: str = "train", *, streaming: bool | None = None) -> Corpus:
-    """The documents of ``split`` of the corpus named by ``spec`` (see the module docstring).
-
-    ``streaming`` only matters for Hugging Face datasets (default: stream ``openwebtext``, download and
-    memory-map the others). The result is re-iterable and carries a ``fingerprint`` for caching.
-    """
-    from flowlm.data import hf
-
-    if not isinstance(spec, str) or not spec.strip():
-        raise DataError(f"corpus spec must be a non-empty string, got {spec!r}: use {CHOICES}")
-    spec = spec.strip()
-    split = normalize_split(split)
-    if spec == "shakespeare":
-        return _shakespeare(split)
-    if spec in hf.KNOWN or spec.startswith("hf:"):
-        return hf.hf_corpus(spec, split, streaming=streaming)
-    path = Path(spec).expanduser()
-    if path.is_dir() and hf.is_saved_dataset(path):
-        return hf.hf_corpus(f"hf:{spec}", split, streaming=streaming)
-    if path.is_file() or path.is_dir():
-        return _local(spec, path, split)
-    raise DataError(f"unknown corpus {spec!r} (and no such file or folder): use {CHOICES}")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from flowlm.data.cache import PackedBlocks, atomic_dir, build_token_cache, default_cache_dir, slug
-from flowlm.data.corpus import load_corpus
+from flowlm.data.sources import load_corpus
 from flowlm.data.tokenizer import META_FILE, Tokenizer, is_trained_spec, load_tokenizer, parse_bpe_size
 
 DEFAULT_TRAIN_MB = 50.0

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from flowlm.errors import ConfigError
-from flowlm.eval.judges import CausalLMJudge
+from flowlm.eval.causal_judge import CausalLMJudge
+from flowlm.methods import registry
 from flowlm.training.checkpoint import META, read_meta, resolve_model_dir
 
 __all__ = ["ARJudge", "is_flowlm_folder", "load_ar_judge"]
@@ -53,13 +54,13 @@ class ARJudge(CausalLMJudge):
     """Scores texts with a trained flowlm AR model; build it with :func:`load_ar_judge` or ``load_judge(path)``.
 
     Args:
-        model: a :class:`flowlm.FlowLM` whose ``method`` is ``"ar"``.
+        model: a :class:`flowlm.FlowLM` of a next-token method (``next_token_model``: AR).
         name: how results name this judge (the folder it was loaded from).
         max_length: the window ``C`` (BOS included), from 2 to ``seq_len − 1`` (the default).
     """
 
     def __init__(self, model, *, name: str, max_length: int | None = None) -> None:
-        if model.method != "ar":
+        if not registry.of_model(model).next_token_model:
             raise ConfigError(
                 f"{name} is a {model.method} model: an in-domain judge must be autoregressive "
                 "(train one with flowlm train --method ar on the same corpus)"
@@ -126,10 +127,10 @@ def load_ar_judge(
     from flowlm.api import load
 
     directory = resolve_model_dir(Path(spec).expanduser())
-    method = read_meta(directory).get("method")
-    if method != "ar":
+    meta = read_meta(directory)
+    if not registry.for_meta(meta, where=str(directory)).next_token_model:
         raise ConfigError(
-            f"judge {str(spec)!r} is a flowlm {method} model: only an AR model can judge "
+            f"judge {str(spec)!r} is a flowlm {meta.get('method')} model: only an AR model can judge "
             "(train one with flowlm train --method ar), or give a Hugging Face causal LM"
         )
     model = load(directory, device=device)

@@ -32,9 +32,8 @@ from flowlm.eval.metrics import (
     self_bleu,
 )
 from flowlm.eval.samples import Chunk, SampleSet, file_name, read_samples, sha256_of, write_samples
+from flowlm.methods import registry
 
-# Methods whose sampler has no step count (autoregressive decoding): evaluated once, with steps=None.
-STEPLESS_METHODS = frozenset({"ar"})
 DIVERSITY_N = 4
 
 ENTROPY_DEFINITION = (
@@ -101,21 +100,27 @@ def hardware(device: Any) -> dict:
     }
 
 
-def sampling_provenance(
-    model: Any, *, seed: int, gamma: float, guidance: float | None, seq_len: int, batch_size: int
-) -> dict:
+def option_provenance(model: Any, given: dict) -> dict:
+    """The sampler options of a sampling run as provenance records them: every option any registered method
+    has (None where this model's method lacks it), this method's defaults filled in, checked."""
+    from flowlm.api import sampler_options
+
+    resolved = sampler_options(registry.of_model(model), **given)
+    return {name: resolved.get(name) for name in registry.sampler_options()}
+
+
+def sampling_provenance(model: Any, *, seed: int, options: dict, seq_len: int, batch_size: int) -> dict:
+    """Provenance of sampling ``model`` with the given (unresolved) sampler ``options``."""
     from flowlm.training.checkpoint import provenance
 
-    method = model.method
     return provenance(
         checkpoint=str(model.path),
         weights_sha256=model.meta.get("weights_sha256"),
         checkpoint_step=model.meta.get("step"),
         label=model_label(model),
-        method=method,
+        method=model.method,
         sampler=model.sampler,
-        gamma=gamma if method == "fmlm" else None,
-        guidance=guidance,
+        **option_provenance(model, options),
         seed=seed,
         seq_len=seq_len,
         batch_size=batch_size,
@@ -143,8 +148,7 @@ def generate_chunks(
     seed: int,
     batch_size: int,
     seq_len: int | None = None,
-    gamma: float = 0.0,
-    guidance: float | None = None,
+    options: dict | None = None,
     progress: bool = True,
 ) -> tuple[list[Chunk], float]:
     """This rank's batches of one sampling request (ids, judge texts, ended flags) and the wall-clock
@@ -152,7 +156,7 @@ def generate_chunks(
     rank, _ = rank_and_world()
     n_batches = math.ceil(num_samples / batch_size)
     mine = my_batches(n_batches)
-    kwargs = dict(seed=seed, seq_len=seq_len, guidance=guidance, gamma=gamma, batch_size=batch_size)
+    kwargs = dict(seed=seed, seq_len=seq_len, batch_size=batch_size, **(options or {}))
     if mine:
         model.sample_tokens(num_samples, steps, batches=[mine[0]], **kwargs)
     chunks, seconds = [], 0.0
@@ -271,31 +275,32 @@ def evaluate(
     batch_size: int = 64,
     judge_batch_size: int = 8,
     seq_len: int | None = None,
-    gamma: float = 0.0,
+    gamma: float | None = None,
     guidance: float | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> dict:
     """Sample ``model`` at each step count, time, score with ``judge``, write samples and the report to ``out``.
 
     Runs sharded when ``torch.distributed`` is initialized (every rank calls it with the same
-    arguments; rank 0 writes). A method in :data:`STEPLESS_METHODS` is evaluated once with
-    ``steps=None`` whatever ``steps`` says. Returns the results dict written to ``results.json``.
+    arguments; rank 0 writes). A method without steps (``takes_steps`` false, e.g. AR) is evaluated once with
+    ``steps=None`` whatever ``steps`` says. ``gamma``, ``guidance`` and other ``options`` go to the sampler
+    (None: not given). Returns the results dict written to ``results.json``.
     """
     plots.require_matplotlib()
     check_counts(num_samples, batch_size)
-    step_list: list[int | None] = [None] if model.method in STEPLESS_METHODS else parse_steps(steps)
+    options = {k: v for k, v in dict(options, gamma=gamma, guidance=guidance).items() if v is not None}
+    step_list: list[int | None] = parse_steps(steps) if registry.of_model(model).takes_steps else [None]
     seq_len = seq_len or model.seq_len
     out = Path(out)
     rank, world = rank_and_world()
-    sampling = sampling_provenance(
-        model, seed=seed, gamma=gamma, guidance=guidance, seq_len=seq_len, batch_size=batch_size
-    )
+    sampling = sampling_provenance(model, seed=seed, options=options, seq_len=seq_len, batch_size=batch_size)
     n_batches = math.ceil(num_samples / batch_size)
     sample_sets = []
     for steps_k in step_list:
         chunks, seconds = generate_chunks(
             model, steps_k, num_samples=num_samples, seed=seed, batch_size=batch_size, seq_len=seq_len,
-            gamma=gamma, guidance=guidance, progress=progress,
+            options=options, progress=progress,
         )  # fmt: skip
         score_chunks(judge, chunks, batch_size=judge_batch_size, progress=progress)
         rank_seconds = gather(seconds)

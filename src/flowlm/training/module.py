@@ -1,7 +1,7 @@
 """Lightning module that trains any flowlm method on the DiT backbone.
 
-It owns the network, the EMA, the optimizer and the per-step random streams; the math lives in
-``flowlm.methods`` and is called through :func:`method_loss`.
+It owns the network, the EMA, the optimizer and the per-step random streams; what to train is the run's
+method object (:mod:`flowlm.methods.registry`), whose loss :meth:`FlowLMModule.method_loss` calls.
 """
 
 from __future__ import annotations
@@ -14,25 +14,12 @@ import torch
 
 from flowlm.config import RunConfig
 from flowlm.errors import ConfigError, TrainingDivergedError
-from flowlm.methods.ar import ar_loss
+from flowlm.methods import registry
+from flowlm.methods.base import LossContext
 from flowlm.methods.common import LossWeighting
-from flowlm.methods.flm import flm_loss
-from flowlm.methods.fmlm import init_stage1, init_student, psd_loss, v1_stage1_loss, v1_stage2_loss
-from flowlm.methods.mdlm import mdlm_loss
 from flowlm.nn.dit import DiT
 from flowlm.training.ema import EMA
 
-# Per method: the key of its unweighted loss in the loss dict, and the name it is logged under. FLM's is a
-# denoising cross-entropy, not a likelihood: it is never turned into a perplexity. MDLM's (a bound on the NLL)
-# and AR's (the exact NLL) are, both in nats per token, so their validation also logs exp() of them.
-METRICS = {
-    "flm": ("ce", "denoising_ce"),
-    "fmlm": ("ce", "denoising_ce"),
-    "v1": ("mse", "map_mse"),
-    "mdlm": ("nll_bound", "nll_bound"),
-    "ar": ("nll", "nll"),
-}
-PERPLEXITY = {"mdlm": "ppl_bound", "ar": "ppl"}
 # Checkpoints record how the step noise is laid out across ranks (FlowLMModule.global_draws): "global" = drawn
 # for the whole global micro-batch and sliced per rank. Older multi-process checkpoints drew per rank.
 DRAWS = "global"
@@ -77,22 +64,18 @@ class FlowLMModule(L.LightningModule):
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.accumulate = accumulate
-        self.distilling = cfg.train.method == "fmlm"
-        self.recipe = cfg.distill.recipe if self.distilling else None
-        if self.distilling:
-            if teacher is None or (self.recipe == "v1-stage2" and stage1 is None):
-                raise ValueError(f"distillation with recipe {self.recipe} needs its frozen networks")
-            # A copy of the (eval-mode) teacher: train mode, so the student uses its dropout like the teacher did.
-            self.net = (init_stage1(teacher) if self.recipe == "v1-stage1" else init_student(teacher)).train()
-            # Frozen networks are kept out of the module's state dict: checkpoints never contain them.
-            self.frozen = [teacher.eval().requires_grad_(False)]
-            if stage1 is not None:
-                self.frozen.append(stage1.eval().requires_grad_(False))
-        else:
-            self.net = DiT(cfg.model.dit(vocab_size, cfg.data.seq_len, cfg.train.method))
-        # SPEC §4: stage 1 of the v1 recipe always learns its loss weighting.
-        weighted = cfg.train.loss_weighting or self.recipe == "v1-stage1"
-        self.weighting = LossWeighting(cfg.model.cond_dim, two_times=self.distilling) if weighted else None
+        self.method = registry.for_config(cfg)
+        given = {"teacher": teacher, "stage1": stage1}
+        missing = [role for role in self.method.needs if given[role] is None]
+        if missing:
+            raise ValueError(f"method {self.method.name} needs its frozen networks: {', '.join(missing)}")
+        frozen = tuple(given[role] for role in self.method.needs)
+        self.net = self.method.build_network(cfg, vocab_size, frozen)
+        # Frozen networks are kept out of the module's state dict (a plain list): checkpoints never contain them.
+        self.frozen = [net.eval().requires_grad_(False) for net in frozen]
+        weighted = cfg.train.loss_weighting or self.method.always_weighted
+        two_times = self.method.time_inputs == 2
+        self.weighting = LossWeighting(cfg.model.cond_dim, two_times=two_times) if weighted else None
         self.ema = EMA(self.net, cfg.train.ema_decay)
         # Not registered as a submodule: the compiled wrapper shares self.net's parameters, and registering
         # it would store every weight twice in the training checkpoint.
@@ -120,43 +103,13 @@ class FlowLMModule(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """The method's loss dict for tokens [B, L]. ``rows = (first, total)``: ``tokens`` are rows
         [first, first + B) of a global micro-batch of ``total`` rows that starts at sample ``sample_offset``
-        (AR draws nothing and ignores both)."""
-        method = self.cfg.train.method
-        if method == "mdlm":
-            return mdlm_loss(net, tokens, self.vocab_size, generator=generator, rows=rows)
-        if method == "ar":
-            return ar_loss(net, tokens)
-        noise = self.cfg.train.input_noise
-        if not self.distilling:
-            return flm_loss(
-                net,
-                tokens,
-                self.vocab_size,
-                generator=generator,
-                weighting=self.weighting,
-                input_noise=noise,
-                rows=rows,
-            )
-        d = self.cfg.distill
-        common = dict(
-            generator=generator,
-            sample_offset=sample_offset,
-            rows=rows,
-            boundary_frac=d.resolved_boundary_frac(),
-            weighting=self.weighting,
-            input_noise=noise,
-        )
-        teacher = self.frozen[0]
-        if self.recipe == "v1-stage1":
-            return v1_stage1_loss(net, teacher, tokens, self.vocab_size, **common)
-        if self.recipe == "v1-stage2":
-            return v1_stage2_loss(net, teacher, self.frozen[1], tokens, self.vocab_size, **common)
-        return psd_loss(net, teacher, tokens, self.vocab_size, diag_frac=d.diag_frac, **common)
+        (a method that draws nothing ignores both)."""
+        ctx = LossContext(self.vocab_size, self.cfg, tuple(self.frozen), self.weighting)
+        return self.method.loss(net, tokens, ctx, generator=generator, sample_offset=sample_offset, rows=rows)
 
     def on_fit_start(self) -> None:
-        if self.distilling:
-            for net in self.frozen:
-                net.to(self.device)
+        for net in self.frozen:
+            net.to(self.device)
 
     def generator(self, step: int, micro: int, stream: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.train.seed, step, micro, stream))
@@ -193,11 +146,11 @@ class FlowLMModule(L.LightningModule):
     @property
     def metric_key(self) -> str:
         """The method's unweighted loss: denoising cross-entropy, v1 stage-1/2 map MSE, NLL bound or NLL."""
-        return METRICS["v1" if self.recipe in ("v1-stage1", "v1-stage2") else self.cfg.train.method][0]
+        return self.method.metric_key
 
     @property
     def metric_name(self) -> str:
-        return METRICS["v1" if self.recipe in ("v1-stage1", "v1-stage2") else self.cfg.train.method][1]
+        return self.method.metric_name
 
     def check_finite(self) -> None:
         """Raise if any loss on any rank since the last check was NaN/inf (one host sync, one all-reduce:
@@ -258,7 +211,7 @@ class FlowLMModule(L.LightningModule):
         self._val_sum, self._val_count = None, 0
 
     def on_validation_epoch_end(self) -> None:
-        name = PERPLEXITY.get(self.cfg.train.method)
+        name = self.method.perplexity_name  # set only when the metric is a likelihood (nats per token)
         if name is not None and self._val_count:
             # exp of the mean NLL over all validation batches (equal sizes) and devices, not a mean of exps.
             total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
@@ -293,7 +246,7 @@ class FlowLMModule(L.LightningModule):
         checkpoint["rng"] = {"cpu_per_rank": gather(torch.get_rng_state().to(self.device)).cpu(), "cuda_per_rank": cuda}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.trainer.world_size > 1 and checkpoint.get("draws") != DRAWS and self.cfg.train.method != "ar":
+        if self.trainer.world_size > 1 and checkpoint.get("draws") != DRAWS and self.method.draws_noise:
             raise ConfigError(
                 "this checkpoint comes from a multi-process run of an older flowlm that drew the training noise per "
                 "rank; it cannot be resumed exactly: start a new run (a new --out folder) or resume with that version"

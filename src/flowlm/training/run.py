@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from flowlm.config import RunConfig, apply_overrides, device_count, load_preset
 from flowlm.data import prepare_blocks, prepare_tokenizer
 from flowlm.errors import ConfigError
+from flowlm.methods import registry
 from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader
 from flowlm.training.checkpoint import provenance, save_model
 from flowlm.training.module import FlowLMModule
@@ -69,9 +70,8 @@ class Checkpointing(Callback):
 def export_model(directory: Path, module: FlowLMModule, tokenizer, step: int, extra_meta: dict) -> Path:
     """Write the EMA weights of ``module.net`` with provenance to ``directory``."""
     cfg = module.cfg
-    method = "fmlm-v1-stage1" if module.recipe == "v1-stage1" else cfg.train.method
     meta = provenance(
-        method=method,
+        method=module.method.records,
         model=module.net.config.to_dict(),
         run=cfg.to_dict(),
         tokenizer={"spec": tokenizer.spec, "name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
@@ -147,12 +147,16 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         )
 
 
-def check_teacher_method(path: str, method: str | None) -> None:
-    """Only an FLM can be distilled: MDLM and AR baselines have no flow, an FMLM is already distilled."""
-    if method != "flm":
-        hint = " (MDLM and AR are baselines without a flow to distill)" if method in ("mdlm", "ar") else ""
+def check_teacher_method(path: str, meta: dict) -> None:
+    """Only a distillable method (FLM) can be a teacher: MDLM and AR baselines have no flow, an FMLM is
+    already distilled."""
+    method = registry.for_meta(meta, where=path)
+    if not method.distillable:
+        hint = "" if method.distills else " (baselines without a flow to distill)"
+        teachers = ", ".join(m.train_method for m in registry.methods() if m.distillable)
         raise ConfigError(
-            f"the teacher {path} is a {method} model{hint}: distill from an FLM, trained by flowlm train --method flm"
+            f"the teacher {path} is a {method.records} model{hint}: distill from an FLM, trained by flowlm train "
+            f"--method {teachers}"
         )
 
 
@@ -161,20 +165,21 @@ def load_frozen(cfg: RunConfig):
 
     Both networks come with their EMA weights; the provenance names each by path and weight hash.
     """
-    if cfg.train.method != "fmlm":
+    method = registry.for_config(cfg)
+    if not method.distills:
         return None, None, {}
     from flowlm.api import load
 
     teacher = load(cfg.distill.teacher)
-    check_teacher_method(cfg.distill.teacher, teacher.method)
+    check_teacher_method(cfg.distill.teacher, teacher.meta)
     meta = {
         "recipe": cfg.distill.recipe,
         "teacher": {"path": str(teacher.path), "weights_sha256": teacher.meta.get("weights_sha256")},
     }
     stage1 = None
-    if cfg.distill.recipe == "v1-stage2":
+    if "stage1" in method.needs:
         first = load(cfg.distill.stage1)
-        if first.method != "fmlm-v1-stage1":
+        if not first.method_def.stage1_provider:
             raise ConfigError(f"distill.stage1={cfg.distill.stage1} is a {first.method} model: pass a v1-stage1 run")
         if first.meta["teacher"]["weights_sha256"] != meta["teacher"]["weights_sha256"]:
             raise ConfigError("the stage-1 checkpoint was distilled from another teacher: use the same --teacher")
@@ -192,10 +197,10 @@ def distill_config(
 
     directory = resolve_model_dir(teacher)
     meta = read_meta(directory)
-    check_teacher_method(str(directory), meta.get("method"))
+    check_teacher_method(str(directory), meta)
     cfg = RunConfig.from_dict({k: v for k, v in meta["run"].items() if k != "distill"})
     cfg.data.tokenizer = str(directory / TOKENIZER)
-    cfg.train.method = "fmlm"
+    cfg.train.method = registry.for_recipe(recipe).train_method
     cfg.train.betas = (0.9, 0.95)
     cfg.train.lr = 3e-4
     cfg.distill.teacher = str(directory)

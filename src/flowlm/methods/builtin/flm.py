@@ -1,0 +1,56 @@
+"""FLM (SPEC §2): denoising cross-entropy, Euler sampler with the last-step jump, optional autoguidance."""
+
+from __future__ import annotations
+
+from flowlm.errors import ConfigError
+from flowlm.methods.base import Method
+from flowlm.methods.flm import flm_loss, flm_sample
+from flowlm.methods.options import GUIDANCE
+
+
+class FlowLanguageModel(Method):
+    name = "flm"
+    title = "FLM"
+    card_text = "a flow language model (FLM): continuous denoising of one-hot tokens, sampled with the Euler sampler"
+    records = "flm"
+    train_method = "flm"
+    metric_key, metric_name = "ce", "denoising_ce"  # not a likelihood: never turned into a perplexity
+    distillable = True
+    sampler_name = "euler"
+    options = (GUIDANCE,)
+    suggested_steps = 1024
+
+    def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
+        return flm_loss(
+            net,
+            tokens,
+            ctx.vocab_size,
+            generator=generator,
+            weighting=ctx.weighting,
+            input_noise=ctx.cfg.train.input_noise,
+            rows=rows,
+        )
+
+    def sample(self, request):
+        return flm_sample(
+            request.net,
+            request.num_samples,
+            request.seq_len,
+            request.vocab_size,
+            request.steps,
+            generator=request.generator,
+            device=request.device,
+            guidance=request.options["guidance"],
+            input_noise=request.input_noise,
+        )
+
+    def check_request(self, model, options):
+        if options["guidance"] is not None and not getattr(model.net.config, "dropout", 0.0):
+            raise ConfigError(
+                f"guidance={options['guidance']}: autoguidance contrasts the model with itself under dropout, and "
+                f"{model.path} was trained without dropout (model.dropout=0), so the guided output would equal the "
+                "unguided one; leave guidance unset, or train with model.dropout > 0"
+            )
+
+
+FLM = FlowLanguageModel()

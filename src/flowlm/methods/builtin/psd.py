@@ -1,0 +1,66 @@
+"""FMLM by PSD distillation (SPEC §3): a two-time flow map learned from a frozen FLM teacher, sampled in
+one or a few steps by the flow-map (γ) sampler."""
+
+from __future__ import annotations
+
+from flowlm.methods.base import Method
+from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
+from flowlm.methods.options import GAMMA
+
+
+class FlowMap(Method):
+    """The flow-map models written by ``flowlm distill`` (PSD; v1 stage 2 subclasses it): they sample alike."""
+
+    title = "FMLM"
+    card_text = "a flow-map language model (FMLM): a distilled flow map that samples in one or a few steps"
+    records = "fmlm"
+    train_method = "fmlm"
+    time_inputs = 2
+    needs = ("teacher",)
+    sampler_name = "flow-map"
+    options = (GAMMA,)
+    suggested_steps = 1
+    card_options = ", gamma=0.8"  # the paper's LM1B churn; gamma=0 is deterministic
+
+    def build_network(self, cfg, vocab_size, frozen=()):
+        # A copy of the (eval-mode) teacher in train mode, so the student uses its dropout like the teacher did.
+        return init_student(frozen[0]).train()
+
+    def distill_arguments(self, ctx, generator, sample_offset, rows) -> dict:
+        """The keyword arguments every flow-map loss takes."""
+        d = ctx.cfg.distill
+        return dict(
+            generator=generator,
+            sample_offset=sample_offset,
+            rows=rows,
+            boundary_frac=d.resolved_boundary_frac(),
+            weighting=ctx.weighting,
+            input_noise=ctx.cfg.train.input_noise,
+        )
+
+    def sample(self, request):
+        return fmlm_sample(
+            request.net,
+            request.num_samples,
+            request.seq_len,
+            request.vocab_size,
+            request.steps,
+            gamma=request.options["gamma"],
+            generator=request.generator,
+            device=request.device,
+            input_noise=request.input_noise,
+        )
+
+
+class ProgressiveSelfDistillation(FlowMap):
+    name = "fmlm"
+    recipe = "psd"
+    default_boundary_frac = 1 / 64  # SPEC §3: 0.5 / 32
+    metric_key, metric_name = "ce", "denoising_ce"
+
+    def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
+        arguments = self.distill_arguments(ctx, generator, sample_offset, rows)
+        return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=ctx.cfg.distill.diag_frac, **arguments)
+
+
+PSD = ProgressiveSelfDistillation()

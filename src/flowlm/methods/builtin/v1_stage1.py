@@ -1,0 +1,63 @@
+"""Stage 1 of the paper's v1 recipe (SPEC §4): a raw second-order network g on top of the teacher's
+velocity, with learnable loss weighting; it samples with its teacher."""
+
+from __future__ import annotations
+
+from flowlm.methods.base import Method
+from flowlm.methods.fmlm import init_stage1, v1_stage1_loss, v1_stage1_sample
+
+
+class V1Stage1(Method):
+    name = "fmlm-v1-stage1"
+    title = "v1 stage-1"
+    card_text = "a stage-1 flow map of the v1 recipe (it samples with its teacher)"
+    records = "fmlm-v1-stage1"
+    train_method = "fmlm"
+    recipe = "v1-stage1"
+    time_inputs = 2
+    needs = ("teacher",)
+    always_weighted = True  # SPEC §4: stage 1 always learns its loss weighting
+    default_boundary_frac = 1 / 64
+    stage1_provider = True
+    metric_key, metric_name = "mse", "map_mse"
+    sampler_name = "v1-stage1-map"
+    suggested_steps = 4
+    samples_with_teacher = True
+    unpublishable = (
+        "a v1 stage-1 model samples with its teacher, which is referenced by a local path: "
+        "publish the stage-2 model (flowlm distill --recipe v1-stage2) instead"
+    )
+
+    def build_network(self, cfg, vocab_size, frozen=()):
+        return init_stage1(frozen[0]).train()
+
+    def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
+        d = ctx.cfg.distill
+        return v1_stage1_loss(
+            net,
+            ctx.frozen[0],
+            tokens,
+            ctx.vocab_size,
+            generator=generator,
+            sample_offset=sample_offset,
+            rows=rows,
+            boundary_frac=d.resolved_boundary_frac(),
+            weighting=ctx.weighting,
+            input_noise=ctx.cfg.train.input_noise,
+        )
+
+    def sample(self, request):
+        return v1_stage1_sample(
+            request.net,
+            request.teacher,
+            request.num_samples,
+            request.seq_len,
+            request.vocab_size,
+            request.steps,
+            generator=request.generator,
+            device=request.device,
+            input_noise=request.input_noise,
+        )
+
+
+V1_STAGE1 = V1Stage1()

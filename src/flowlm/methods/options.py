@@ -1,0 +1,34 @@
+"""Sampler options shared by the built-in methods: autoguidance ``guidance`` (FLM) and churn ``gamma`` (flow maps)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flowlm.errors import ConfigError
+from flowlm.methods.base import Option
+from flowlm.methods.fmlm import check_gamma
+
+
+def check_guidance(value: Any) -> float:
+    """Autoguidance strength η: a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"guidance={value!r}: the autoguidance strength η must be a finite number (e.g. 1.5)")
+    return float(value)
+
+
+GUIDANCE = Option(
+    name="guidance",
+    default=None,
+    check=check_guidance,
+    help="autoguidance strength η: D_weak + η·(D − D_weak), the weak model being the network with dropout active",
+    refusal="autoguidance applies to FLM models; for an FMLM model use gamma",
+)
+GAMMA = Option(
+    name="gamma",
+    default=0.0,
+    check=check_gamma,
+    help="churn γ in [0, 1] of the flow-map sampler (0: deterministic)",
+    off=0.0,
+    refusal="gamma is the churn of the flow-map sampler: it needs an FMLM model (flowlm distill)",
+)
