@@ -14,8 +14,10 @@ from flowlm.demo_models import PREFIX, demo_path
 from flowlm.errors import CheckpointError, ConfigError
 from flowlm.methods import registry
 from flowlm.methods.base import Method, SampleRequest
+from flowlm.methods.condition import Condition, make_condition
 from flowlm.methods.lowrank import check_input_noise
 from flowlm.nn.dit import DiT, DiTConfig
+from flowlm.prompts import layout
 from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
 
 DEFAULT_STEPS = 64  # sampling steps when none are given (every method that takes steps)
@@ -82,6 +84,8 @@ class FlowLM:
         batch_size: int = 64,
         batches: Sequence[int] | None = None,
         input_noise: str = "auto",
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
         **options,
     ) -> torch.Tensor:
         """Token ids [num_samples, seq_len]; identical for identical arguments (seeded).
@@ -100,6 +104,11 @@ class FlowLM:
         ``batches`` (default: all) selects the batches to generate; the rows of the selected batches are
         returned in the order given, e.g. rank ``r`` of ``w`` asks for ``range(r, n_batches, w)``.
 
+        ``known`` / ``known_mask`` (ids and bool, [num_samples, seq_len] or one row [seq_len] for all): positions
+        where the mask is True are held to ``known`` and the rest is generated; the returned ids equal ``known``
+        there (each method holds them its own way, :mod:`flowlm.methods.condition`; AR takes a prefix only).
+        :meth:`generate` builds them from a prompt, a suffix or a template.
+
         Other keyword ``options`` go to the method's sampler (:attr:`flowlm.methods.Method.options`); an option
         the method does not have is an error unless it is given at its "off" value (``gamma=0``).
         """
@@ -117,6 +126,8 @@ class FlowLM:
             )
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r}: use a whole number >= 1")
+        condition = make_condition(known, known_mask, num_samples, seq_len, self.net.config.vocab_size)
+        method.check_condition(condition)
         n_batches = -(-num_samples // batch_size)
         batches = range(n_batches) if batches is None else [int(j) for j in batches]
         if any(not 0 <= j < n_batches for j in batches):
@@ -126,6 +137,7 @@ class FlowLM:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             for j, batch_seed_j in zip(batches, seeds, strict=True):
                 n = min(batch_size, num_samples - j * batch_size)
+                rows = slice(j * batch_size, j * batch_size + n)
                 torch.manual_seed(batch_seed_j)
                 generator = torch.Generator(device=self.device).manual_seed(batch_seed_j)
                 request = SampleRequest(
@@ -140,6 +152,9 @@ class FlowLM:
                     input_noise=input_noise,
                     teacher=self.teacher,
                     bos_id=self.tokenizer.bos_id,
+                    condition=None if condition is None else Condition(condition.ids[rows], condition.mask[rows]).to(
+                        self.device
+                    ),
                 )
                 tokens = method.sample(request)
                 chunks.append(tokens.cpu())
@@ -160,9 +175,31 @@ class FlowLM:
     def decode(self, tokens: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row.tolist()) for row in tokens]
 
-    def generate(self, num_samples: int = 1, steps: int | None = None, seed: int = 0, **kwargs) -> list[str]:
-        """Sample ``num_samples`` sequences (``steps`` as in :meth:`sample_tokens`) and decode them to text."""
-        return self.decode(self.sample_tokens(num_samples, steps, seed=seed, **kwargs))
+    def generate(
+        self,
+        num_samples: int = 1,
+        steps: int | None = None,
+        seed: int = 0,
+        *,
+        prompt: str | None = None,
+        suffix: str | None = None,
+        template: str | None = None,
+        **kwargs,
+    ) -> list[str]:
+        """Sample ``num_samples`` sequences (``steps`` and other options as in :meth:`sample_tokens`) as text.
+
+        ``prompt`` continues a prefix, ``suffix`` ends with the given text (before the block's EOS), and
+        ``template`` fills blanks: ``"The [BLANK:6] sat on the [BLANK:3]."`` (``[BLANK:k]`` is k generated
+        tokens, ``[BLANK]`` 8; see :mod:`flowlm.prompts`). The texts include the given parts; for a template
+        only its span is returned."""
+        if prompt is None and suffix is None and template is None:
+            return self.decode(self.sample_tokens(num_samples, steps, seed=seed, **kwargs))
+        seq_len = kwargs.pop("seq_len", None) or self.seq_len
+        plan = layout(self.tokenizer, seq_len, prompt=prompt, suffix=suffix, template=template)
+        known, mask = torch.tensor(plan.ids), torch.tensor(plan.mask)
+        tokens = self.sample_tokens(num_samples, steps, seed=seed, seq_len=seq_len, known=known, known_mask=mask,
+                                    **kwargs)  # fmt: skip
+        return self.decode(tokens[:, : plan.end])
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None) -> FlowLM:

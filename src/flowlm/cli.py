@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
     add_sampler_options(sa)
+    sa.add_argument("--prompt", help="continue this text (every sample starts with it)")
+    sa.add_argument("--suffix", help="end every sample with this text (not for AR models)")
+    sa.add_argument(
+        "--template", help="fill the blanks of a template: 'The [BLANK:6] sat on the [BLANK:3].' (not for AR models)"
+    )
+    sa.add_argument(
+        "--prompts", help="a text file of prompts, one per line: -n continuations of each, written as JSONL (--out)"
+    )
     sa.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
     sa.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sa.add_argument("--out", help="write JSONL here instead of printing")
@@ -273,17 +281,21 @@ def run_sample(args: argparse.Namespace) -> None:
 
     model = flowlm.load(args.checkpoint, device=args.device)
     options = given_options(args)
+    prompts, known = conditions(args, model)
     start = time.perf_counter()
     tokens = model.sample_tokens(
-        args.num_samples,
+        len(known["plans"]) if known else args.num_samples,
         args.steps,
         seed=args.seed,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
+        known=known.get("ids"),
+        known_mask=known.get("mask"),
         **options,
     )
     seconds = time.perf_counter() - start
-    texts = model.decode(tokens)
+    ends = [plan.end for plan in known["plans"]] if known else [tokens.shape[1]] * tokens.shape[0]
+    texts = [model.tokenizer.decode(row[:end]) for row, end in zip(tokens.tolist(), ends, strict=True)]
     steps = resolve_steps(model.method_def, args.steps)
     if args.out is None:
         for i, text in enumerate(texts):
@@ -300,7 +312,7 @@ def run_sample(args: argparse.Namespace) -> None:
         "steps": steps,
         "seed": args.seed,
         "precision": "float32",
-        "num_samples": args.num_samples,
+        "num_samples": len(texts),
         "seconds_per_sample": seconds / args.num_samples,
         "code_version": code_version(),
         "command": " ".join(sys.argv),
@@ -309,8 +321,53 @@ def run_sample(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         for i, (text, row) in enumerate(zip(texts, tokens.tolist(), strict=True)):
-            f.write(json.dumps({"index": i, "text": text, "tokens": row, "provenance": provenance}) + "\n")
+            line = {"index": i, "text": text, "tokens": row}
+            if known:
+                plan = known["plans"][i]
+                line["prompt"] = prompts[i]
+                line["continuation"] = model.tokenizer.decode(row[plan.prompt_len : plan.end])
+            f.write(json.dumps({**line, "provenance": provenance}) + "\n")
     print(f"wrote {len(texts)} samples to {out}")
+
+
+def conditions(args: argparse.Namespace, model) -> tuple[list, dict]:
+    """(the prompt of each sample, {"ids", "mask", "plans"}) from --prompt/--suffix/--template/--prompts;
+    ([], {}) when none is given."""
+    import torch
+
+    from flowlm.prompts import layout
+
+    seq_len = args.seq_len or model.seq_len
+    if args.prompts is not None:
+        if args.prompt is not None or args.template is not None:
+            raise ConfigError("--prompts gives one prompt per line: leave --prompt and --template unset")
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise ConfigError(f"--prompts {args.prompts}: no such file (one prompt per line)")
+        try:
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"--prompts {args.prompts} is not UTF-8 text: give a text file, one prompt per line"
+            ) from None
+        if not lines:
+            raise ConfigError(f"--prompts {args.prompts} holds no prompt: write one per line")
+        if args.out is None:
+            raise ConfigError("--prompts writes JSONL (prompt and continuation apart): give --out FILE")
+        prompts = [line for line in lines for _ in range(args.num_samples)]
+    elif args.prompt is not None or args.suffix is not None or args.template is not None:
+        prompts = [args.prompt if args.template is None else args.template] * args.num_samples
+    else:
+        return [], {}
+    plans, cache = [], {}
+    for prompt in prompts:
+        if prompt not in cache:
+            cache[prompt] = layout(model.tokenizer, seq_len, prompt=None if args.template else prompt,
+                                   suffix=args.suffix, template=args.template)  # fmt: skip
+        plans.append(cache[prompt])
+    ids = torch.tensor([plan.ids for plan in plans])
+    mask = torch.tensor([plan.mask for plan in plans])
+    return prompts, {"ids": ids, "mask": mask, "plans": plans}
 
 
 def _print_report(results: dict, out: str) -> None:

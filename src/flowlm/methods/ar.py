@@ -14,6 +14,7 @@ import torch
 
 from flowlm.errors import ConfigError
 from flowlm.methods.common import model_cross_entropy
+from flowlm.methods.condition import Condition
 
 
 def ar_loss(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -36,6 +37,7 @@ def ar_sample(
     generator: torch.Generator | None = None,
     device=None,
     use_cache: bool = True,
+    condition: Condition | None = None,
 ) -> torch.Tensor:
     """Ancestral decoding at temperature 1; returns tokens [num_samples, seq_len] starting with ``bos_id``.
 
@@ -44,16 +46,28 @@ def ar_sample(
     ``causal=True``) each step feeds only the new token and reuses the keys/values of the earlier ones; without
     it every step reruns the whole prefix (the reference the cache is tested against). Both draw the same
     random numbers, so they give the same tokens up to float rounding of the logits.
+    ``condition`` (known positions forming a prefix of each row, :meth:`Condition.is_prefix`): the prompt is fed
+    through the cache instead of drawn; the draws for its positions are made and discarded, so a row's
+    random stream does not depend on its prompt's length.
     """
+    if condition is not None and not condition.is_prefix():
+        raise ConfigError(
+            "an autoregressive model can only continue a prompt (known positions must be a prefix of each row): "
+            "use an FLM, FMLM or MDLM model to infill or to end with a suffix"
+        )
     if seq_len < 1:
         raise ConfigError(f"seq_len={seq_len}: decode at least one position (the BOS)")
     tau = torch.zeros(num_samples, device=device)
     x = torch.full((num_samples, 1), bos_id, dtype=torch.long, device=device)
+    if condition is not None:
+        x = torch.where(condition.mask[:, :1], condition.ids[:, :1], x)
     cache = model.new_cache() if use_cache else None
     logits = model(x, tau, cache=cache) if use_cache else model(x, tau)
     for i in range(1, seq_len):
         probs = torch.softmax(logits[:, -1].float(), dim=-1)
         token = torch.multinomial(probs, 1, generator=generator)
+        if condition is not None:
+            token = torch.where(condition.mask[:, i : i + 1], condition.ids[:, i : i + 1], token)
         x = torch.cat([x, token], dim=1)
         if i < seq_len - 1:
             logits = model(token, tau, cache=cache) if use_cache else model(x, tau)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flowlm.errors import ConfigError
+from flowlm.methods.condition import Condition
 
 if TYPE_CHECKING:
     from flowlm.config import RunConfig
@@ -61,7 +62,8 @@ class SampleRequest:
     """One batch of a sampling request, as every sampler receives it.
 
     ``net`` is the model's network and ``teacher`` its frozen teacher when the method samples with one;
-    ``options`` holds every option of the method, defaults filled in (:meth:`Method.resolve_options`).
+    ``options`` holds every option of the method, defaults filled in (:meth:`Method.resolve_options`);
+    ``condition`` the known positions of these rows (a prompt, a suffix, a template), None when unconditional.
     The sampler returns token ids [num_samples, seq_len] (int64) on ``device``.
     """
 
@@ -76,6 +78,7 @@ class SampleRequest:
     input_noise: str = "auto"
     teacher: torch.nn.Module | None = None
     bos_id: int | None = None
+    condition: Condition | None = None
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Method:
     takes_steps: bool = True
     no_steps_reason: str = "its sampler takes no number of steps"
     options: tuple[Option, ...] = ()
+    conditioning: str = "none"  # known positions its sampler honours: "none", "prefix" (a prompt) or "any"
     suggested_steps: int | None = 64
     card_options: str = ""
     samples_with_teacher: bool = False
@@ -197,6 +201,18 @@ class Method:
 
     def check_request(self, model, options: Mapping[str, Any]) -> None:
         """Checks of resolved options against the loaded model (e.g. guidance needs dropout)."""
+
+    def check_condition(self, condition: Condition | None) -> None:
+        """Refuse known positions this method's sampler cannot honour (see :attr:`conditioning`)."""
+        if condition is None or not bool(condition.mask.any()):
+            return
+        if self.conditioning == "none":
+            raise ConfigError(f"the {self.title} sampler cannot hold known positions (a prompt, suffix or template)")
+        if self.conditioning == "prefix" and not condition.is_prefix():
+            raise ConfigError(
+                f"a {self.title} model can only continue a prompt (known positions must be a prefix of each row): "
+                "use an FLM, FMLM or MDLM model to infill or to end with a suffix"
+            )
 
 
 def _equal(a: Any, b: Any) -> bool:

@@ -24,6 +24,7 @@ from flowlm.methods.common import (
     stratified_times,
     velocity,
 )
+from flowlm.methods.condition import Condition
 from flowlm.methods.lowrank import NaiveInputs, input_space
 from flowlm.schedule import get_schedule
 
@@ -114,6 +115,7 @@ def flm_sample(
     guidance: float | None = None,
     x0: torch.Tensor | None = None,
     input_noise: str = "auto",
+    condition: Condition | None = None,
 ) -> torch.Tensor:
     """Euler sampler with the last-step jump; returns tokens [num_samples, seq_len].
 
@@ -122,6 +124,8 @@ def flm_sample(
     N = 1 is one network call on pure noise. Deterministic given ``x0`` [n, L, V] (drawn from
     ``generator`` when not given). In the low-rank space the state is ``h = x @ W`` and the step
     ``h ← h + Δ·(D @ W − h)/(1 − t)``; a given ``x0`` is projected, so both paths follow the same trajectory.
+    ``condition`` (:mod:`flowlm.methods.condition`): known positions are on their exact path whenever the
+    network sees the state, and keep their ids in the output.
     """
     check_steps(steps)
     space = input_space(input_noise, [model], vocab_size, tokens=num_samples * seq_len * steps)
@@ -129,8 +133,15 @@ def flm_sample(
         x = space.noise(num_samples, seq_len, vocab_size, generator, device)
     else:
         x = space.embed(x0)
+    if condition is not None:
+        start, target = x, space.tokens(condition.ids, vocab_size)
     taus, ts = time_grid(vocab_size, steps)
     for k in range(steps - 1):
+        if condition is not None:
+            x = condition.hold(x, start, target, ts[k])
         denoised = flm_denoise(model, x, taus[k], guidance, space)
         x = x + (ts[k + 1] - ts[k]) * velocity(space.embed(denoised), x, ts[k])
-    return flm_denoise(model, x, taus[steps - 1], guidance, space).argmax(dim=-1)
+    if condition is not None:
+        x = condition.hold(x, start, target, ts[steps - 1])
+    tokens = flm_denoise(model, x, taus[steps - 1], guidance, space).argmax(dim=-1)
+    return tokens if condition is None else condition.fill(tokens)

@@ -62,6 +62,7 @@ from flowlm.methods.common import (
     stratified_times,
     token_cross_entropy,
 )
+from flowlm.methods.condition import Condition
 from flowlm.methods.flm import check_steps, time_grid
 from flowlm.methods.lowrank import NaiveInputs, input_space
 from flowlm.nn.dit import DiT, zero_last_time_layer
@@ -429,6 +430,7 @@ def fmlm_sample(
     device=None,
     x0: torch.Tensor | None = None,
     input_noise: str = "auto",
+    condition: Condition | None = None,
 ) -> torch.Tensor:
     """Flow-map sampler with churn γ (SPEC §3); returns tokens [num_samples, seq_len].
 
@@ -439,11 +441,15 @@ def fmlm_sample(
     the clean estimate ``δ̂_{τ_k,1}`` to time ``t_{k+1}``. N = 1 is one call: arg-max ``δ̂_{0,1}(x₀)``.
     ``x0`` (default: drawn from ``generator``) is the starting noise [n, L, V]. In the low-rank space
     (``input_noise``) the state is ``x @ W``, δ enters as ``δ @ W`` and ξ is drawn as ``ε·Cᵀ``.
+    ``condition``: known positions are put on their exact path (their own x₀) at every step's start time and
+    keep their ids in the output (:mod:`flowlm.methods.condition`).
     """
     check_steps(steps)
     gamma = check_gamma(gamma)
     inputs = input_space(input_noise, [model], vocab_size, tokens=num_samples * seq_len * steps)
     x = inputs.noise(num_samples, seq_len, vocab_size, generator, device) if x0 is None else inputs.embed(x0)
+    if condition is not None:
+        start, target = x, inputs.tokens(condition.ids, vocab_size)
     taus, ts = time_grid(vocab_size, steps)
     sigmas = [1.0 - t for t in ts[1:]]
     sigma_tildes = [sigma * math.sqrt(1.0 - gamma * gamma) for sigma in sigmas]
@@ -454,9 +460,11 @@ def fmlm_sample(
         tau_tildes = get_schedule(vocab_size, "cpu").tau_from_t(t_tildes).tolist()
     for k in range(steps):
         t, sigma, sigma_tilde = ts[k], sigmas[k], sigma_tildes[k]
+        if condition is not None:
+            x = condition.hold(x, start, target, t)
         delta = fmlm_denoise(model, x, taus[k], tau_tildes[k], inputs)
         if k == steps - 1:
-            return delta.argmax(dim=-1)
+            return delta.argmax(dim=-1) if condition is None else condition.fill(delta.argmax(dim=-1))
         delta = inputs.embed(delta).to(x.dtype)
         x = flow_map_step(x, delta, t, 1.0 - sigma_tilde) + (sigma_tilde - sigma) * delta
         if gamma > 0.0:
@@ -573,25 +581,35 @@ def v1_stage1_sample(
     device=None,
     x0: torch.Tensor | None = None,
     input_noise: str = "auto",
+    condition: Condition | None = None,
 ) -> torch.Tensor:
     """Sampler of the stage-1 map: ``x ← X_{t_k, t_{k+1}}(x)`` on the grid ``τ_k = k/N`` (two network
     calls per step, teacher and g), tokens = arg-max of the final state, which at t = 1 is
     ``D_T + ½(1 − t_{N−1})²·g`` (computed in that form: no V-sized state is needed). With ``g ≡ 0``
-    this is exactly :func:`~flowlm.methods.flm.flm_sample`. Returns tokens [num_samples, seq_len]."""
+    this is exactly :func:`~flowlm.methods.flm.flm_sample`. Returns tokens [num_samples, seq_len].
+    ``condition`` holds known positions as in :func:`fmlm_sample`."""
     check_steps(steps)
     inputs = input_space(input_noise, [g_net, teacher], vocab_size, tokens=num_samples * seq_len * steps)
     x = inputs.noise(num_samples, seq_len, vocab_size, generator, device) if x0 is None else inputs.embed(x0)
+    hold = (lambda x, t: x) if condition is None else _holder(condition, x, inputs.tokens(condition.ids, vocab_size))
     taus, ts = time_grid(vocab_size, steps)
     full = lambda v: torch.full((x.shape[0],), float(v), device=x.device)  # noqa: E731
     with _eval_mode(teacher, g_net):
         for k in range(steps - 1):
+            x = hold(x, ts[k])
             x = v1_stage1_map(g_net, teacher, x, full(taus[k]), full(taus[k + 1]), ts[k], ts[k + 1], inputs)
+        x = hold(x, ts[steps - 1])
         tau_s, tau_t = full(taus[steps - 1]), full(taus[steps])
         final = (
             _probs(inputs, teacher, x, tau_s)
             + _half_square(ts[steps - 1], 1.0, x) * inputs.logits(g_net, x, tau_s, tau_t).float()
         )
-    return final.argmax(dim=-1)
+    return final.argmax(dim=-1) if condition is None else condition.fill(final.argmax(dim=-1))
+
+
+def _holder(condition: Condition, start: torch.Tensor, target: torch.Tensor):
+    """``hold(x, t)``: ``x`` with the known positions of ``condition`` on their path from ``start`` at time t."""
+    return lambda x, t: condition.hold(x, start, target, t)
 
 
 def v1_stage2_loss(

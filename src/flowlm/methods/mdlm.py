@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from flowlm.methods.common import check_rows, model_cross_entropy, stratified_times
+from flowlm.methods.condition import Condition
 from flowlm.methods.flm import check_steps
 
 T_MIN = 1e-3  # smallest training / validation time, as MDLM's reference code (its ``sampling_eps``)
@@ -104,6 +105,7 @@ def mdlm_sample(
     steps: int,
     generator: torch.Generator | None = None,
     device=None,
+    condition: Condition | None = None,
 ) -> torch.Tensor:
     """Ancestral sampler with ``N = steps`` steps; returns tokens [num_samples, seq_len].
 
@@ -115,11 +117,13 @@ def mdlm_sample(
     not depend on ``t``) and not at all once every position is revealed: at most ``min(N, B·L)`` calls for a
     batch of B samples, so the saving is real for one sample (at most L calls) but small for a large batch
     (a batch of 64 samples of 64 tokens at N = 1,024 reveals something at nearly every step). Deterministic
-    given ``generator``.
+    given ``generator``. ``condition``: its known positions start unmasked (so they are never drawn).
     """
     check_steps(steps)
     mask_id = vocab_size
     z = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)
+    if condition is not None:
+        z = condition.fill(z)
     tau = torch.zeros(num_samples, device=device)
     probs = None
     for k in range(steps):

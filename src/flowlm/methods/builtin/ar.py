@@ -17,6 +17,7 @@ class Autoregressive(Method):
     draws_noise = False
     metric_key, metric_name = "nll", "nll"
     perplexity_name = "ppl"
+    conditioning = "prefix"
     sampler_name = "ancestral-kv-cache"
     takes_steps = False
     no_steps_reason = (
@@ -37,6 +38,7 @@ class Autoregressive(Method):
             request.bos_id,
             generator=request.generator,
             device=request.device,
+            condition=request.condition,
         )
 
 

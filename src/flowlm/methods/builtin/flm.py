@@ -16,6 +16,7 @@ class FlowLanguageModel(Method):
     train_method = "flm"
     metric_key, metric_name = "ce", "denoising_ce"  # not a likelihood: never turned into a perplexity
     distillable = True
+    conditioning = "any"
     sampler_name = "euler"
     options = (GUIDANCE,)
     suggested_steps = 1024
@@ -40,6 +41,7 @@ class FlowLanguageModel(Method):
             request.steps,
             generator=request.generator,
             device=request.device,
+            condition=request.condition,
             guidance=request.options["guidance"],
             input_noise=request.input_noise,
         )

@@ -16,6 +16,7 @@ class MaskedDiffusion(Method):
     learnable_weighting = False  # its NELBO fixes the time weighting
     metric_key, metric_name = "nll_bound", "nll_bound"
     perplexity_name = "ppl_bound"
+    conditioning = "any"
     sampler_name = "ancestral"
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
@@ -30,6 +31,7 @@ class MaskedDiffusion(Method):
             request.steps,
             generator=request.generator,
             device=request.device,
+            condition=request.condition,
         )
 
 

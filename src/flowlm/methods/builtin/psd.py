@@ -17,6 +17,7 @@ class FlowMap(Method):
     train_method = "fmlm"
     time_inputs = 2
     needs = ("teacher",)
+    conditioning = "any"
     sampler_name = "flow-map"
     options = (GAMMA,)
     suggested_steps = 1
@@ -48,6 +49,7 @@ class FlowMap(Method):
             gamma=request.options["gamma"],
             generator=request.generator,
             device=request.device,
+            condition=request.condition,
             input_noise=request.input_noise,
         )
 

@@ -20,6 +20,7 @@ class V1Stage1(Method):
     default_boundary_frac = 1 / 64
     stage1_provider = True
     metric_key, metric_name = "mse", "map_mse"
+    conditioning = "any"
     sampler_name = "v1-stage1-map"
     suggested_steps = 4
     samples_with_teacher = True
@@ -56,6 +57,7 @@ class V1Stage1(Method):
             request.steps,
             generator=request.generator,
             device=request.device,
+            condition=request.condition,
             input_noise=request.input_noise,
         )
 
