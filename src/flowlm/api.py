@@ -14,7 +14,7 @@ from flowlm.demo_models import PREFIX, demo_path
 from flowlm.errors import CheckpointError, ConfigError
 from flowlm.methods import registry
 from flowlm.methods.base import Method, SampleRequest
-from flowlm.methods.condition import Condition, make_condition
+from flowlm.methods.condition import make_condition
 from flowlm.methods.lowrank import check_input_noise
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.prompts import layout
@@ -86,6 +86,7 @@ class FlowLM:
         input_noise: str = "auto",
         known: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
+        condition_mode: str | None = None,
         **options,
     ) -> torch.Tensor:
         """Token ids [num_samples, seq_len]; identical for identical arguments (seeded).
@@ -107,7 +108,10 @@ class FlowLM:
         ``known`` / ``known_mask`` (ids and bool, [num_samples, seq_len] or one row [seq_len] for all): positions
         where the mask is True are held to ``known`` and the rest is generated; the returned ids equal ``known``
         there (each method holds them its own way, :mod:`flowlm.methods.condition`; AR takes a prefix only).
-        :meth:`generate` builds them from a prompt, a suffix or a template.
+        :meth:`generate` builds them from a prompt, a suffix or a template. ``condition_mode``: ``path`` (known
+        positions on their noisy path, right for models trained without conditioning) or ``clean`` (given as
+        clean one-hot rows, as conditional training shows them); default: ``clean`` for models trained with
+        ``train.condition_frac > 0``, else ``path``.
 
         Other keyword ``options`` go to the method's sampler (:attr:`flowlm.methods.Method.options`); an option
         the method does not have is an error unless it is given at its "off" value (``gamma=0``).
@@ -128,6 +132,8 @@ class FlowLM:
             raise ConfigError(f"batch_size={batch_size!r}: use a whole number >= 1")
         condition = make_condition(known, known_mask, num_samples, seq_len, self.net.config.vocab_size)
         method.check_condition(condition)
+        if condition is not None:
+            condition.clean = self.condition_mode(condition_mode) == "clean"
         n_batches = -(-num_samples // batch_size)
         batches = range(n_batches) if batches is None else [int(j) for j in batches]
         if any(not 0 <= j < n_batches for j in batches):
@@ -152,13 +158,21 @@ class FlowLM:
                     input_noise=input_noise,
                     teacher=self.teacher,
                     bos_id=self.tokenizer.bos_id,
-                    condition=None if condition is None else Condition(condition.ids[rows], condition.mask[rows]).to(
-                        self.device
-                    ),
+                    condition=None if condition is None else condition.rows(rows).to(self.device),
                 )
                 tokens = method.sample(request)
                 chunks.append(tokens.cpu())
         return torch.cat(chunks)
+
+    def condition_mode(self, mode: str | None = None) -> str:
+        """``mode`` checked, or the model's default: ``clean`` if it was trained with clean context
+        (``train.condition_frac > 0``), else ``path``."""
+        if mode is None:
+            trained = ((self.meta.get("run") or {}).get("train") or {}).get("condition_frac") or 0
+            return "clean" if trained > 0 and self.method_def.conditional_training else "path"
+        if mode not in ("path", "clean"):
+            raise ConfigError(f"condition_mode={mode!r}: use path (noisy known positions) or clean")
+        return mode
 
     def save_pretrained(self, directory: str | os.PathLike, license: str | None = None) -> Path:
         """Write this model as a model folder (weights, ``flowlm.json``, tokenizer, model card)."""

@@ -17,6 +17,7 @@ import yaml
 
 from flowlm.errors import ConfigError
 from flowlm.methods import registry
+from flowlm.methods.condition import CONDITIONS
 from flowlm.methods.lowrank import INPUT_NOISE
 from flowlm.nn.dit import DiTConfig
 
@@ -61,6 +62,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     loss_weighting: bool = False
+    condition_frac: float = 0.0
+    condition: str = "prefix"
     input_noise: str = "auto"
     precision: str = "auto"
     compile: bool = False
@@ -236,6 +239,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"train.loss_weighting learns a time weighting of the flow losses; train.method={t.method} has its own "
             "fixed weighting: set train.loss_weighting=false"
+        )
+    if not 0.0 <= t.condition_frac <= 1.0:
+        raise ConfigError(f"train.condition_frac={t.condition_frac}: the share of conditioned sequences is in [0, 1]")
+    if t.condition not in CONDITIONS:
+        raise ConfigError(f"train.condition={t.condition!r}: use one of {', '.join(CONDITIONS)}")
+    if t.condition_frac > 0 and not method.conditional_training:
+        raise ConfigError(
+            f"train.condition_frac={t.condition_frac}: {method.title} training has no conditional variant "
+            "(an AR model conditions on a prompt by construction; a distilled student samples like its teacher): "
+            "set train.condition_frac=0"
         )
     if t.input_noise not in INPUT_NOISE:
         raise ConfigError(

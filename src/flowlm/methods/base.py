@@ -111,6 +111,7 @@ class Method:
     metric_name: str = "loss"
     perplexity_name: str | None = None
     learnable_weighting: bool = True
+    conditional_training: bool = False  # train.condition_frac > 0 allowed (clean context in the loss)
     always_weighted: bool = False
     draws_noise: bool = True
     needs: tuple[str, ...] = ()
@@ -213,6 +214,20 @@ class Method:
                 f"a {self.title} model can only continue a prompt (known positions must be a prefix of each row): "
                 "use an FLM, FMLM or MDLM model to infill or to end with a suffix"
             )
+
+
+def clean_positions(cfg: RunConfig, tokens: torch.Tensor, generator, rows) -> torch.Tensor | None:
+    """The clean positions [B, L] of conditional training (``train.condition_frac`` of the rows, drawn for the
+    global micro-batch and sliced like every other draw), or None without conditioning (nothing is drawn)."""
+    from flowlm.methods.common import check_rows
+    from flowlm.methods.condition import training_condition
+
+    t = cfg.train
+    if not t.condition_frac:
+        return None
+    first, total = check_rows(rows, tokens.shape[0])
+    clean = training_condition(total, tokens.shape[1], t.condition_frac, t.condition, generator, tokens.device)
+    return clean[first : first + tokens.shape[0]]
 
 
 def _equal(a: Any, b: Any) -> bool:

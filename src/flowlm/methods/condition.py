@@ -19,16 +19,25 @@ import torch
 
 from flowlm.errors import ConfigError
 
+CONDITIONS = ("prefix", "spans")  # train.condition: what conditional training gives clean
+
 
 @dataclass
 class Condition:
-    """ids [n, L] (int64) and mask [n, L] (bool): position ``(i, ℓ)`` is held to ``ids[i, ℓ]`` where ``mask``."""
+    """ids [n, L] (int64) and mask [n, L] (bool): position ``(i, ℓ)`` is held to ``ids[i, ℓ]`` where ``mask``.
+
+    ``clean``: continuous samplers give known positions as clean one-hot rows (t = 1) at every step, as a model
+    trained with conditioning (``train.condition_frac``) saw them, instead of on their noisy path."""
 
     ids: torch.Tensor
     mask: torch.Tensor
+    clean: bool = False
 
     def to(self, device) -> Condition:
-        return Condition(self.ids.to(device), self.mask.to(device))
+        return Condition(self.ids.to(device), self.mask.to(device), self.clean)
+
+    def rows(self, index: slice) -> Condition:
+        return Condition(self.ids[index], self.mask[index], self.clean)
 
     def fill(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` [n, L] with the known positions set to their ids."""
@@ -37,14 +46,41 @@ class Condition:
     def hold(self, x: torch.Tensor, start: torch.Tensor, target: torch.Tensor, t: float) -> torch.Tensor:
         """State ``x`` [n, L, k] with every known position on its exact path at clock time ``t``:
         ``(1 − t)·start + t·target``, where ``start`` is the position's starting noise and ``target`` its
-        one-hot row (both [n, L, k], in the state's space)."""
-        on_path = (1.0 - t) * start + t * target
+        one-hot row (both [n, L, k], in the state's space); with :attr:`clean`, the one-hot row itself."""
+        on_path = target if self.clean else (1.0 - t) * start + t * target
         return torch.where(self.mask[..., None].to(x.device), on_path.to(x.dtype), x)
 
     def is_prefix(self) -> bool:
         """Whether every row's known positions are a (possibly empty) prefix."""
         mask = self.mask.long()
         return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def training_condition(
+    total: int, seq_len: int, frac: float, kind: str, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """Clean positions [total, L] (bool) of a global micro-batch for conditional training.
+
+    Each row is conditioned with probability ``frac``. ``prefix``: a prefix of uniform length in [1, L − 1]
+    is clean. ``spans``: two cut points 0 < a < b < L split the row; with probability ½ the outer spans
+    [0, a) and [b, L) are clean (infilling the middle), else the middle [a, b) (writing around it).
+    Every row keeps at least one position to generate. All draws come from ``generator``.
+    """
+    if kind not in CONDITIONS:
+        raise ConfigError(f"train.condition={kind!r}: use one of {', '.join(CONDITIONS)}")
+    chosen = torch.rand(total, generator=generator, device=device) < frac
+    positions = torch.arange(seq_len, device=device)
+    if kind == "prefix":
+        length = torch.randint(1, seq_len, (total,), generator=generator, device=device)
+        clean = positions < length[:, None]
+    else:
+        cuts = torch.rand(total, 2, generator=generator, device=device) * (seq_len - 1) + 1  # in [1, L)
+        a, b = cuts.min(-1).values.long(), cuts.max(-1).values.long()
+        b = torch.maximum(b, a + 1).clamp(max=seq_len - 1)
+        middle = (positions >= a[:, None]) & (positions < b[:, None])
+        outer = torch.rand(total, generator=generator, device=device) < 0.5
+        clean = torch.where(outer[:, None], ~middle, middle)
+    return clean & chosen[:, None]
 
 
 def make_condition(known, known_mask, num_samples: int, seq_len: int, vocab_size: int, device=None):

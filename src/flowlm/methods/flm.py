@@ -38,12 +38,15 @@ def flm_loss(
     weighting: LossWeighting | None = None,
     input_noise: str = "auto",
     rows: tuple[int, int] | None = None,
+    clean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Denoising cross-entropy of one batch of tokens [B, L].
 
     τ is stratified over the batch, the state uses ``t = T_V⁻¹(τ)``, the network sees τ.
     ``rows = (first, total)``: τ and the noise are drawn for a global micro-batch of ``total`` rows and
     rows [first, first + B) are kept (data parallelism; None: this batch alone).
+    ``clean`` [B, L] (bool, conditional training): those positions are given clean (their one-hot, t = 1)
+    and left out of the loss, so the network learns to use clean context.
     Returns ``loss`` (what to minimize), ``ce`` (the unweighted token cross-entropy, detached),
     ``per_sequence`` (its per-sequence means [B], detached) and ``tau`` [B].
     """
@@ -54,7 +57,11 @@ def flm_loss(
     tau = stratified_times(total, generator, device)[first : first + batch]
     t = get_schedule(vocab_size, device).t_from_tau(tau)
     x0 = space.noise(total, seq, vocab_size, generator, device)[first : first + batch]
-    x_t = interpolate(x0, space.tokens(tokens, vocab_size), t)
+    x1 = space.tokens(tokens, vocab_size)
+    x_t = interpolate(x0, x1, t)
+    if clean is not None:
+        x_t = torch.where(clean[..., None], x1.to(x_t.dtype), x_t)
+        mask = ~clean if mask is None else mask & ~clean
     ce = space.cross_entropy(model, x_t, tau, tokens)
     mean_ce = masked_mean(ce, mask)
     per_sequence = per_sequence_mean(ce, mask)

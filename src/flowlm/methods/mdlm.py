@@ -68,6 +68,7 @@ def mdlm_loss(
     generator: torch.Generator | None = None,
     t_min: float = T_MIN,
     rows: tuple[int, int] | None = None,
+    clean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The continuous-time NELBO estimate of one batch of clean tokens [B, L], in nats per token.
 
@@ -84,12 +85,17 @@ def mdlm_loss(
     ``rows = (first, total)``: ``t`` and the masks are drawn for a global micro-batch of ``total`` rows
     and rows [first, first + B) kept (data parallelism: every rank reproduces its slice of one process).
 
+    ``clean`` [B, L] (bool, conditional training): those positions are never masked, so they are given and
+    never scored (the bound is then one of the other positions given them).
+
     Returns ``loss`` (to minimize), ``nll_bound`` (the same, detached) and ``t`` [B].
     """
     batch = tokens.shape[0]
     first, total = check_rows(rows, batch)
     t = mdlm_times(total, generator, tokens.device, t_min)[first : first + batch]
     z, masked = mask_tokens(tokens, t, vocab_size, generator, rows)
+    if clean is not None:
+        z, masked = torch.where(clean, tokens, z), masked & ~clean
     # Under SUBS the unmasked positions contribute log 1 = 0, so only the masked ones enter.
     ce = model_cross_entropy(model, z, torch.zeros(batch, device=tokens.device), tokens) * masked
     loss = (ce.sum(-1) / (t * tokens.shape[1])).mean()

@@ -133,6 +133,10 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         return
     before = json.loads(saved.read_text())["run"]
     now = json.loads(json.dumps(cfg.to_dict()))
+    defaults = json.loads(json.dumps(RunConfig().to_dict()))
+    for section in now:  # options added after the run started: absent there, so they must be at their default
+        for key in now[section]:
+            before.setdefault(section, {}).setdefault(key, defaults.get(section, {}).get(key))
     ignore = {"max_steps", "log_every", "ckpt_every", "val_every", "val_batches", "num_workers", "cache_dir", "compile"}
     diffs = sorted(
         f"{section}.{key}"
@@ -201,6 +205,7 @@ def distill_config(
     cfg = RunConfig.from_dict({k: v for k, v in meta["run"].items() if k != "distill"})
     cfg.data.tokenizer = str(directory / TOKENIZER)
     cfg.train.method = registry.for_recipe(recipe).train_method
+    cfg.train.condition_frac = 0.0  # the student is not trained with clean context (it samples on the paths)
     cfg.train.betas = (0.9, 0.95)
     cfg.train.lr = 3e-4
     cfg.distill.teacher = str(directory)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flowlm.errors import ConfigError
-from flowlm.methods.base import Method
+from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.flm import flm_loss, flm_sample
 from flowlm.methods.options import GUIDANCE
 
@@ -16,6 +16,7 @@ class FlowLanguageModel(Method):
     train_method = "flm"
     metric_key, metric_name = "ce", "denoising_ce"  # not a likelihood: never turned into a perplexity
     distillable = True
+    conditional_training = True
     conditioning = "any"
     sampler_name = "euler"
     options = (GUIDANCE,)
@@ -30,6 +31,7 @@ class FlowLanguageModel(Method):
             weighting=ctx.weighting,
             input_noise=ctx.cfg.train.input_noise,
             rows=rows,
+            clean=clean_positions(ctx.cfg, tokens, generator, rows),
         )
 
     def sample(self, request):

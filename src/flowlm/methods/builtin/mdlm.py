@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowlm.methods.base import Method
+from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.mdlm import mdlm_loss, mdlm_sample
 
 
@@ -14,13 +14,15 @@ class MaskedDiffusion(Method):
     train_method = "mdlm"
     dit_options = {"mask_input": True}  # input matrix (V+1) x d: the mask is id V, never predicted
     learnable_weighting = False  # its NELBO fixes the time weighting
+    conditional_training = True
     metric_key, metric_name = "nll_bound", "nll_bound"
     perplexity_name = "ppl_bound"
     conditioning = "any"
     sampler_name = "ancestral"
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
-        return mdlm_loss(net, tokens, ctx.vocab_size, generator=generator, rows=rows)
+        clean = clean_positions(ctx.cfg, tokens, generator, rows)
+        return mdlm_loss(net, tokens, ctx.vocab_size, generator=generator, rows=rows, clean=clean)
 
     def sample(self, request):
         return mdlm_sample(

@@ -1,0 +1,132 @@
+"""Statistical test of conditional sampling on the Markov language (tests/markov.py): continuations of a prompt
+start with a legal move from the prompt's last symbol, and infilled spans are legal on both sides.
+
+Models (2-block, width-64 DiTs, AdamW, EMA 0.99, batch 128): the FLM of conftest (1,500 steps, trained without
+conditioning: it samples with known positions on their noisy path), an FLM trained with clean context
+(``train.condition=spans`` at ``condition_frac`` 0.5, 1,000 steps: it samples with them clean), an MDLM
+(1,000 steps) and an AR model (400 steps, prompts only). Prompt: the first 6 symbols of a fresh chain sample;
+infill: symbols 0-5 and 11-15 given, 6-10 generated. 1,000 samples per case.
+
+Tolerance, fixed before looking at results: the share of illegal moves at the boundary of the condition may
+exceed the same sampler's unconditional illegal share (over all 15 moves of 1,000 unconditional samples) by at
+most 4 standard errors of the difference (binomial, the boundary share over 1,000 moves, the unconditional over
+15,000) plus 0.03, the allowance the FLM test gives a small briefly trained network.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from conftest import MARKOV_BATCH as BATCH
+from conftest import MARKOV_K as K
+from conftest import MARKOV_LENGTH as LENGTH
+from conftest import train_loop
+from markov import single_thread
+
+from flowlm.methods.ar import ar_loss, ar_sample
+from flowlm.methods.condition import Condition, training_condition
+from flowlm.methods.flm import flm_loss, flm_sample
+from flowlm.methods.mdlm import mdlm_loss, mdlm_sample
+from flowlm.nn.dit import DiT, DiTConfig
+
+pytestmark = pytest.mark.slow
+SAMPLES = 1000
+PROMPT = 6
+GAP = (6, 11)  # generated span of the infilling case
+ALLOWANCE = 0.03
+
+
+def dit(**options) -> DiT:
+    torch.manual_seed(0)
+    return DiT(DiTConfig(vocab_size=K, seq_len=LENGTH, hidden_size=64, n_blocks=2, n_heads=4, cond_dim=32,
+                         dropout=0.0, pos_embed=True, **options))  # fmt: skip
+
+
+def trained(net: DiT, steps: int, loss) -> DiT:
+    ema = train_loop(net, steps, loss, 2e-3)
+    net.load_state_dict(ema.weights())
+    return net.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def models(markov_flm):
+    chain, flm, _ = markov_flm
+    g = torch.Generator().manual_seed(5)
+    start = time.perf_counter()
+    with single_thread():
+        cond_net = dit()
+
+        def cond_loss(_):
+            tokens = chain.sample(BATCH, LENGTH, g)
+            clean = training_condition(BATCH, LENGTH, 0.5, "spans", g)
+            return flm_loss(cond_net, tokens, K, generator=g, clean=clean)["loss"]
+
+        mdlm_net = dit(mask_input=True)
+        ar_net = dit(causal=True)
+        models = {
+            "flm": flm,
+            "flm-cond": trained(cond_net, 1000, cond_loss),
+            "mdlm": trained(mdlm_net, 1000, lambda _: mdlm_loss(mdlm_net, chain.sample(BATCH, LENGTH, g), K,
+                                                                 generator=g)["loss"]),  # fmt: skip
+            "ar": trained(ar_net, 400, lambda _: ar_loss(ar_net, chain.sample(BATCH, LENGTH, g))["loss"]),
+        }
+    print(f"\nconditional-test models trained in {time.perf_counter() - start:.0f} s")
+    return chain, models
+
+
+def sample(models, name: str, condition: Condition | None, steps: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(9)
+    net = models[name]
+    with single_thread():
+        if name.startswith("flm"):
+            return flm_sample(net, SAMPLES, LENGTH, K, steps, generator=g, condition=condition)
+        if name == "mdlm":
+            return mdlm_sample(net, SAMPLES, LENGTH, K, steps, generator=g, condition=condition)
+        # The AR model has no BOS here: its first symbol is given (a 1-symbol prompt) when unconditional.
+        zeros = torch.zeros(SAMPLES, LENGTH, dtype=torch.long)
+        first = Condition(zeros, zeros.bool())
+        first.ids[:, 0] = torch.randint(0, K, (SAMPLES,), generator=torch.Generator().manual_seed(8))
+        first.mask[:, 0] = True
+        cond = first if condition is None else condition
+        return ar_sample(net, SAMPLES, LENGTH, int(cond.ids[0, 0]), generator=g, condition=cond)
+
+
+def illegal(chain, tokens: torch.Tensor, at: int) -> float:
+    """Share of rows whose move from position ``at − 1`` to ``at`` is not a chain move."""
+    delta = (tokens[:, at] - tokens[:, at - 1]) % K
+    return 1.0 - ((delta == 1) | (delta == chain.jump % K)).float().mean().item()
+
+
+def bound(base: float) -> float:
+    p = max(base, 1.0 / SAMPLES)
+    return base + 4 * math.sqrt(p * (1 - p) / SAMPLES + base * (1 - base) / (SAMPLES * (LENGTH - 1))) + ALLOWANCE
+
+
+CASES = [("flm", 128, False), ("flm-cond", 128, True), ("flm-cond", 8, True), ("mdlm", 64, False), ("ar", None, False)]
+
+
+@pytest.mark.parametrize("name,steps,clean", CASES)
+def test_prompts_and_infills_are_legal_at_their_boundaries(models, name, steps, clean):
+    chain, nets = models
+    real = chain.sample(SAMPLES, LENGTH, torch.Generator().manual_seed(7))
+    base = chain.statistics(sample(nets, name, None, steps))["invalid"]
+    prompt = torch.zeros(SAMPLES, LENGTH, dtype=torch.bool)
+    prompt[:, :PROMPT] = True
+    continued = sample(nets, name, Condition(real, prompt, clean), steps)
+    assert torch.equal(continued[:, :PROMPT], real[:, :PROMPT])
+    results = {"unconditional": base, "prompt boundary": illegal(chain, continued, PROMPT)}
+    if name != "ar":
+        infill = torch.ones(SAMPLES, LENGTH, dtype=torch.bool)
+        infill[:, GAP[0] : GAP[1]] = False
+        filled = sample(nets, name, Condition(real, infill, clean), steps)
+        assert torch.equal(filled[infill], real[infill])
+        results["infill left"] = illegal(chain, filled, GAP[0])
+        results["infill right"] = illegal(chain, filled, GAP[1])
+    print(f"\n{name} ({steps} steps, {'clean' if clean else 'path'}): " + ", ".join(
+        f"{k} {v:.4f}" for k, v in results.items()))  # fmt: skip
+    for key, value in results.items():
+        if key != "unconditional":
+            assert value <= bound(base), (key, value, base)
