@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from flowlm.errors import ConfigError, FlowLMError
+from flowlm.errors import ConfigError, FlowLMError, TrainingInterrupted
 
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlowLMError as err:
         print(f"flowlm: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        print(f"flowlm: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("flowlm: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
