@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowlm.checks import check_device, check_whole
 from flowlm.data import Tokenizer
 from flowlm.demo import PREFIX, demo_path
 from flowlm.errors import CheckpointError, ConfigError
@@ -111,6 +112,8 @@ class FlowLM:
         ``batches`` (default: all) selects the batches to generate; the rows of the selected batches are
         returned in the order given, e.g. rank ``r`` of ``w`` asks for ``range(r, n_batches, w)``.
         """
+        check_whole("num_samples", num_samples)
+        check_whole("seq_len", seq_len, 2, optional=True)
         steps = resolve_steps(self.method, steps)
         check_input_noise(input_noise)
         check_gamma(gamma)
@@ -210,6 +213,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: 
     tag or commit), or a shipped demo model ``"demo:fmlm"`` / ``"demo:flm"`` (:mod:`flowlm.demo`). Strict."""
     from flowlm.hub import download, is_hub_id
 
+    check_device(device, "device")
     if str(path).startswith(PREFIX):
         path = demo_path(str(path))
     directory = download(str(path), revision=revision) if is_hub_id(str(path)) else resolve_model_dir(path)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from flowlm.errors import ConfigError, FlowLMError, TrainingInterrupted
+from flowlm.paths import require_writable_dir
 
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_demo(args: argparse.Namespace) -> None:
     from flowlm.demo import format_demo, run_demo
 
+    check_args(args)
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples {args.num_samples}: ask for at least one sample")
     print(format_demo(run_demo(args.num_samples, seed=args.seed, device=args.device)))
@@ -239,11 +241,28 @@ def run_distill(args: argparse.Namespace) -> None:
         print(f"sample from it in one step with: flowlm sample {model_dir} --steps 1")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The numeric and device options a command has, checked before any model or judge is loaded."""
+    from flowlm.checks import check_device, check_whole
+
+    for option in ("num_samples", "batch_size", "judge_batch_size"):
+        if hasattr(args, option):
+            check_whole(f"--{option.replace('_', '-')}", getattr(args, option))
+    if hasattr(args, "seq_len"):
+        check_whole("--seq-len", args.seq_len, 2, optional=True)
+    if hasattr(args, "device"):
+        check_device(args.device)
+
+
 def run_sample(args: argparse.Namespace) -> None:
     import flowlm
     from flowlm.api import resolve_steps
+    from flowlm.paths import require_writable_file
     from flowlm.training.checkpoint import code_version
 
+    check_args(args)
+    if args.out is not None:
+        require_writable_file(args.out, "--out")
     model = flowlm.load(args.checkpoint, device=args.device)
     start = time.perf_counter()
     tokens = model.sample_tokens(
@@ -301,6 +320,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from flowlm.eval.run import STEPLESS_METHODS, evaluate, parse_steps
 
     steps = parse_steps(args.steps or DEFAULT_EVAL_STEPS)
+    check_args(args)
+    require_writable_dir(args.out, "--out")
     plots.require_matplotlib()
     device = distributed.init_from_env(args.device)
     try:
@@ -322,6 +343,8 @@ def run_score(args: argparse.Namespace) -> None:
     from flowlm.eval import distributed, load_judge, plots
     from flowlm.eval.run import load_sample_files, score_files
 
+    check_args(args)
+    require_writable_dir(args.out, "--out")
     plots.require_matplotlib()
     sample_sets = load_sample_files(args.samples)  # bad files fail before the judge is loaded
     device = distributed.init_from_env(args.device)
@@ -340,6 +363,8 @@ def run_reference(args: argparse.Namespace) -> None:
     from flowlm.eval import distributed, load_judge, plots
     from flowlm.eval.run import reference
 
+    check_args(args)
+    require_writable_dir(args.out, "--out")
     plots.require_matplotlib()
     device = distributed.init_from_env(args.device)
     try:
@@ -359,6 +384,7 @@ def run_compare(args: argparse.Namespace) -> None:
     from flowlm.eval.report import comparison_markdown
     from flowlm.eval.run import compare_results
 
+    require_writable_dir(args.out, "--out")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     comparison = compare_results(args.results, args.out, labels)
     print(comparison_markdown(comparison).split("\n\nJudge:")[0])

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from flowlm.checks import check_accelerator
 from flowlm.config import RunConfig, apply_overrides, device_count, load_preset
 from flowlm.data import prepare_blocks, prepare_tokenizer
 from flowlm.data.cache import default_cache_dir
@@ -241,6 +242,7 @@ def train(
     shortcuts = {"train.method": method, "data.corpus": data, "data.tokenizer": tokenizer, "train.max_steps": steps}
     overrides = list(overrides) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     cfg = apply_overrides(config if config is not None else load_preset(preset), overrides)
+    check_accelerator(cfg.train.accelerator, cfg.train.devices)
     run_dir = require_writable_dir(out or f"runs/{preset}-{cfg.train.method}", "--out")
     require_writable_dir(cfg.data.cache_dir or default_cache_dir(), "data.cache_dir")
     with RunLock(run_dir) if launching_process() else contextlib.nullcontext():
