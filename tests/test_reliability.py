@@ -107,7 +107,7 @@ def test_kill_during_checkpoint_publish_then_rerun_resumes_exactly(setup, tmp_pa
     checkpoint, after last.ckpt became prev.ckpt: the rerun resumes from prev.ckpt (step 2) and ends with the
     same weights as an uninterrupted run."""
     root, overrides = setup
-    out = tmp_path / "run"
+    out, corpus = tmp_path / "run", root / "corpus.txt"
     proc = child(
         f"""
         import os, flowlm
@@ -119,7 +119,7 @@ def test_kill_during_checkpoint_publish_then_rerun_resumes_exactly(setup, tmp_pa
                     os._exit(9)
             return real(src, dst)
         os.replace = replace
-        flowlm.train(overrides={overrides!r}, data="{root / 'corpus.txt'}", tokenizer="char", steps=4,
+        flowlm.train(overrides={overrides!r}, data="{corpus}", tokenizer="char", steps=4,
                      out="{out}", progress=False)
         """,
         stdout=subprocess.DEVNULL,
