@@ -99,14 +99,14 @@ def one_line_error(capsys, argv, *fragments):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["sample", "demo:flm", "--seq-len", "0"], "--seq-len=0: use a whole number >= 2"),
-        (["sample", "demo:flm", "--seq-len", "-5"], "--seq-len=-5"),
-        (["sample", "demo:flm", "-n", "0"], "--num-samples=0"),
-        (["sample", "demo:flm", "--batch-size", "0"], "--batch-size=0"),
+        (["sample", "demo:flm", "--seq-len", "0"], "--seq-len 0: use a whole number >= 2"),
+        (["sample", "demo:flm", "--seq-len", "-5"], "--seq-len -5"),
+        (["sample", "demo:flm", "-n", "0"], "--num-samples 0"),
+        (["sample", "demo:flm", "--batch-size", "0"], "--batch-size 0"),
         (["sample", "demo:flm", "--device", "nonsense"], "--device 'nonsense' is not a device"),
         (["sample", "demo:flm", "--device", "xpu"], "--device 'xpu'"),
         (["demo", "--device", "nonsense"], "--device 'nonsense'"),
-        (["eval", "demo:flm", "--out", "x", "--judge-batch-size", "0"], "--judge-batch-size=0"),
+        (["eval", "demo:flm", "--out", "x", "--judge-batch-size", "0"], "--judge-batch-size 0"),
         (["eval", "demo:flm", "--out", "x", "--device", "nonsense"], "--device 'nonsense'"),
     ],
 )

@@ -60,4 +60,5 @@ def check_whole(name: str, value, minimum: int = 1, *, optional: bool = False) -
         return
     real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not real or int(value) != value or value < minimum:
-        raise ConfigError(f"{name}={value!r}: use a whole number >= {minimum}")
+        given = f"{name} {value!r}" if name.startswith("--") else f"{name}={value!r}"  # CLI option or argument
+        raise ConfigError(f"{given}: use a whole number >= {minimum}")

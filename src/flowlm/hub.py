@@ -44,8 +44,8 @@ def download(repo_id: str, revision: str | None = None, token: str | bool | None
             )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise CheckpointError(
-            f"{repo_id!r} is no local folder and cannot be fetched from the Hugging Face Hub: offline "
-            f"({offline or 'the network is unreachable'}), and it is not in the local cache; "
+            f"{repo_id!r} is no local folder and cannot be fetched from the Hugging Face Hub (no network: "
+            f"{offline or 'HF_HUB_OFFLINE is set or the Hub is unreachable'}), and it is not in the local cache; "
             "connect and unset HF_HUB_OFFLINE, or pass a local model folder (flowlm.load('path/to/model'))"
         ) from None
     except (RepositoryNotFoundError, GatedRepoError):
