@@ -232,3 +232,15 @@ def test_hf_hub_offline_needs_no_probe(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed although offline is set"))
     assert network.offline_reason() == "HF_HUB_OFFLINE is set"
+
+
+def test_eval_writes_the_samples_before_the_judge_runs(tmp_path):
+    from flowlm.eval.run import evaluate
+
+    class BrokenJudge:
+        def text_nll(self, *args, **kwargs):
+            raise RuntimeError("judge crashed")
+
+    with pytest.raises(RuntimeError, match="judge crashed"):
+        evaluate(flowlm.load("demo:flm"), BrokenJudge(), [1], tmp_path, num_samples=3, batch_size=2, progress=False)
+    assert len((tmp_path / "samples_steps1.jsonl").read_text().splitlines()) == 1 + 3  # header + every sample
