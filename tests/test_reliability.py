@@ -178,6 +178,7 @@ def test_damaged_last_falls_back_to_prev_and_both_damaged_names_no_resume(setup,
     one_line_error(capsys, cli_args(setup, out, 6), "last.ckpt is damaged", "prev.ckpt is damaged", "--no-resume")
     assert main([*cli_args(setup, out, 2), "--no-resume"]) == 0
     assert load_state(ckpts / LAST)["global_step"] == 2
+    assert not (ckpts / PREV).exists()  # the earlier run's state is gone, not kept as this run's fallback
 
 
 # --- 5. the model folder swap ----------------------------------------------------------------------------

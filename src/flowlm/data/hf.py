@@ -171,8 +171,8 @@ def _open(source: _Source, label: str, split: str, streaming: bool):
     except Exception as e:  # network, missing dataset, bad files: datasets raises many types
         if offline:
             raise DataError(
-                f"Hugging Face dataset {label!r} is not in the local cache and the Hub cannot be reached ({offline}): "
-                "connect to the network, or use a local corpus such as 'shakespeare' or a .txt file"
+                f"cannot load Hugging Face dataset {label!r}: it is not in the local cache and the Hub cannot be "
+                f"reached ({offline}); connect to the network, or use a local corpus such as 'shakespeare'"
             ) from None
         raise _load_error(label, e) from e
     if source.owt_split:

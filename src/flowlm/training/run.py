@@ -31,7 +31,7 @@ from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader
 from flowlm.training.checkpoint import provenance, recover_dir, save_model
 from flowlm.training.lock import RunLock
 from flowlm.training.module import FlowLMModule
-from flowlm.training.state import LAST, SafeCheckpointIO, clean_partials, newest_readable
+from flowlm.training.state import LAST, PREV, SafeCheckpointIO, clean_partials, newest_readable
 
 
 class _NoAdverts(logging.Filter):
@@ -296,6 +296,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
     micro, accumulate = batch_split(cfg, world)
     L.seed_everything(cfg.train.seed, verbose=False)
     module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate, teacher=teacher, stage1=stage1)
+    if resumed is None and launching_process():
+        # Starting afresh (--no-resume): an earlier run's state must not become this run's prev.ckpt, which a
+        # crash during this run's first save would then resume from.
+        for name in (LAST, PREV):
+            (run_dir / "checkpoints" / name).unlink(missing_ok=True)
     # Every process of a multi-process launch writes the same file: atomically, so that no process can read
     # another's half-written copy in check_resumable.
     partial = run_dir / f"config.json.{os.getpid()}"
