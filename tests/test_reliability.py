@@ -258,13 +258,16 @@ def test_second_writer_is_refused_and_ctrl_c_exits_130_and_resumes(setup, tmp_pa
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 240
-    while not (out / "checkpoints" / LAST).exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.stderr else ""
-        time.sleep(0.2)
-    one_line_error(capsys, cli_args(setup, out, 8), f"pid {proc.pid} on", "another --out")
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoints" / LAST).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        one_line_error(capsys, cli_args(setup, out, 8), f"pid {proc.pid} on", "another --out")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
     last = proc.stderr.read().strip().splitlines()[-1]
     assert last.startswith("flowlm: interrupted at step ") and "rerun the same command to resume" in last, last
     saved = newest_readable(out / "checkpoints")[1]["global_step"]
@@ -285,10 +288,12 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout.readline().strip() == "locked"
-    with pytest.raises(ConfigError, match=f"pid {proc.pid} on .*another --out"):
-        RunLock(tmp_path).acquire()
-    proc.kill()
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=f"pid {proc.pid} on .*another --out"):
+            RunLock(tmp_path).acquire()
+    finally:
+        proc.kill()
     proc.wait(timeout=30)
     with RunLock(tmp_path) as lock:
         assert str(os.getpid()) in lock.holder()
