@@ -536,7 +536,7 @@ def test_cache_errors(tmp_path, gpt2):
         build_token_cache(str(tiny), gpt2, 64, "train", tmp_path, progress=False)
     one_line(e)
     assert list((tmp_path / "blocks").iterdir()) == []
-    with pytest.raises(DataError, match="block_len"):
+    with pytest.raises(DataError, match="data.seq_len=2"):
         build_token_cache(str(tiny), gpt2, 2, "train", tmp_path, progress=False)
     with pytest.raises(DataError, match="not a flowlm token cache"):
         PackedBlocks(tmp_path)

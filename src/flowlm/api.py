@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowlm.checks import check_device, check_whole
 from flowlm.data import Tokenizer
 from flowlm.demo_models import PREFIX, demo_path
 from flowlm.errors import CheckpointError, ConfigError
@@ -116,13 +117,13 @@ class FlowLM:
         Other keyword ``options`` go to the method's sampler (:attr:`flowlm.methods.Method.options`); an option
         the method does not have is an error unless it is given at its "off" value (``gamma=0``).
         """
+        check_whole("num_samples", num_samples)
+        check_whole("seq_len", seq_len, 2, optional=True)
         method = self.method_def
         steps = resolve_steps(method, steps)
         check_input_noise(input_noise)
         resolved = sampler_options(method, guidance=guidance, gamma=gamma, **options)
         method.check_request(self, resolved)
-        if num_samples < 1:
-            raise ConfigError(f"num_samples={num_samples}: ask for at least one sample")
         seq_len = seq_len or self.seq_len
         if seq_len > self.seq_len:
             raise ConfigError(
@@ -222,6 +223,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: 
     tag or commit), or a shipped demo model ``"demo:fmlm"`` / ``"demo:flm"`` (:mod:`flowlm.demo`). Strict."""
     from flowlm.hub import download, is_hub_id
 
+    check_device(device, "device")
     if str(path).startswith(PREFIX):
         path = demo_path(str(path))
     directory = download(str(path), revision=revision) if is_hub_id(str(path)) else resolve_model_dir(path)

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from flowlm.errors import ConfigError, FlowLMError
+from flowlm.errors import ConfigError, FlowLMError, TrainingInterrupted
+from flowlm.paths import require_writable_dir
 
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_demo(args: argparse.Namespace) -> None:
     from flowlm.demo import format_demo, run_demo
 
+    check_args(args)
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples {args.num_samples}: ask for at least one sample")
     print(format_demo(run_demo(args.num_samples, seed=args.seed, device=args.device)))
@@ -273,12 +275,29 @@ def run_distill(args: argparse.Namespace) -> None:
         print(f"sample from it in one step with: flowlm sample {model_dir} --steps 1")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The numeric and device options a command has, checked before any model or judge is loaded."""
+    from flowlm.checks import check_device, check_whole
+
+    for option in ("num_samples", "batch_size", "judge_batch_size"):
+        if hasattr(args, option):
+            check_whole(f"--{option.replace('_', '-')}", getattr(args, option))
+    if hasattr(args, "seq_len"):
+        check_whole("--seq-len", args.seq_len, 2, optional=True)
+    if hasattr(args, "device"):
+        check_device(args.device)
+
+
 def run_sample(args: argparse.Namespace) -> None:
     import flowlm
     from flowlm.api import resolve_steps
     from flowlm.eval.run import option_provenance
+    from flowlm.paths import require_writable_file
     from flowlm.training.checkpoint import code_version
 
+    check_args(args)
+    if args.out is not None:
+        require_writable_file(args.out, "--out")
     model = flowlm.load(args.checkpoint, device=args.device)
     options = given_options(args)
     prompts, known = conditions(args, model)
@@ -384,6 +403,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from flowlm.eval.run import evaluate, parse_steps
 
     steps = parse_steps(args.steps or DEFAULT_EVAL_STEPS)
+    check_args(args)
+    require_writable_dir(args.out, "--out")
     plots.require_matplotlib()
     device = distributed.init_from_env(args.device)
     try:
@@ -405,6 +426,8 @@ def run_score(args: argparse.Namespace) -> None:
     from flowlm.eval import distributed, load_judge, plots
     from flowlm.eval.run import load_sample_files, score_files
 
+    check_args(args)
+    require_writable_dir(args.out, "--out")
     plots.require_matplotlib()
     sample_sets = load_sample_files(args.samples)  # bad files fail before the judge is loaded
     device = distributed.init_from_env(args.device)
@@ -423,6 +446,8 @@ def run_reference(args: argparse.Namespace) -> None:
     from flowlm.eval import distributed, load_judge, plots
     from flowlm.eval.run import reference
 
+    check_args(args)
+    require_writable_dir(args.out, "--out")
     plots.require_matplotlib()
     device = distributed.init_from_env(args.device)
     try:
@@ -442,6 +467,7 @@ def run_compare(args: argparse.Namespace) -> None:
     from flowlm.eval.report import comparison_markdown
     from flowlm.eval.run import compare_results
 
+    require_writable_dir(args.out, "--out")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     comparison = compare_results(args.results, args.out, labels)
     print(comparison_markdown(comparison).split("\n\nJudge:")[0])
@@ -468,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlowLMError as err:
         print(f"flowlm: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        print(f"flowlm: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("flowlm: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ the method (``causal`` for AR, ``mask_input`` for MDLM: each method's ``dit_opti
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from typing import Any
@@ -160,6 +161,8 @@ def coerce(dotted: str, value: Any, current: Any, spec: dataclasses.Field) -> An
         if isinstance(value, (list, tuple)) and len(value) == len(current):
             return tuple(float(v) for v in value)
         raise ConfigError(f"{dotted}={value!r}: expected a list like [0.9, 0.999]")
+    if isinstance(value, bool) and ("int" in kind or "float" in kind):
+        raise ConfigError(f"{dotted}={value!r}: expected a number, not true/false")
     try:
         if "int" in kind and "str" in kind:
             return value if isinstance(value, str) else int(value)
@@ -172,8 +175,9 @@ def coerce(dotted: str, value: Any, current: Any, spec: dataclasses.Field) -> An
                     raise ValueError
                 return int(as_float)
             return as_float
-    except (TypeError, ValueError):
-        raise ConfigError(f"{dotted}={value!r}: expected a number") from None
+    except (TypeError, ValueError, OverflowError):
+        expected = "a number" if "float" in kind else "a whole number"
+        raise ConfigError(f"{dotted}={value!r}: expected {expected}") from None
     return str(value)
 
 
@@ -219,21 +223,77 @@ def validate_distributed(t: TrainConfig) -> None:
         )
 
 
+# Every numeric option and its range (None stays allowed where the field's type allows it).
+WHOLE_AT_LEAST = {
+    "data.seq_len": 3,
+    "model.hidden_size": 2,
+    "model.n_blocks": 1,
+    "model.n_heads": 1,
+    "model.cond_dim": 1,
+    "model.mlp_ratio": 1,
+    "train.max_steps": 1,
+    "train.batch_size": 1,
+    "train.micro_batch_size": 1,
+    "train.warmup_steps": 0,
+    "train.seed": 0,
+    "train.log_every": 1,
+    "train.ckpt_every": 1,
+    "train.val_every": 1,
+    "train.val_batches": 1,
+    "train.num_workers": 0,
+}
+POSITIVE = ("train.lr", "train.eps", "model.input_std", "model.attn_softcap", "model.logit_cap")
+NON_NEGATIVE = ("train.weight_decay", "train.grad_clip")
+BELOW_ONE = ("model.dropout", "train.ema_decay")  # in [0, 1)
+MAX_SEED = 2**32 - 1  # what torch/numpy seeding accepts
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "64", "64-true")
+
+
+def _get(cfg: RunConfig, dotted: str):
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def validate_ranges(cfg: RunConfig) -> None:
+    """Each numeric option within its range, with a one-line ConfigError naming the option and the range."""
+    for name, low in WHOLE_AT_LEAST.items():
+        value = _get(cfg, name)
+        if value is not None and value < low:
+            why = " (a block holds BOS, EOS and text)" if name == "data.seq_len" else ""
+            raise ConfigError(f"{name}={value}: use a whole number >= {low}{why}")
+    for name in POSITIVE:
+        value = _get(cfg, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name}={value}: use a finite number > 0")
+    for name in NON_NEGATIVE:
+        value = _get(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name}={value}: use a finite number >= 0")
+    for name in BELOW_ONE:
+        value = _get(cfg, name)
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name}={value}: use a number in [0, 1)")
+    if not all(0 <= b < 1 for b in cfg.train.betas):
+        raise ConfigError(f"train.betas={list(cfg.train.betas)}: use two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if cfg.train.seed > MAX_SEED:
+        raise ConfigError(f"train.seed={cfg.train.seed}: use a whole number in [0, {MAX_SEED}]")
+    if cfg.train.accelerator not in ACCELERATORS:
+        raise ConfigError(f"train.accelerator={cfg.train.accelerator!r}: use one of {', '.join(ACCELERATORS)}")
+    for name in ("data.corpus", "data.tokenizer"):
+        if not str(_get(cfg, name)).strip():
+            raise ConfigError(f"{name} is empty: name a corpus / tokenizer (see flowlm train --help)")
+
+
 def validate(cfg: RunConfig) -> None:
+    validate_ranges(cfg)
     t = cfg.train
     d = cfg.distill
     if d.recipe not in registry.distillation_recipes():
         raise ConfigError(f"distill.recipe={d.recipe!r}: choose one of {', '.join(registry.distillation_recipes())}")
     method = registry.for_config(cfg)
-    for name in ("max_steps", "batch_size", "log_every", "ckpt_every", "val_every"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name}={getattr(t, name)} must be >= 1")
-    if t.micro_batch_size is not None and t.micro_batch_size < 1:
-        raise ConfigError(f"train.micro_batch_size={t.micro_batch_size} must be >= 1")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
-    if t.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):
-        raise ConfigError(f"train.precision={t.precision!r}: use auto, 32, bf16-mixed, 16-mixed or 64")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision={t.precision!r}: use one of {', '.join(PRECISIONS)}")
     validate_distributed(t)
     if t.loss_weighting and not method.learnable_weighting:
         raise ConfigError(
@@ -260,6 +320,4 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"distill.recipe={d.recipe} regresses onto a stage-1 map: pass --stage1 CKPT")
     if not (0 <= d.diag_frac and 0 <= d.resolved_boundary_frac() and d.diag_frac + d.resolved_boundary_frac() <= 1):
         raise ConfigError("distill.diag_frac and distill.boundary_frac must be >= 0 and sum to at most 1")
-    if cfg.data.seq_len < 3:
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: blocks need room for BOS, EOS and text (>= 3)")
     cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len, options=method.dit_options)

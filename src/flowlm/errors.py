@@ -24,3 +24,18 @@ class ConfigError(FlowLMError):
 
 class TrainingDivergedError(FlowLMError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped training; the newest checkpoint is kept and a rerun resumes from it.
+
+    A KeyboardInterrupt, so code that stops on Ctrl-C keeps doing so; the CLI exits with status 130.
+    """
+
+    def __init__(self, step: int, saved_step: int | None):
+        self.step, self.saved_step = step, saved_step
+        if saved_step is None:
+            resume = "no checkpoint was written yet, so a rerun starts afresh"
+        else:
+            resume = f"rerun the same command to resume from the checkpoint of step {saved_step}"
+        super().__init__(f"interrupted at step {step}; {resume}")

@@ -22,6 +22,7 @@ from huggingface_hub.errors import (
 )
 
 from flowlm.errors import CheckpointError
+from flowlm.network import hub_access
 from flowlm.training.checkpoint import CARD, META, TOKENIZER, WEIGHTS
 
 FILES = [WEIGHTS, META, CARD, f"{TOKENIZER}/*"]
@@ -35,12 +36,16 @@ def is_hub_id(name: str) -> bool:
 
 def download(repo_id: str, revision: str | None = None, token: str | bool | None = None) -> Path:
     """Download (or find in the local Hub cache) the model folder of ``repo_id``; returns its local path."""
+    offline = None
     try:
-        folder = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=FILES, library_name="flowlm")
+        with hub_access() as offline:
+            folder = snapshot_download(
+                repo_id, revision=revision, token=token, allow_patterns=FILES, library_name="flowlm"
+            )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise CheckpointError(
-            f"{repo_id!r} is no local folder and cannot be fetched from the Hugging Face Hub: offline "
-            "(HF_HUB_OFFLINE is set) or the network is unreachable, and it is not in the local cache; "
+            f"{repo_id!r} is no local folder and cannot be fetched from the Hugging Face Hub (no network: "
+            f"{offline or 'HF_HUB_OFFLINE is set or the Hub is unreachable'}), and it is not in the local cache; "
             "connect and unset HF_HUB_OFFLINE, or pass a local model folder (flowlm.load('path/to/model'))"
         ) from None
     except (RepositoryNotFoundError, GatedRepoError):

@@ -149,7 +149,7 @@ def build_token_cache(
     :class:`DataError` when the split does not fill a single block.
     """
     if int(block_len) != block_len or block_len < 3:
-        raise DataError(f"block_len must be a whole number >= 3, got {block_len!r}: use e.g. 128 or 1024")
+        raise DataError(f"data.seq_len={block_len!r}: use a whole number >= 3, e.g. 128 or 1024")
     block_len = int(block_len)
     corpus = corpus_spec if isinstance(corpus_spec, Corpus) else load_corpus(corpus_spec, split)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -177,10 +177,7 @@ def build_token_cache(
                 blocks.tofile(out)
                 bar.set_postfix(blocks=stats.n_blocks, refresh=False)
         if stats.n_blocks == 0:
-            raise DataError(
-                f"corpus {corpus.spec!r} [{corpus.split}] has {stats.n_tokens} tokens, fewer "
-                f"than one block of {block_len}: use a shorter block_len or a bigger corpus"
-            )
+            raise DataError(empty_split_message(corpus, stats, block_len))
         seconds = time.perf_counter() - start
         meta = {
             "format": CACHE_FORMAT,
@@ -204,6 +201,18 @@ def build_token_cache(
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return final
+
+
+def empty_split_message(corpus: Corpus, stats: PackStats, block_len: int) -> str:
+    """Why a split gave no block, and what to change."""
+    where = f"corpus {corpus.spec!r} [{corpus.split}]"
+    if stats.n_docs == 0:
+        rule = f" ({corpus.held_out})" if corpus.held_out else ""
+        return f"{where} is empty{rule}: give a bigger corpus"
+    return (
+        f"{where} has {stats.n_tokens} tokens in {stats.n_docs} documents, fewer than one block of "
+        f"data.seq_len={block_len}: use a smaller data.seq_len or a bigger corpus"
+    )
 
 
 class PackedBlocks(torch.utils.data.Dataset):

@@ -8,7 +8,10 @@ Specs:
   speech with its speaker prefix (``"Ham.\\nTo be, or not to be, ..."``), in the poems one stanza or sonnet:
   short, sentence-like units, as LM1B's sentences (about 38.9k documents, 5 MB).
 * a local ``.txt`` file: one document per blank-line-separated paragraph (leading/trailing whitespace
-  stripped, inner newlines kept); a file with no blank line at all is read as one document per line.
+  stripped, inner newlines kept); a file with no blank line at all is read as one document per line. A
+  document longer than ``MAX_DOC_CHARS`` (10,000 characters) is cut into pieces of at most that length (at
+  the last line break, else the last space, before the limit), so a single long line or paragraph still
+  gives a validation split.
 * a local folder: every ``*.txt`` file below it, in sorted path order, each read as above, with document
   numbering running on across files. A folder holding a dataset saved by ``datasets`` (``save_to_disk``) is
   read as a Hugging Face dataset instead.
@@ -48,6 +51,8 @@ CHOICES = (
 )
 # Bump when the rules turning files into documents change, so old token caches are not reused.
 CORPUS_FORMAT = 1
+LOCAL_FORMAT = 2  # local files only: 2 cuts documents longer than MAX_DOC_CHARS
+MAX_DOC_CHARS = 10_000
 
 
 class Corpus(Iterable[str]):
@@ -57,8 +62,16 @@ class Corpus(Iterable[str]):
     which is what the token cache keys on.
     """
 
-    def __init__(self, spec: str, split: str, make_iter: Callable[[], Iterator[str]], fingerprint: str) -> None:
+    def __init__(
+        self,
+        spec: str,
+        split: str,
+        make_iter: Callable[[], Iterator[str]],
+        fingerprint: str,
+        held_out: str | None = None,
+    ) -> None:
         self.spec, self.split, self._make_iter, self.fingerprint = spec, split, make_iter, fingerprint
+        self.held_out = held_out  # how the validation split is chosen, for error messages
 
     def __iter__(self) -> Iterator[str]:
         return self._make_iter()
@@ -86,6 +99,24 @@ def _held_out(split: str, spec: str) -> Callable[[int], bool]:
         )
     want_valid = split == "validation"
     return lambda i: (i % VALID_EVERY == VALID_EVERY - 1) == want_valid
+
+
+HELD_OUT = f"every {VALID_EVERY}th document ({100 // VALID_EVERY}%) is held out as validation"
+
+
+def pieces(doc: str, limit: int = MAX_DOC_CHARS) -> Iterator[str]:
+    """``doc`` cut into pieces of at most ``limit`` characters, at the last line break (else space) before it."""
+    while len(doc) > limit:
+        cut = doc.rfind("\n", 0, limit + 1)
+        if cut <= 0:
+            cut = doc.rfind(" ", 0, limit + 1)
+        if cut <= 0:
+            cut = limit
+        head, doc = doc[:cut].strip(), doc[cut:].strip()
+        if head:
+            yield head
+    if doc:
+        yield doc
 
 
 def _select(docs: Iterable[str], keep: Callable[[int], bool]) -> Iterator[str]:
@@ -121,7 +152,11 @@ def shakespeare_corpus(split: str) -> Corpus:
 
     digest = hashlib.sha256((ASSETS / SHAKESPEARE_FILE).read_bytes()).hexdigest()
     return Corpus(
-        "shakespeare", split, lambda: _select(docs(), keep), _hash("shakespeare", digest, split, CORPUS_FORMAT)
+        "shakespeare",
+        split,
+        lambda: _select(docs(), keep),
+        _hash("shakespeare", digest, split, CORPUS_FORMAT),
+        HELD_OUT,
     )
 
 
@@ -166,7 +201,10 @@ def local_corpus(spec: str, path: Path, split: str) -> Corpus:
 
     def docs() -> Iterator[str]:
         for f in files:
-            yield from _file_docs(f)
+            for doc in _file_docs(f):
+                yield from pieces(doc)
 
     stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    return Corpus(spec, split, lambda: _select(docs(), keep), _hash("local", stats, split, CORPUS_FORMAT))
+    fingerprint = _hash("local", stats, split, CORPUS_FORMAT, LOCAL_FORMAT)
+    held_out = f"{HELD_OUT}; documents are blank-line-separated paragraphs (or lines), <= {MAX_DOC_CHARS:,} chars"
+    return Corpus(spec, split, lambda: _select(docs(), keep), fingerprint, held_out)

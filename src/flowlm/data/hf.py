@@ -31,6 +31,7 @@ from pathlib import Path
 
 from flowlm.data.corpus import CORPUS_FORMAT, VALID_EVERY, Corpus
 from flowlm.errors import DataError
+from flowlm.network import hub_access
 
 OWT_VALID_DOCS = 100_000
 OWT_TRAIN_DOCS = 8_013_769  # size of openwebtext's train split, used when streaming cannot tell it
@@ -152,18 +153,27 @@ def _open(source: _Source, label: str, split: str, streaming: bool):
     import datasets
 
     local = Path(source.path)
+    offline = None
     try:
         if local.is_dir() and is_saved_dataset(local):
             loaded = datasets.load_from_disk(str(local))
             if isinstance(loaded, datasets.Dataset):  # already memory-mapped: streaming is moot
                 loaded = datasets.DatasetDict({"train": loaded})
-        elif source.owt_split:
-            loaded = {"train": datasets.load_dataset(source.path, source.config, split="train", streaming=streaming)}
         else:
-            loaded = datasets.load_dataset(source.path, source.config, streaming=streaming)
+            with hub_access(needed=not local.exists()) as offline:
+                if source.owt_split:
+                    split_kw = {"split": "train", "streaming": streaming}
+                    loaded = {"train": datasets.load_dataset(source.path, source.config, **split_kw)}
+                else:
+                    loaded = datasets.load_dataset(source.path, source.config, streaming=streaming)
     except DataError:
         raise
     except Exception as e:  # network, missing dataset, bad files: datasets raises many types
+        if offline:
+            raise DataError(
+                f"cannot load Hugging Face dataset {label!r}: it is not in the local cache and the Hub cannot be "
+                f"reached ({offline}); connect to the network, or use a local corpus such as 'shakespeare'"
+            ) from None
         raise _load_error(label, e) from e
     if source.owt_split:
         return _owt_slice(loaded["train"], split), False

@@ -33,6 +33,7 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 
 from flowlm.errors import DataError
+from flowlm.network import hub_access
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TOKENIZER_FILE = "tokenizer.json"
@@ -262,11 +263,18 @@ def train_char(spec: str, train_texts: Iterable[str]) -> Tokenizer:
 
 def from_hugging_face(spec: str) -> Tokenizer:
     """A Hugging Face tokenizer (Hub name or local folder) via ``AutoTokenizer``; needs its fast version."""
+    offline = None
     try:
         from transformers import AutoTokenizer
 
-        hf = AutoTokenizer.from_pretrained(spec)
+        with hub_access(needed=not Path(spec).exists()) as offline:
+            hf = AutoTokenizer.from_pretrained(spec)
     except Exception as e:  # transformers raises OSError, ValueError, HTTP errors, ... for the same cause
+        if offline:
+            raise DataError(
+                f"tokenizer {spec!r} is not in the local Hugging Face cache and the Hub cannot be reached "
+                f"({offline}): connect to the network, or use bpe:<size>, char, gpt2 or bert-base-uncased (offline)"
+            ) from None
         if Path(spec).exists():
             raise DataError(
                 f"no tokenizer found in {spec!r} ({type(e).__name__}): the folder needs a "

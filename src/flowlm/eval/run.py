@@ -302,7 +302,6 @@ def evaluate(
             model, steps_k, num_samples=num_samples, seed=seed, batch_size=batch_size, seq_len=seq_len,
             options=options, progress=progress,
         )  # fmt: skip
-        score_chunks(judge, chunks, batch_size=judge_batch_size, progress=progress)
         rank_seconds = gather(seconds)
         header = {
             "steps": steps_k,
@@ -317,8 +316,10 @@ def evaluate(
             "provenance": sampling,
         }
         sample_set = SampleSet(header, gather_chunks(chunks, n_batches))
-        if rank == 0:
+        if rank == 0:  # the samples are on disk before the judge runs: a failed scoring loses none
             write_samples(out / file_name(steps_k, model.method), sample_set)
+        score_chunks(judge, chunks, batch_size=judge_batch_size, progress=progress)
+        sample_set.chunks = gather_chunks(chunks, n_batches)
         sample_sets.append(sample_set)
     return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
 

@@ -85,13 +85,18 @@ def read_samples(path: str | Path) -> SampleSet:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"sample file {str(path)!r} does not exist: pass a samples_*.jsonl written by flowlm eval")
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a text file: pass a samples_*.jsonl written by flowlm eval") from None
     try:
         header = json.loads(lines[0]) if lines else {}
         rows = [json.loads(line) for line in lines[1:]]
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is not valid JSON lines ({err}): the file is damaged; rerun flowlm eval") from None
+    if not isinstance(header, dict) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path} is not a flowlm eval sample file (its lines are not JSON objects)")
     if header.get("format") != SAMPLES_FORMAT:
         raise DataError(
             f"{path} is not a flowlm eval sample file (its first line has no format {SAMPLES_FORMAT!r}): "

@@ -68,15 +68,35 @@ def provenance(**fields) -> dict:
     }
 
 
+def _old(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def honour_umask(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes the umask asks for (``mkdtemp`` makes folders 0700,
+    safetensors files 0600, whatever the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_dir(target: Path, fill) -> Path:
-    """Build a folder with ``fill(tmp_dir)`` next to ``target`` and move it into place atomically."""
+    """Build a folder with ``fill(tmp_dir)`` next to ``target`` and move it into place.
+
+    The swap is two renames: ``target`` -> ``.<name>.old``, then the new folder -> ``target``. A crash
+    between them leaves no ``target`` but a complete ``.<name>.old``, which :func:`resolve_model_dir`
+    reads and :func:`recover_dir` (run at the start of the next training) moves back.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         fill(tmp)
+        honour_umask(tmp)
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
+            old = _old(target)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
             os.replace(tmp, target)
@@ -87,6 +107,17 @@ def atomic_write_dir(target: Path, fill) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def recover_dir(target: Path) -> None:
+    """Undo an interrupted :func:`atomic_write_dir`: bring back ``.<name>.old`` if ``target`` is missing, and
+    delete the temporary ``.<name>.*`` folders. Only for a writer that holds the folder (the run lock)."""
+    target = Path(target)
+    old = _old(target)
+    if not target.exists() and (old / META).is_file():
+        os.replace(old, target)
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def save_model(
@@ -111,14 +142,17 @@ def save_model(
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """Accept a model folder or a training run folder (uses its ``model/``)."""
+    """Accept a model folder or a training run folder (uses its ``model/``).
+
+    A model folder caught between the two renames of an export (see :func:`atomic_write_dir`) is read
+    from its complete previous version, ``.<name>.old``.
+    """
     path = Path(path)
+    for candidate in (path, path / "model", _old(path), _old(path / "model")):
+        if (candidate / META).is_file():
+            return candidate
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a model folder or a training run folder")
-    if (path / META).is_file():
-        return path
-    if (path / "model" / META).is_file():
-        return path / "model"
     raise CheckpointError(
         f"{str(path)!r} is not a flowlm checkpoint (no {META}): pass the folder written by flowlm train"
     )

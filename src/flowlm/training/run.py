@@ -1,13 +1,15 @@
 """``flowlm.train(...)``: prepare data, build the Lightning trainer, fit, export the EMA model.
 
-A run folder holds ``config.json`` (the resolved run config), ``checkpoints/last.ckpt`` (the full
-training state: weights, EMA, optimizer, loop position, RNG; for exact resumption), ``model/``
+A run folder holds ``config.json`` (the resolved run config), ``checkpoints/last.ckpt`` and
+``prev.ckpt`` (the full training state: weights, EMA, optimizer, loop position, RNG; for exact resumption;
+see :mod:`flowlm.training.state`), ``.lock`` (held by the one process that writes the run), ``model/``
 (the latest exported EMA model, see :mod:`flowlm.training.checkpoint`) and ``logs/session-<k>/``
 (CSV and TensorBoard, one folder per launch, so a resumed run keeps the earlier metrics).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,15 +21,18 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from flowlm.checks import check_accelerator
 from flowlm.config import RunConfig, apply_overrides, device_count, load_preset
 from flowlm.data import prepare_blocks, prepare_tokenizer
-from flowlm.errors import ConfigError
+from flowlm.data.cache import default_cache_dir
+from flowlm.errors import ConfigError, TrainingInterrupted
 from flowlm.methods import registry
+from flowlm.paths import require_writable_dir
 from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader
-from flowlm.training.checkpoint import provenance, save_model
+from flowlm.training.checkpoint import provenance, recover_dir, save_model
+from flowlm.training.lock import RunLock
 from flowlm.training.module import FlowLMModule
-
-LAST = "last.ckpt"
+from flowlm.training.state import LAST, PREV, SafeCheckpointIO, clean_partials, newest_readable
 
 
 class _NoAdverts(logging.Filter):
@@ -43,12 +48,18 @@ _NO_ADVERTS = _NoAdverts()
 class Checkpointing(Callback):
     """Every ``ckpt_every`` optimizer steps and at the end: save the training state and export the model."""
 
-    def __init__(self, run_dir: Path, tokenizer, every: int, extra_meta: dict):
+    def __init__(self, run_dir: Path, tokenizer, every: int, extra_meta: dict, resumed_step: int | None = None):
         self.run_dir = run_dir
         self.tokenizer = tokenizer
         self.every = every
         self.extra_meta = extra_meta
         self._saved_step = -1
+        self.last_saved = resumed_step  # step of the newest training state on disk
+        self.interrupted_at: int | None = None
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted_at = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -63,6 +74,7 @@ class Checkpointing(Callback):
         module.check_finite()
         self._saved_step = trainer.global_step
         trainer.save_checkpoint(self.run_dir / "checkpoints" / LAST, weights_only=False)
+        self.last_saved = trainer.global_step
         if trainer.is_global_zero:
             export_model(self.run_dir / "model", module, self.tokenizer, trainer.global_step, self.extra_meta)
 
@@ -232,18 +244,52 @@ def train(
     The same options as ``flowlm train``: ``preset`` names a YAML preset (``tiny``, ``small``,
     ``lm1b-small``, ``owt-small``), ``method``/``data``/``tokenizer``/``steps`` are the shortcuts
     for ``train.method``/``data.corpus``/``data.tokenizer``/``train.max_steps``, and ``overrides``
-    are ``section.key=value`` strings. With ``resume`` (default) an existing
-    ``<out>/checkpoints/last.ckpt`` is continued exactly.
+    are ``section.key=value`` strings. With ``resume`` (default) the newest readable of
+    ``<out>/checkpoints/last.ckpt`` / ``prev.ckpt`` is continued exactly; a run already at ``max_steps``
+    raises ConfigError and changes nothing. One process at a time may train into ``out`` (a second one
+    gets a ConfigError naming the holder's pid); Ctrl-C raises :class:`flowlm.errors.TrainingInterrupted`.
     """
     shortcuts = {"train.method": method, "data.corpus": data, "data.tokenizer": tokenizer, "train.max_steps": steps}
     overrides = list(overrides) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     cfg = apply_overrides(config if config is not None else load_preset(preset), overrides)
-    run_dir = Path(out or f"runs/{preset}-{cfg.train.method}")
-    last = run_dir / "checkpoints" / LAST
-    ckpt_path = str(last) if resume and last.is_file() else None
-    if ckpt_path:
-        check_resumable(run_dir, cfg)
+    check_accelerator(cfg.train.accelerator, cfg.train.devices)
+    run_dir = require_writable_dir(out or f"runs/{preset}-{cfg.train.method}", "--out")
+    require_writable_dir(cfg.data.cache_dir or default_cache_dir(), "data.cache_dir")
+    with RunLock(run_dir) if launching_process() else contextlib.nullcontext():
+        return _train(cfg, run_dir, resume, progress)
 
+
+def launching_process() -> bool:
+    """True in the process a user started (global rank 0), which holds the run lock; False in the other
+    ranks of a multi-process launch (Lightning's own, torchrun or SLURM), which read the lock holder's state."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def resume_point(run_dir: Path, cfg: RunConfig, resume: bool) -> tuple[Path, dict] | None:
+    """(path, state) of the training state to continue from, or None to start afresh.
+
+    Raises when the state is already at or past ``train.max_steps``, before anything in the run folder changes.
+    """
+    if not resume:
+        return None
+    found = newest_readable(run_dir / "checkpoints")
+    if found is None:
+        return None
+    check_resumable(run_dir, cfg)
+    step = found[1]["global_step"]
+    if step >= cfg.train.max_steps:
+        raise ConfigError(
+            f"{run_dir} is already at step {step}, not before train.max_steps={cfg.train.max_steps}: nothing was "
+            f"trained or changed; its model is in {run_dir / 'model'}. Pass --steps above {step} to train on"
+        )
+    return found
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
+    if launching_process():
+        recover_dir(run_dir / "model")
+        clean_partials(run_dir / "checkpoints")
+    resumed = resume_point(run_dir, cfg, resume)
     teacher, stage1, teacher_meta = load_frozen(cfg)
     tokenizer = prepare_tokenizer(cfg.data.tokenizer, cfg.data.corpus, cache_dir=cfg.data.cache_dir)
     if teacher is not None and tokenizer.vocab_size != teacher.config.vocab_size:
@@ -260,7 +306,11 @@ def train(
     micro, accumulate = batch_split(cfg, world)
     L.seed_everything(cfg.train.seed, verbose=False)
     module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate, teacher=teacher, stage1=stage1)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resumed is None and launching_process():
+        # Starting afresh (--no-resume): an earlier run's state must not become this run's prev.ckpt, which a
+        # crash during this run's first save would then resume from.
+        for name in (LAST, PREV):
+            (run_dir / "checkpoints" / name).unlink(missing_ok=True)
     # Every process of a multi-process launch writes the same file: atomically, so that no process can read
     # another's half-written copy in check_resumable.
     partial = run_dir / f"config.json.{os.getpid()}"
@@ -273,6 +323,9 @@ def train(
     # logger would otherwise overwrite the metrics of the interrupted launch.
     log_version = f"session-{len(list((run_dir / 'logs').glob('session-*')))}"
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTS)  # a set: added once
+    checkpointing = Checkpointing(
+        run_dir, tokenizer, cfg.train.ckpt_every, teacher_meta, resumed[1]["global_step"] if resumed else None
+    )
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         accumulate_grad_batches=accumulate,
@@ -286,7 +339,7 @@ def train(
             CSVLogger(run_dir, name="logs", version=log_version),
             TensorBoardLogger(run_dir, name="logs", version=log_version, default_hp_metric=False),
         ],
-        callbacks=[Checkpointing(run_dir, tokenizer, cfg.train.ckpt_every, teacher_meta)]
+        callbacks=[checkpointing]
         + ([TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 5))] if progress else []),
         enable_progress_bar=progress,
         enable_checkpointing=False,
@@ -298,6 +351,7 @@ def train(
         log_every_n_steps=cfg.train.log_every,
         use_distributed_sampler=False,
         default_root_dir=run_dir,
+        plugins=[SafeCheckpointIO(resumed)],
     )
     total = cfg.train.max_steps * accumulate
 
@@ -319,5 +373,10 @@ def train(
         # Lightning 2.6's pytree helper builds torch's LeafSpec, which torch >= 2.10 deprecates: a warning about
         # Lightning's internals that users cannot act on, printed on every run
         warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
-        trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=Data(), ckpt_path=str(resumed[0]) if resumed else None)
+        except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after its teardown
+            if checkpointing.interrupted_at is None:
+                raise
+            raise TrainingInterrupted(checkpointing.interrupted_at, checkpointing.last_saved) from None
     return run_dir / "model"

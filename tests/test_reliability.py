@@ -1,0 +1,299 @@
+"""Faults during training and what the next run sees: kills at the dangerous moments of a checkpoint save
+and of the model folder swap, a damaged or malicious checkpoint, two writers, Ctrl-C, umask, reruns.
+
+Each fault is injected where it hurts (a child process killed with ``os._exit`` inside the rename that
+publishes a file, or the rename patched to fail) and the test checks what a rerun does.
+"""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import flowlm
+from flowlm.cli import main
+from flowlm.errors import CheckpointError, ConfigError
+from flowlm.training.checkpoint import atomic_write_dir, resolve_model_dir
+from flowlm.training.lock import RunLock
+from flowlm.training.state import LAST, PREV, load_state, newest_readable, save_state
+
+TEXT = "\n\n".join(f"the cat {i % 7} sat on the mat {i % 5} and looked at the dog {i % 3}." for i in range(400))
+OVERRIDES = [
+    "data.seq_len=24", "model.hidden_size=16", "model.n_blocks=1", "model.n_heads=2", "model.cond_dim=8",
+    "train.batch_size=4", "train.log_every=1", "train.ckpt_every=2", "train.val_every=100", "train.warmup_steps=2",
+]  # fmt: skip
+SRC = str(Path(flowlm.__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    (root / "corpus.txt").write_text(TEXT)
+    overrides = [*OVERRIDES, f"data.cache_dir={root / 'cache'}"]
+    straight = root / "straight"
+    flowlm.train(overrides=overrides, data=str(root / "corpus.txt"), tokenizer="char", steps=4, out=straight,
+                 progress=False)  # fmt: skip
+    return root, overrides
+
+
+def train(setup, out, steps, **kwargs):
+    root, overrides = setup
+    return flowlm.train(overrides=overrides, data=str(root / "corpus.txt"), tokenizer="char", steps=steps, out=out,
+                        progress=False, **kwargs)  # fmt: skip
+
+
+def cli_args(setup, out, steps):
+    root, overrides = setup
+    return ["train", "--data", str(root / "corpus.txt"), "--tokenizer", "char", "--quiet", *overrides,
+            "--steps", str(steps), "--out", str(out)]  # fmt: skip
+
+
+def child(script: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, **popen)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def one_line_error(capsys, argv, *fragments, status=2):
+    assert main(argv) == status
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("flowlm: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+# --- 1. checkpoint saves: never without a complete checkpoint ------------------------------------------
+
+
+@pytest.mark.parametrize("fail_at", [0, 1])
+def test_a_failed_rename_always_leaves_a_readable_checkpoint(tmp_path, monkeypatch, fail_at):
+    """Fail the first (last -> prev) or the second (partial -> last) rename of a save: a checkpoint remains."""
+    save_state({"global_step": 1}, tmp_path)
+    save_state({"global_step": 2}, tmp_path)
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) - 1 == fail_at:
+            raise OSError("injected")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError, match="injected"):
+        save_state({"global_step": 3}, tmp_path)
+    monkeypatch.setattr(os, "replace", real)
+    path, state = newest_readable(tmp_path)
+    assert (path.name, state["global_step"]) == ((LAST, 2) if fail_at == 0 else (PREV, 2))
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_kill_during_checkpoint_publish_then_rerun_resumes_exactly(setup, tmp_path):
+    """A child training process is killed (os._exit, no cleanup) inside the rename that publishes the step-4
+    checkpoint, after last.ckpt became prev.ckpt: the rerun resumes from prev.ckpt (step 2) and ends with the
+    same weights as an uninterrupted run."""
+    root, overrides = setup
+    out, corpus = tmp_path / "run", root / "corpus.txt"
+    proc = child(
+        f"""
+        import os, flowlm
+        real, published = os.replace, []
+        def replace(src, dst):  # saves: step 2 publishes last.ckpt; step 4 moves it to prev.ckpt, then dies
+            if str(dst).endswith("last.ckpt"):
+                published.append(dst)
+                if len(published) == 2:
+                    os._exit(9)
+            return real(src, dst)
+        os.replace = replace
+        flowlm.train(overrides={overrides!r}, data="{corpus}", tokenizer="char", steps=4,
+                     out="{out}", progress=False)
+        """,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.wait(timeout=300) == 9, proc.stderr.read().decode()[-2000:]
+    assert not (out / "checkpoints" / LAST).exists() and (out / "checkpoints" / PREV).exists()
+    assert list((out / "checkpoints").glob(".partial-*")), "the kill should leave the unpublished file behind"
+    train(setup, out, 4)
+    assert load_state(out / "checkpoints" / LAST)["global_step"] == 4
+    assert not list((out / "checkpoints").glob(".partial-*"))
+    assert (out / "logs" / "session-1").is_dir()  # a second launch trained ...
+    assert same_weights(out, root / "straight")  # ... from step 2, exactly
+
+
+# --- 3. safe resume --------------------------------------------------------------------------------------
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_checkpoint_is_refused_whatever_the_environment(setup, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    marker = tmp_path / "pwned"
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 1, "state_dict": {}, "payload": Evil(marker)}, out / "checkpoints" / LAST)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    one_line_error(capsys, cli_args(setup, out, 4), "refusing to load", "system", "last.ckpt")
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_state(out / "checkpoints" / LAST)
+    assert not marker.exists()
+
+
+# --- 4. damaged checkpoints ------------------------------------------------------------------------------
+
+
+def test_damaged_last_falls_back_to_prev_and_both_damaged_names_no_resume(setup, tmp_path, capsys):
+    root, _ = setup
+    out = tmp_path / "run"
+    shutil.copytree(root / "straight", out)
+    ckpts = out / "checkpoints"
+    assert load_state(ckpts / PREV)["global_step"] == 2
+    (ckpts / LAST).write_bytes(b"")  # what a kill during a cross-filesystem copy used to leave
+    warnings: list[str] = []
+    path, state = newest_readable(ckpts, warn=warnings.append)
+    assert path.name == PREV and state["global_step"] == 2
+    assert "last.ckpt is damaged" in warnings[0] and "prev.ckpt (step 2)" in warnings[0]
+    data = bytearray((ckpts / PREV).read_bytes())
+    (ckpts / PREV).write_bytes(bytes(data[: len(data) // 2]))
+    one_line_error(capsys, cli_args(setup, out, 6), "last.ckpt is damaged", "prev.ckpt is damaged", "--no-resume")
+    assert main([*cli_args(setup, out, 2), "--no-resume"]) == 0
+    assert load_state(ckpts / LAST)["global_step"] == 2
+    assert not (ckpts / PREV).exists()  # the earlier run's state is gone, not kept as this run's fallback
+
+
+# --- 5. the model folder swap ----------------------------------------------------------------------------
+
+
+def test_kill_between_model_renames_readers_recover_and_next_run_cleans(setup, tmp_path, monkeypatch):
+    root, _ = setup
+    out = tmp_path / "run"
+    shutil.copytree(root / "straight", out)
+    model = out / "model"
+    before = load_file(str(model / "model.safetensors"))
+    real = os.replace
+
+    def crash_on_publish(src, dst):
+        if Path(dst) == model and Path(src).name.startswith(".model."):
+            raise KeyboardInterrupt  # the process dies between the two renames
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_publish)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_dir(model, lambda tmp: shutil.copytree(model, tmp, dirs_exist_ok=True))
+    monkeypatch.setattr(os, "replace", real)
+    (out / ".model.abc123").mkdir()  # a temporary folder of an export killed earlier
+    assert not model.exists() and (out / ".model.old").is_dir()
+    assert resolve_model_dir(out) == out / ".model.old" == resolve_model_dir(model)
+    loaded = flowlm.load(out)
+    assert all(torch.equal(loaded.net.state_dict()[k], v) for k, v in before.items())
+    train(setup, out, 6)
+    assert sorted(p.name for p in out.glob("*model*")) == ["model"]
+    assert json.loads((model / "flowlm.json").read_text())["step"] == 6
+
+
+# --- 12. the umask ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_exported_model_honours_the_umask(setup, tmp_path, umask):
+    root, _ = setup
+    previous = os.umask(umask)
+    try:
+        target = atomic_write_dir(
+            tmp_path / "model", lambda tmp: shutil.copytree(root / "straight" / "model", tmp, dirs_exist_ok=True)
+        )
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((target / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((target / "tokenizer").stat().st_mode) == 0o777 & ~umask
+
+
+# --- 13. rerunning a finished run ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_rerun_at_or_below_the_reached_step_changes_nothing(setup, tmp_path, capsys, steps):
+    root, _ = setup
+    out = tmp_path / "run"
+    shutil.copytree(root / "straight", out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    err = one_line_error(capsys, cli_args(setup, out, steps), "already at step 4", "nothing was trained or changed")
+    assert "model written" not in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+# --- 2 and 11. one writer per run; Ctrl-C -----------------------------------------------------------------
+
+
+def test_second_writer_is_refused_and_ctrl_c_exits_130_and_resumes(setup, tmp_path, capsys):
+    """A child trains; a second training into the same folder is refused naming the child's pid; SIGINT stops
+    the child with status 130 and our one line; the rerun resumes from its checkpoint."""
+    root, overrides = setup
+    out = tmp_path / "run"
+    argv = cli_args(setup, out, 100_000)
+    proc = child(
+        f"import sys; from flowlm.cli import main; sys.exit(main({argv!r}))",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoints" / LAST).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        one_line_error(capsys, cli_args(setup, out, 8), f"pid {proc.pid} on", "another --out")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    last = proc.stderr.read().strip().splitlines()[-1]
+    assert last.startswith("flowlm: interrupted at step ") and "rerun the same command to resume" in last, last
+    saved = newest_readable(out / "checkpoints")[1]["global_step"]
+    assert f"from the checkpoint of step {saved}" in last
+    train(setup, out, saved + 2)  # the lock was released; the run goes on from the saved step
+    assert load_state(out / "checkpoints" / LAST)["global_step"] == saved + 2
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    proc = child(
+        f"""
+        import time
+        from flowlm.training.lock import RunLock
+        RunLock("{tmp_path}").acquire()
+        print("locked", flush=True)
+        time.sleep(120)
+        """,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=f"pid {proc.pid} on .*another --out"):
+            RunLock(tmp_path).acquire()
+    finally:
+        proc.kill()
+    proc.wait(timeout=30)
+    with RunLock(tmp_path) as lock:
+        assert str(os.getpid()) in lock.holder()
