@@ -13,6 +13,9 @@ import json
 
 import pytest
 import torch
+from test_lowrank import SEQ as LOWRANK_SEQ
+from test_lowrank import VOCAB as LOWRANK_VOCAB
+from test_lowrank import tiny_dit
 
 import flowlm
 from flowlm.cli import main
@@ -89,31 +92,20 @@ def test_flow_map_holds_known_positions_on_their_path(gamma):
     assert_on_path(spy, cond, x0)
 
 
-def tiny_dit(time_inputs: int = 1, seed: int = 0) -> DiT:
-    cfg = DiTConfig(vocab_size=48, seq_len=SEQ, hidden_size=8, n_blocks=1, n_heads=2, cond_dim=8, dropout=0.0,
-                    time_inputs=time_inputs, pos_embed=True)  # fmt: skip
-    torch.manual_seed(seed)
-    net = DiT(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name != "vocab_embed.embedding":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return net.eval()
-
-
 def test_low_rank_conditioning_follows_the_naive_trajectory():
-    """Holding the projections x @ W is holding x: same x0, same tokens on both paths (V = 48 > d = 8)."""
-    ids = torch.randint(0, 48, (4, SEQ), generator=torch.Generator().manual_seed(0))
-    mask = torch.zeros(4, SEQ, dtype=torch.bool)
+    """Holding the projections x @ W is holding x: same x0, same tokens on both paths (V > d)."""
+    seq, vocab = LOWRANK_SEQ, LOWRANK_VOCAB
+    ids = torch.randint(0, vocab, (4, seq), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(4, seq, dtype=torch.bool)
     mask[:, :2] = True
     cond = Condition(ids, mask)
-    x0 = torch.randn(4, SEQ, 48, generator=torch.Generator().manual_seed(1))
-    flm, student = tiny_dit(), tiny_dit(time_inputs=2, seed=1)
+    x0 = torch.randn(4, seq, vocab, generator=torch.Generator().manual_seed(1))
+    flm, student = tiny_dit().eval(), tiny_dit(seed=1, time_inputs=2).eval()
     for sample in (
-        lambda mode: flm_sample(flm, 4, SEQ, 48, 6, x0=x0, input_noise=mode, condition=cond),
-        lambda mode: fmlm_sample(student, 4, SEQ, 48, 3, x0=x0, input_noise=mode, condition=cond),
-        lambda mode: v1_stage1_sample(init_stage1(flm), flm, 4, SEQ, 48, 3, x0=x0, input_noise=mode, condition=cond),
+        lambda mode: flm_sample(flm, 4, seq, vocab, 6, x0=x0, input_noise=mode, condition=cond),
+        lambda mode: fmlm_sample(student, 4, seq, vocab, 3, x0=x0, input_noise=mode, condition=cond),
+        lambda mode: v1_stage1_sample(init_stage1(flm), flm, 4, seq, vocab, 3, x0=x0, input_noise=mode,
+                                      condition=cond),  # fmt: skip
     ):
         naive, lowrank = sample("naive"), sample("lowrank")
         assert torch.equal(naive, lowrank) and torch.equal(naive[:, :2], ids[:, :2])

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from test_errors import one_line_error
 
 import flowlm
 from flowlm import network
@@ -86,14 +87,6 @@ def test_a_bad_config_fails_before_the_run_folder_exists(capsys, tmp_path):
     assert main(["train", "--out", str(tmp_path / "run"), "train.lr=-1"]) == 2
     assert "train.lr=-1.0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
-
-
-def one_line_error(capsys, argv, *fragments):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("flowlm: error: ") and "\n" not in err and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 @pytest.mark.parametrize(

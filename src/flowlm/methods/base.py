@@ -80,6 +80,16 @@ class SampleRequest:
     bos_id: int | None = None
     condition: Condition | None = None
 
+    @property
+    def sizes(self) -> tuple[int, int, int, int | None]:
+        """``(num_samples, seq_len, vocab_size, steps)``: the leading arguments of the built-in samplers."""
+        return self.num_samples, self.seq_len, self.vocab_size, self.steps
+
+    @property
+    def draws(self) -> dict[str, Any]:
+        """``generator``, ``device`` and ``condition`` as keyword arguments of the built-in samplers."""
+        return {"generator": self.generator, "device": self.device, "condition": self.condition}
+
 
 @dataclass
 class LossContext:

@@ -31,15 +31,7 @@ class Autoregressive(Method):
         return ar_loss(net, tokens)
 
     def sample(self, request):
-        return ar_sample(
-            request.net,
-            request.num_samples,
-            request.seq_len,
-            request.bos_id,
-            generator=request.generator,
-            device=request.device,
-            condition=request.condition,
-        )
-
+        draws = request.draws
+        return ar_sample(request.net, request.num_samples, request.seq_len, request.bos_id, **draws)
 
 AR = Autoregressive()

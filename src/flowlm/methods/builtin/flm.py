@@ -35,18 +35,8 @@ class FlowLanguageModel(Method):
         )
 
     def sample(self, request):
-        return flm_sample(
-            request.net,
-            request.num_samples,
-            request.seq_len,
-            request.vocab_size,
-            request.steps,
-            generator=request.generator,
-            device=request.device,
-            condition=request.condition,
-            guidance=request.options["guidance"],
-            input_noise=request.input_noise,
-        )
+        options = {"guidance": request.options["guidance"], "input_noise": request.input_noise}
+        return flm_sample(request.net, *request.sizes, **request.draws, **options)
 
     def check_request(self, model, options):
         if options["guidance"] is not None and not getattr(model.net.config, "dropout", 0.0):

@@ -25,16 +25,6 @@ class MaskedDiffusion(Method):
         return mdlm_loss(net, tokens, ctx.vocab_size, generator=generator, rows=rows, clean=clean)
 
     def sample(self, request):
-        return mdlm_sample(
-            request.net,
-            request.num_samples,
-            request.seq_len,
-            request.vocab_size,
-            request.steps,
-            generator=request.generator,
-            device=request.device,
-            condition=request.condition,
-        )
-
+        return mdlm_sample(request.net, *request.sizes, **request.draws)
 
 MDLM = MaskedDiffusion()

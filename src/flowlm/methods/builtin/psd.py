@@ -8,6 +8,18 @@ from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
 from flowlm.methods.options import GAMMA
 
 
+def distill_arguments(ctx, generator, sample_offset, rows) -> dict:
+    """The keyword arguments every flow-map loss (PSD, v1 stages 1 and 2) takes."""
+    return dict(
+        generator=generator,
+        sample_offset=sample_offset,
+        rows=rows,
+        boundary_frac=ctx.cfg.distill.resolved_boundary_frac(),
+        weighting=ctx.weighting,
+        input_noise=ctx.cfg.train.input_noise,
+    )
+
+
 class FlowMap(Method):
     """The flow-map models written by ``flowlm distill`` (PSD; v1 stage 2 subclasses it): they sample alike."""
 
@@ -27,32 +39,9 @@ class FlowMap(Method):
         # A copy of the (eval-mode) teacher in train mode, so the student uses its dropout like the teacher did.
         return init_student(frozen[0]).train()
 
-    def distill_arguments(self, ctx, generator, sample_offset, rows) -> dict:
-        """The keyword arguments every flow-map loss takes."""
-        d = ctx.cfg.distill
-        return dict(
-            generator=generator,
-            sample_offset=sample_offset,
-            rows=rows,
-            boundary_frac=d.resolved_boundary_frac(),
-            weighting=ctx.weighting,
-            input_noise=ctx.cfg.train.input_noise,
-        )
-
     def sample(self, request):
-        return fmlm_sample(
-            request.net,
-            request.num_samples,
-            request.seq_len,
-            request.vocab_size,
-            request.steps,
-            gamma=request.options["gamma"],
-            generator=request.generator,
-            device=request.device,
-            condition=request.condition,
-            input_noise=request.input_noise,
-        )
-
+        gamma = request.options["gamma"]
+        return fmlm_sample(request.net, *request.sizes, gamma=gamma, **request.draws, input_noise=request.input_noise)
 
 class ProgressiveSelfDistillation(FlowMap):
     name = "fmlm"
@@ -61,7 +50,7 @@ class ProgressiveSelfDistillation(FlowMap):
     metric_key, metric_name = "ce", "denoising_ce"
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
-        arguments = self.distill_arguments(ctx, generator, sample_offset, rows)
+        arguments = distill_arguments(ctx, generator, sample_offset, rows)
         return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=ctx.cfg.distill.diag_frac, **arguments)
 
 

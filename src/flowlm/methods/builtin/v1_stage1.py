@@ -4,6 +4,7 @@ velocity, with learnable loss weighting; it samples with its teacher."""
 from __future__ import annotations
 
 from flowlm.methods.base import Method
+from flowlm.methods.builtin.psd import distill_arguments
 from flowlm.methods.fmlm import init_stage1, v1_stage1_loss, v1_stage1_sample
 
 
@@ -33,33 +34,11 @@ class V1Stage1(Method):
         return init_stage1(frozen[0]).train()
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
-        d = ctx.cfg.distill
-        return v1_stage1_loss(
-            net,
-            ctx.frozen[0],
-            tokens,
-            ctx.vocab_size,
-            generator=generator,
-            sample_offset=sample_offset,
-            rows=rows,
-            boundary_frac=d.resolved_boundary_frac(),
-            weighting=ctx.weighting,
-            input_noise=ctx.cfg.train.input_noise,
-        )
+        arguments = distill_arguments(ctx, generator, sample_offset, rows)
+        return v1_stage1_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, **arguments)
 
     def sample(self, request):
-        return v1_stage1_sample(
-            request.net,
-            request.teacher,
-            request.num_samples,
-            request.seq_len,
-            request.vocab_size,
-            request.steps,
-            generator=request.generator,
-            device=request.device,
-            condition=request.condition,
-            input_noise=request.input_noise,
-        )
-
+        return v1_stage1_sample(request.net, request.teacher, *request.sizes, **request.draws,
+                                input_noise=request.input_noise)  # fmt: skip
 
 V1_STAGE1 = V1Stage1()

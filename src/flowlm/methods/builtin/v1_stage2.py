@@ -3,7 +3,7 @@ written as an ``fmlm`` model and samples like a PSD flow map."""
 
 from __future__ import annotations
 
-from flowlm.methods.builtin.psd import FlowMap
+from flowlm.methods.builtin.psd import FlowMap, distill_arguments
 from flowlm.methods.fmlm import v1_stage2_loss
 
 
@@ -16,7 +16,7 @@ class V1Stage2(FlowMap):
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         teacher, stage1 = ctx.frozen
-        arguments = self.distill_arguments(ctx, generator, sample_offset, rows)
+        arguments = distill_arguments(ctx, generator, sample_offset, rows)
         return v1_stage2_loss(net, teacher, stage1, tokens, ctx.vocab_size, **arguments)
 
 
