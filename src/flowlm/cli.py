@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument(
         "--prompts", help="a text file of prompts, one per line: -n continuations of each, written as JSONL (--out)"
     )
+    sa.add_argument(
+        "--condition-mode",
+        choices=("clean", "path"),
+        help="how FLM/FMLM samplers give known positions: clean one-hot rows (default) or their noisy path",
+    )
     sa.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
     sa.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sa.add_argument("--out", help="write JSONL here instead of printing")
@@ -310,6 +315,7 @@ def run_sample(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         known=known.get("ids"),
         known_mask=known.get("mask"),
+        condition_mode=args.condition_mode,
         **options,
     )
     seconds = time.perf_counter() - start
