@@ -49,7 +49,8 @@ class EMA:
 
     def state_dict(self) -> dict:
         """``{"shadow": {name: tensor}, "num_updates": n}``, copies (a CPU shadow is not aliased)."""
-        return {"shadow": {n: t.detach().cpu().clone() for n, t in self.shadow.items()}, "num_updates": self.num_updates}
+        shadow = {n: t.detach().cpu().clone() for n, t in self.shadow.items()}
+        return {"shadow": shadow, "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`. A flat ``{name: tensor}`` (written before the warm-up existed, by runs with a
