@@ -40,8 +40,9 @@ def ar_sample(
     """Ancestral decoding at temperature 1; returns tokens [num_samples, seq_len] starting with ``bos_id``.
 
     Each of the ``seq_len − 1`` steps draws the next token from ``softmax(logits)`` of the last position, in
-    float64 (:func:`~flowlm.methods.common.sample_categorical` with ``generator``). With ``use_cache`` (a :class:`~flowlm.nn.dit.DiT` with
-    ``causal=True``) each step feeds only the new token and reuses the keys/values of the earlier ones; without
+    float64 (:func:`~flowlm.methods.common.sample_categorical` with ``generator``). With ``use_cache`` (a
+    :class:`~flowlm.nn.dit.DiT` with ``causal=True``) each step feeds only the new token and reuses the
+    keys/values of the earlier ones; without
     it every step reruns the whole prefix (the reference the cache is tested against). Both draw the same
     random numbers, so they give the same tokens up to float rounding of the logits.
     """
