@@ -71,7 +71,10 @@ __all__ = [
     "BOUNDARY",
     "DIAGONAL",
     "OFF_DIAGONAL",
+    "GAMMA_MODES",
     "check_gamma",
+    "churn_step",
+    "churn_times",
     "fmlm_denoise",
     "fmlm_sample",
     "flow_map_step",
@@ -404,10 +407,61 @@ def psd_loss(
 # --- sampling ----------------------------------------------------------------------------------------
 
 
+GAMMA_MODES = ("paper", "exact")
+
+
 def check_gamma(gamma) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 <= float(gamma) <= 1.0:
         raise ConfigError(f"gamma={gamma!r}: the churn of the flow-map sampler must be a number in [0, 1]")
     return float(gamma)
+
+
+def check_gamma_mode(mode) -> str:
+    if mode not in GAMMA_MODES:
+        raise ConfigError(f"gamma_mode={mode!r}: choose 'paper' (the reference's sampler) or 'exact'")
+    return mode
+
+
+def churn_times(t_next: float, gamma: float, mode: str = "paper") -> tuple[float, float, float]:
+    """One step of the γ-sampler to the grid time ``t' = t_next`` (``σ = 1 − t'``): ``(t̃, a, c)`` such that the next
+    state is ``x' = a·X_{t,t̃}(x) + c·δ̂_{t,t̃}(x) + γσ·ξ`` (``ξ ~ N(0, I)``, one network call at ``(τ_k, T(t̃))``).
+
+    ``paper`` (SPEC §3, the reference's formula): ``σ̃ = σ√(1 − γ²)``, ``t̃ = 1 − σ̃``, ``a = 1``, ``c = σ̃ − σ``.
+    With the exact ``δ`` this keeps the law of ``x_{t'}`` only for γ ∈ {0, 1}: the mean correction ``c·δ`` stands in
+    for ``c·x₁``, so the noise it leaves has the wrong size when δ is uncertain.
+
+    ``exact``: ``r = σ√(1 − γ²)``, ``t̃ = t'/(t' + r)``, ``a = t'/t̃``, ``c = 0``. If ``x ~ t·x₁ + (1 − t)·ε`` then
+    ``X_{t,t̃}(x) ~ t̃·x₁ + (1 − t̃)·ε``, and ``(t'/t̃)(1 − t̃) = r``, so ``x' ~ t'·x₁ + r·ε + γσ·ξ`` whose noise
+    has variance ``r² + γ²σ² = σ²``: the law of ``x_{t'}`` for any data law. ``t' <= t̃ <= 1`` (as ``r <= σ``).
+    Both modes give ``t̃ = t'``, ``x' = X_{t,t'}(x)`` at γ = 0 and ``t̃ = 1``, ``x' = t'·δ̂_{t,1} + σξ`` at γ = 1.
+    """
+    sigma = 1.0 - t_next
+    if check_gamma_mode(mode) == "paper":
+        sigma_tilde = sigma * math.sqrt(1.0 - gamma * gamma)
+        return 1.0 - sigma_tilde, 1.0, sigma_tilde - sigma
+    r = sigma * math.sqrt(1.0 - gamma * gamma)
+    t_tilde = t_next / (t_next + r)
+    return t_tilde, t_next / t_tilde, 0.0
+
+
+def churn_step(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    t: float,
+    t_next: float,
+    gamma: float,
+    noise: torch.Tensor | float,
+    mode: str = "paper",
+) -> torch.Tensor:
+    """``x' = a·X_{t,t̃}(x) + c·δ + γσ·ξ`` (:func:`churn_times`) for ``x``, ``delta = δ̂_{t,t̃}(x)`` and the standard
+    normal ``noise`` ξ, all of one shape (any: [B, L, V] states, or a toy's [N])."""
+    t_tilde, a, c = churn_times(t_next, gamma, mode)
+    x = flow_map_step(x, delta, t, t_tilde)
+    if a != 1.0:
+        x = a * x
+    if c != 0.0:
+        x = x + c * delta
+    return x + gamma * (1.0 - t_next) * noise if gamma > 0.0 else x
 
 
 def fmlm_denoise(model, x: torch.Tensor, tau_s: float, tau_t: float, inputs=None) -> torch.Tensor:
@@ -429,38 +483,38 @@ def fmlm_sample(
     device=None,
     x0: torch.Tensor | None = None,
     input_noise: str = "auto",
+    gamma_mode: str = "paper",
 ) -> torch.Tensor:
     """Flow-map sampler with churn γ (SPEC §3); returns tokens [num_samples, seq_len].
 
-    Grid ``τ_k = k/N``. Step k: ``t = T⁻¹(τ_k)``, ``σ = 1 − T⁻¹(τ_{k+1})``, ``σ̃ = σ·√(1 − γ²)``,
-    ``t̃ = 1 − σ̃``, ``τ̃ = T(t̃)`` (``τ̃ = τ_{k+1}`` exactly when γ = 0), ``δ = δ̂_{τ_k, τ̃}(x)``; the last step
-    returns arg-max δ, the others set ``x ← X_{t,t̃}(x) + (σ̃ − σ)·δ + γσ·ξ`` with ``ξ ~ N(0, I)`` drawn from
-    ``generator``. γ = 0 is the deterministic chain of flow maps ``X_{t_k, t_{k+1}}``; γ = 1 re-noises
+    Grid ``τ_k = k/N``. Step k: ``t = T⁻¹(τ_k)``, ``t' = T⁻¹(τ_{k+1})``, ``σ = 1 − t'``; ``t̃`` from
+    :func:`churn_times` (``gamma_mode``), ``τ̃ = T(t̃)`` (``τ̃ = τ_{k+1}`` exactly when γ = 0), ``δ = δ̂_{τ_k, τ̃}(x)``;
+    the last step returns arg-max δ, the others :func:`churn_step`. ``paper`` (default, the paper's numbers):
+    ``σ̃ = σ·√(1 − γ²)``, ``t̃ = 1 − σ̃``, ``x ← X_{t,t̃}(x) + (σ̃ − σ)·δ + γσ·ξ``; ``exact``: ``t̃ = t'/(t' + σ√(1 − γ²))``,
+    ``x ← (t'/t̃)·X_{t,t̃}(x) + γσ·ξ``, which keeps the law of ``x_{t'}`` for every γ. ``ξ ~ N(0, I)`` is drawn from
+    ``generator``. γ = 0 is the deterministic chain of flow maps ``X_{t_k, t_{k+1}}`` (both modes); γ = 1 re-noises
     the clean estimate ``δ̂_{τ_k,1}`` to time ``t_{k+1}``. N = 1 is one call: arg-max ``δ̂_{0,1}(x₀)``.
     ``x0`` (default: drawn from ``generator``) is the starting noise [n, L, V]. In the low-rank space
     (``input_noise``) the state is ``x @ W``, δ enters as ``δ @ W`` and ξ is drawn as ``ε·Cᵀ``.
     """
     check_steps(steps)
     gamma = check_gamma(gamma)
+    check_gamma_mode(gamma_mode)
     inputs = input_space(input_noise, [model], vocab_size, tokens=num_samples * seq_len * steps)
     x = inputs.noise(num_samples, seq_len, vocab_size, generator, device) if x0 is None else inputs.embed(x0)
     taus, ts = time_grid(vocab_size, steps)
-    sigmas = [1.0 - t for t in ts[1:]]
-    sigma_tildes = [sigma * math.sqrt(1.0 - gamma * gamma) for sigma in sigmas]
     if gamma == 0.0:
         tau_tildes = taus[1:]
-    else:  # τ̃ = T(1 − σ̃), computed on the host before the loop
-        t_tildes = torch.tensor([1.0 - st for st in sigma_tildes], dtype=torch.float64)
+    else:  # τ̃ = T(t̃), computed on the host before the loop
+        t_tildes = torch.tensor([churn_times(t, gamma, gamma_mode)[0] for t in ts[1:]], dtype=torch.float64)
         tau_tildes = get_schedule(vocab_size, "cpu").tau_from_t(t_tildes).tolist()
     for k in range(steps):
-        t, sigma, sigma_tilde = ts[k], sigmas[k], sigma_tildes[k]
         delta = fmlm_denoise(model, x, taus[k], tau_tildes[k], inputs)
         if k == steps - 1:
             return delta.argmax(dim=-1)
         delta = inputs.embed(delta).to(x.dtype)
-        x = flow_map_step(x, delta, t, 1.0 - sigma_tilde) + (sigma_tilde - sigma) * delta
-        if gamma > 0.0:
-            x = x + gamma * sigma * inputs.noise(x.shape[0], x.shape[1], vocab_size, generator, x.device).to(x.dtype)
+        noise = inputs.noise(x.shape[0], x.shape[1], vocab_size, generator, x.device).to(x.dtype) if gamma else 0.0
+        x = churn_step(x, delta, ts[k], ts[k + 1], gamma, noise, gamma_mode)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
