@@ -187,17 +187,22 @@ def init_stage1(teacher: DiT) -> DiT:
 
 
 @contextmanager
-def _eval_mode(*models):
-    """Put every ``nn.Module`` among ``models`` in eval mode (no dropout); restore all flags on exit."""
+def _mode(training: bool, *models):
+    """Put every ``nn.Module`` among ``models`` in train (dropout active) or eval mode; restore all flags on exit."""
     saved = [(m, m.training) for model in models if isinstance(model, nn.Module) for m in model.modules()]
     for model in models:
         if isinstance(model, nn.Module):
-            model.train(False)
+            model.train(training)
     try:
         yield
     finally:
         for m, mode in saved:
             m.training = mode
+
+
+def _eval_mode(*models):
+    """Eval mode (no dropout) for ``models`` within the block; modes restored on exit."""
+    return _mode(False, *models)
 
 
 # --- pairs of times ----------------------------------------------------------------------------------
@@ -324,6 +329,7 @@ def psd_target(
     n_diag: int,
     vocab_size: int,
     inputs=None,
+    target_dropout: bool = True,
 ) -> torch.Tensor:
     """PSD targets [B, L, V] (no gradient), rows laid out as :func:`pair_times` does.
 
@@ -331,8 +337,10 @@ def psd_target(
     Other rows (boundary and off-diagonal alike): the midpoint composition through ``τ_u = (τ_s + τ_t)/2``
     with the current student, ``λ·δ̂_{s,u}(x_s) + (1 − λ)·δ̂_{u,t}(X_{s,u}(x_s))``, ``s, u, t = T⁻¹(τ_s, τ_u,
     τ_t)``; at the boundary ``(0, 1)`` that is ``δ̂_{½,1}(X_{0,u}(x_0))`` since λ = 0 at t = 1.
-    Both networks run in eval mode (no dropout); their modes are restored afterwards. ``inputs``: the state
-    space of ``x_s`` (default: full [B, L, V] states); ``X_{s,u}`` is formed in it with ``δ̂_{s,u} @ W``.
+    The teacher runs in eval mode (no dropout). The two student passes run in train mode, dropout active, as
+    in the reference (``target_dropout=True``, default), or in eval mode (``target_dropout=False``); modes are
+    restored afterwards. ``inputs``: the state space of ``x_s`` (default: full [B, L, V] states); ``X_{s,u}`` is
+    formed in it with ``δ̂_{s,u} @ W``.
     """
     inputs = NaiveInputs() if inputs is None else inputs
     target = torch.empty((*x_s.shape[:2], vocab_size), dtype=torch.float32, device=x_s.device)
@@ -344,7 +352,7 @@ def psd_target(
         tu = (ts + tt) / 2
         s, u, t = (_clock(tau, vocab_size) for tau in (ts, tu, tt))
         lam = semigroup_lambda(s, u, t).to(torch.float32).view(-1, 1, 1)
-        with _eval_mode(student):
+        with _mode(target_dropout, student):
             d_su = _probs(inputs, student, x, ts, tu)
             x_su = flow_map_step(x, inputs.embed(d_su).to(x.dtype), s.to(x.dtype), u.to(x.dtype))
             d_ut = _probs(inputs, student, x_su, tu, tt)
@@ -365,6 +373,7 @@ def psd_loss(
     mask: torch.Tensor | None = None,
     input_noise: str = "auto",
     rows: tuple[int, int] | None = None,
+    target_dropout: bool = True,
 ) -> dict[str, torch.Tensor]:
     """PSD (semigroup self-distillation from a frozen FLM teacher, SPEC §3) on tokens [B, L].
 
@@ -375,6 +384,8 @@ def psd_loss(
     replaced by ``exp(−w(τ_s, τ_t))·ℓ + w``.
 
     ``input_noise`` (auto | lowrank | naive) and ``rows`` (first, total): see the module docstring.
+    ``target_dropout``: the student passes of the off-diagonal targets with dropout (default, the reference's)
+    or without (:func:`psd_target`).
 
     Returns ``loss`` (to minimize), ``ce`` (unweighted cross-entropy, detached), ``ce_diag`` /
     ``ce_off`` (the same over diagonal / other rows, 0 when there are none), ``per_sequence`` [B]
@@ -385,7 +396,7 @@ def psd_loss(
         inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows
     )
     logits = inputs.logits(student, x_s, tau_s, tau_t)
-    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs)
+    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs, target_dropout)
     ce = token_cross_entropy(logits, target)
     loss, mean_ce, per_sequence = _weighted(ce, mask, weighting, tau_s, tau_t)
     with torch.no_grad():

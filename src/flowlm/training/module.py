@@ -151,7 +151,9 @@ class FlowLMModule(L.LightningModule):
             return v1_stage1_loss(net, teacher, tokens, self.vocab_size, **common)
         if self.recipe == "v1-stage2":
             return v1_stage2_loss(net, teacher, self.frozen[1], tokens, self.vocab_size, **common)
-        return psd_loss(net, teacher, tokens, self.vocab_size, diag_frac=d.diag_frac, **common)
+        return psd_loss(
+            net, teacher, tokens, self.vocab_size, diag_frac=d.diag_frac, target_dropout=d.target_dropout, **common
+        )
 
     def on_fit_start(self) -> None:
         if self.distilling:
