@@ -20,8 +20,9 @@ from flowlm.nn.dit import DiTConfig
 
 PRESET_ALIASES = {"small": "lm1b-small"}
 METHODS = ("flm", "fmlm", "mdlm", "ar")
-# DiT options fixed by the method rather than chosen by the user.
-METHOD_MODEL = {"mdlm": {"mask_input": True}, "ar": {"causal": True}}
+# DiT options fixed by the method rather than chosen by the user. MDLM and AR use raw logits, as the reference
+# does (model.logit_cap applies to FLM and FMLM); models saved with a cap keep it (flowlm.json records it).
+METHOD_MODEL = {"mdlm": {"mask_input": True, "logit_cap": None}, "ar": {"causal": True, "logit_cap": None}}
 RECIPES = ("psd", "v1-stage1", "v1-stage2")
 STRATEGIES = ("auto", "ddp")
 
@@ -35,7 +36,7 @@ class DataConfig:
 
 
 def _dit(self, vocab_size: int, seq_len: int, method: str = "flm") -> DiTConfig:
-    return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **asdict(self), **METHOD_MODEL.get(method, {}))
+    return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **{**asdict(self), **METHOD_MODEL.get(method, {})})
 
 
 # The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len) and

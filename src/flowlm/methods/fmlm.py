@@ -590,8 +590,9 @@ def v1_stage1_loss(
       ``v̂_{u,t} = b_T(y, u) + ½Δ₂·g(y, τ_u, τ_t)``, ``v̄ = (Δ₁·v̂_{s,u} + Δ₂·v̂_{u,t})/Δ``,
       target ``x_s + (1 − s)·v̄``;
     * prediction: ``D_T(x_s, τ_s) + ½·Δ·(1 − s)·g(x_s, τ_s, τ_t)`` (= ``x_s + (1 − s)·v̂_{s,t}``);
-    * loss: squared error summed over V, averaged over valid tokens, or ``exp(−w)·ℓ + w`` per sequence
-      with ``weighting`` (``LossWeighting(two_times=True)``, its parameters trained with g's).
+    * loss: squared error summed over V, averaged over valid tokens, or ``exp(−w(τ_s))·ℓ + w(τ_s)`` per sequence
+      with ``weighting`` (a one-time ``LossWeighting()``, its parameters trained with g's): it sees τ_s only,
+      as the reference's learnable weighting, which ignores the end time.
 
     The target is affine in x_s with coefficient 0, and is computed in that form (exactly equal, and no
     V-sized state needed): with ``A = D_T(x_s, τ_s) + ½Δ₁(1 − s)·g(x_s, τ_s, τ_u)`` (so that
@@ -622,7 +623,7 @@ def v1_stage1_loss(
         target = w1 * a + (1 - w1) * b
     pred = denoised + 0.5 * dt * (1 - s) * inputs.logits(g_net, x_s, tau_s, tau_t).float()
     err = (pred - target).pow(2).sum(-1)
-    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, tau_t)
+    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, None)
     return {"loss": loss, "mse": mean.detach(), "per_sequence": per_sequence.detach(), "tau_s": tau_s, "tau_t": tau_t}
 
 
@@ -698,5 +699,5 @@ def v1_stage2_loss(
         )
     pred = _probs(inputs, student, x_s, tau_s, tau_t) / torch.clamp(1 - s, min=VELOCITY_GUARD) * dt
     err = (pred - target).pow(2).sum(-1)
-    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, tau_t)
+    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, None)
     return {"loss": loss, "mse": mean.detach(), "per_sequence": per_sequence.detach(), "tau_s": tau_s, "tau_t": tau_t}

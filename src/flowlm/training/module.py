@@ -90,9 +90,10 @@ class FlowLMModule(L.LightningModule):
                 self.frozen.append(stage1.eval().requires_grad_(False))
         else:
             self.net = DiT(cfg.model.dit(vocab_size, cfg.data.seq_len, cfg.train.method))
-        # SPEC §4: stage 1 of the v1 recipe always learns its loss weighting.
+        # SPEC §4: stage 1 of the v1 recipe always learns its loss weighting, of τ_s only (SPEC §7).
         weighted = cfg.train.loss_weighting or self.recipe == "v1-stage1"
-        self.weighting = LossWeighting(cfg.model.cond_dim, two_times=self.distilling) if weighted else None
+        two_times = self.distilling and self.recipe != "v1-stage1"
+        self.weighting = LossWeighting(cfg.model.cond_dim, two_times=two_times) if weighted else None
         self.ema = EMA(self.net, cfg.train.ema_decay)
         # Not registered as a submodule: the compiled wrapper shares self.net's parameters, and registering
         # it would store every weight twice in the training checkpoint.
