@@ -3,6 +3,8 @@ that serves a local folder (or fails as it does offline)."""
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -75,7 +77,7 @@ def test_load_by_hub_id_downloads_our_files(model_dir, tmp_path, monkeypatch):
     fake = FakeHub({"someone/tiny-flm": model_dir}, tmp_path / "cache")
     monkeypatch.setattr(hub, "snapshot_download", fake)
     model = flowlm.load("someone/tiny-flm", revision="v1")
-    patterns = ["model.safetensors", "flowlm.json", "README.md", "tokenizer/*"]
+    patterns = ["model.safetensors", "flowlm.json", "README.md", "tokenizer/*", "config.json"]
     assert fake.calls == [{"repo_id": "someone/tiny-flm", "revision": "v1", "allow_patterns": patterns}]
     assert model.meta["step"] == 42 and model.path == tmp_path / "cache" / "someone--tiny-flm"
 
@@ -129,3 +131,82 @@ def test_push_to_hub_uploads_the_model_folder(model_dir, monkeypatch):
     assert {"model.safetensors", "flowlm.json", "README.md"} <= set(uploaded["files"])
     assert any(f.startswith("tokenizer/") for f in uploaded["files"])
     assert 'flowlm.load("someone/tiny-flm")' in uploaded["card"] and front_matter(uploaded["card"])["license"] == "mit"
+
+
+# --- the released reference models (Hub format of the reference DIT), converted once and cached ---
+class FakeReleasedHub:
+    """``snapshot_download`` of the Hub cache layout: ``<cache>/models--owner--name/snapshots/<commit>/``, holding
+    only the files that exist in the repository and match the patterns."""
+
+    def __init__(self, repos: dict[str, Path], cache: Path, commit: str = "0123abcd"):
+        self.repos, self.cache, self.commit, self.calls = repos, cache, commit, []
+
+    def __call__(self, repo_id, *, revision=None, token=None, allow_patterns=None, library_name=None):
+        self.calls.append({"repo_id": repo_id, "revision": revision, "allow_patterns": allow_patterns})
+        if repo_id not in self.repos:
+            raise LocalEntryNotFoundError("not cached")
+        target = self.cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / self.commit
+        target.mkdir(parents=True, exist_ok=True)
+        for f in self.repos[repo_id].iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, target / f.name)
+        return str(target)
+
+
+@pytest.fixture
+def released(tmp_path, monkeypatch):
+    """A released-format FMLM repository on a fake Hub; the flowlm cache under tmp_path."""
+    from test_import_reference import random_reference_weights, reference_config, save_released
+
+    tok = load_tokenizer("char", train_texts=["abcdefghij"])
+    config = reference_config("fmlm", double_temb=True, tokenizer=str(tok.save(tmp_path / "tok")))
+    repo = save_released(tmp_path / "repo", random_reference_weights(2, seed=31, llw=False), config)
+    (repo / "README.md").write_text("the authors' card")
+    fake = FakeReleasedHub({"david3684/FMLM-B-LM1B": repo}, tmp_path / "hf")
+    monkeypatch.setattr(hub, "snapshot_download", fake)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return fake, repo
+
+
+def test_load_a_released_model_by_hub_id_converts_it_once(released, tmp_path, monkeypatch):
+    import flowlm.interop.released as rel
+
+    fake, repo = released
+    model = flowlm.load("david3684/FMLM-B-LM1B")
+    assert model.method == "fmlm" and model.net.config.logit_cap == 30.0
+    assert model.meta["sampler_defaults"] == {"gamma": 0.8}
+    assert model.path == tmp_path / "xdg" / "flowlm" / "released" / "david3684--FMLM-B-LM1B" / "0123abcd"
+    source = model.meta["imported_from"]
+    assert (source["hub_repo"], source["revision"], source["commit"]) == ("david3684/FMLM-B-LM1B", "main", "0123abcd")
+    digest = hashlib.sha256((repo / "model.safetensors").read_bytes()).hexdigest()
+    assert source["sha256"] == {"config.json": hashlib.sha256((repo / "config.json").read_bytes()).hexdigest(),
+                                "model.safetensors": digest}  # fmt: skip
+    monkeypatch.setattr(rel, "convert", lambda *a, **k: pytest.fail("converted twice"))
+    again = flowlm.load("david3684/FMLM-B-LM1B")
+    assert again.path == model.path and again.meta["weights_sha256"] == model.meta["weights_sha256"]
+    assert len(fake.calls) == 2  # the Hub cache answers the second call; the conversion is reused
+
+
+def test_cli_import_reference_by_hub_id(released, tmp_path):
+    from flowlm.cli import main
+
+    fake, _ = released
+    out = tmp_path / "imported"
+    assert main(["import-reference", "david3684/FMLM-B-LM1B", "--out", str(out), "--revision", "v1.0"]) == 0
+    assert fake.calls == [{"repo_id": "david3684/FMLM-B-LM1B", "revision": "v1.0",
+                           "allow_patterns": ["config.json", "model.safetensors"]}]  # fmt: skip
+    meta = flowlm.load(out).meta
+    assert meta["imported_from"]["revision"] == "v1.0" and meta["imported_from"]["commit"] == "0123abcd"
+
+
+def test_a_released_model_the_config_does_not_settle_names_the_import_option(released, tmp_path):
+    _, repo = released
+    body = json.loads((repo / "config.json").read_text())
+    body["config"]["algo"]["name"] = "flm"  # a name both code versions use, and no sampling.gamma
+    del body["config"]["sampling"]
+    (repo / "config.json").write_text(json.dumps(body))
+    with pytest.raises(CheckpointError) as err:
+        flowlm.load("david3684/FMLM-B-LM1B")
+    message = str(err.value)
+    assert "--logit-cap" in message and "flowlm import-reference david3684/FMLM-B-LM1B --out DIR" in message
+    assert "\n" not in message

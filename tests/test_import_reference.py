@@ -1,9 +1,12 @@
 """The reference-checkpoint importer: synthetic Lightning checkpoints in the reference layout
-(github.com/david3684/flm), built here with plain ``torch.save``."""
+(github.com/david3684/flm v1, menetn/glm v2/v3), built here with plain ``torch.save``, and folders in the Hub
+format of the released models (``config.json`` + ``model.safetensors``, as ``PyTorchModelHubMixin`` writes them)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import sys
@@ -89,13 +92,18 @@ def fake_foreign_modules():
     assert "omegaconf.dictconfig" not in sys.modules
 
 
-def reference_config(algo="flm", double_temb=False, tokenizer="char-folder"):
-    return {
+def reference_config(algo="flm", double_temb=False, tokenizer="char-folder", v2=True, train="lm1b-wrap"):
+    """A run config as the reference trainer saves it; ``v2``: with the ``sampling.gamma`` key of the v2/v3 code
+    (which caps logits at 30); without it ``flm`` may be either version and ``flm_distill`` is v1 (no cap)."""
+    config = {
         "algo": {"name": algo, "double_temb": double_temb},
         "model": {"hidden_size": D, "n_blocks": BLOCKS, "n_heads": HEADS, "cond_dim": COND,
                   "length": "${data.length}", "dropout": 0.0},
-        "data": {"tokenizer_name_or_path": tokenizer, "train": "lm1b-wrap", "length": L},
+        "data": {"tokenizer_name_or_path": tokenizer, "train": train, "length": L},
     }  # fmt: skip
+    if v2:
+        config["sampling"] = {"steps": [1024], "gamma": 0.0}
+    return config
 
 
 def random_reference_weights(time_inputs: int, seed: int, llw: bool = True) -> OrderedDict:
@@ -130,10 +138,13 @@ def save_reference(path, weights, config, ema=True, compiled=False, extra_hparam
     return path
 
 
-def reference_forward(w: dict, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+def reference_forward(
+    w: dict, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor | None = None, cap: float | None = None
+) -> torch.Tensor:
     """The reference DIT forward written out from its layer definitions: x [B, L, V] -> logits [B, L, V].
 
     qkv is split as (three, heads, head_dim); rotary rotate-half on q, k; attention logits soft-capped at 50.
+    ``cap``: the v2/v3 ``FLMBase._process_model_output``, ``cap·tanh(a/cap)`` on the head output.
     """
 
     def temb(prefix, tau):
@@ -173,7 +184,8 @@ def reference_forward(w: dict, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor
         m = ln(h, w[f"{p}.norm2.weight"]) * (1 + sc2) + sh2
         h = h + g2 * lin(F.gelu(lin(m, f"{p}.mlp.0"), approximate="tanh"), f"{p}.mlp.2")
     shift, scale = lin(c, "output_layer.adaLN_modulation")[:, None].chunk(2, -1)
-    return lin(ln(h, w["output_layer.norm_final.weight"]) * (1 + scale) + shift, "output_layer.linear")
+    out = lin(ln(h, w["output_layer.norm_final.weight"]) * (1 + scale) + shift, "output_layer.linear")
+    return out if cap is None else cap * torch.tanh(out / cap)
 
 
 @pytest.fixture
@@ -188,33 +200,61 @@ def state_input(seed=0):
     return torch.randn(3, L, V, generator=g), torch.rand(3, generator=g), torch.rand(3, generator=g)
 
 
-def test_flm_import_matches_the_reference_forward(tmp_path, fake_foreign_modules, char_tokenizer):
-    weights = random_reference_weights(1, seed=1)
+def loud_head(weights: OrderedDict, scale: float = 60.0) -> OrderedDict:
+    """Scale the output layer so that many logits exceed the cap of 30: a missing cap then shows."""
+    weights["output_layer.linear.weight"] = weights["output_layer.linear.weight"] * scale
+    return weights
+
+
+def test_flm_import_matches_the_reference_forward_with_the_cap(tmp_path, fake_foreign_modules, char_tokenizer):
+    weights = loud_head(random_reference_weights(1, seed=1))
     path = save_reference(tmp_path / "flm.ckpt", weights, reference_config(tokenizer=char_tokenizer), ema=False)
     out = import_reference(path, tmp_path / "model", weights="raw")
     model = flowlm.load(out)
     assert model.method == "flm" and model.meta["step"] == 1234 and model.meta["weights"] == "raw"
+    assert "sampler_defaults" not in model.meta  # churn is a flow-map setting
     cfg = model.net.config
-    assert (cfg.attn_softcap, cfg.logit_cap, cfg.pos_embed, cfg.seq_len, cfg.time_inputs) == (50.0, None, False, L, 1)
+    assert (cfg.attn_softcap, cfg.logit_cap, cfg.pos_embed, cfg.seq_len, cfg.time_inputs) == (50.0, 30.0, False, L, 1)
     x, s, _ = state_input()
-    torch.testing.assert_close(model.net(x, s), reference_forward(weights, x, s), rtol=1e-4, atol=1e-4)
+    raw = reference_forward(weights, x, s)
+    assert raw.abs().max() > 60  # the cap changes these logits by more than the tolerance below
+    torch.testing.assert_close(model.net(x, s), reference_forward(weights, x, s, cap=30.0), rtol=1e-4, atol=1e-4)
     assert model.meta["imported_from"]["config"]["model"]["length"] == L  # ${data.length} resolved
+
+
+def test_logit_cap_is_inferred_from_the_config_or_asked_for(tmp_path, fake_foreign_modules, char_tokenizer):
+    weights = loud_head(random_reference_weights(1, seed=11))
+    v1_flm = save_reference(tmp_path / "v1.ckpt", weights, reference_config(tokenizer=char_tokenizer, v2=False),
+                            ema=False)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"--logit-cap 30 or --logit-cap none"):
+        build_model(read_reference(v1_flm), "raw")
+    x, s, _ = state_input(3)
+    for cap, expected in ((None, None), ("none", None), (30, 30.0), ("12.5", 12.5)):
+        net = build_model(read_reference(v1_flm), "raw", logit_cap=cap)
+        assert net.config.logit_cap == expected
+        torch.testing.assert_close(net(x, s), reference_forward(weights, x, s, cap=expected), rtol=1e-4, atol=1e-4)
+    with pytest.raises(CheckpointError, match="positive number or 'none'"):
+        build_model(read_reference(v1_flm), "raw", logit_cap="-3")
+    v2_only = reference_config("fmlm", tokenizer=char_tokenizer, v2=False)
+    v2_name = save_reference(tmp_path / "v2.ckpt", weights, v2_only, ema=False)
+    assert build_model(read_reference(v2_name), "raw").config.logit_cap == 30.0  # only v2/v3 has 'fmlm'
 
 
 def test_flow_map_with_double_temb_and_compiled_prefix(tmp_path, fake_foreign_modules, char_tokenizer):
     weights = random_reference_weights(2, seed=2)
-    config = reference_config("flm_distill", double_temb=True, tokenizer=char_tokenizer)
+    config = reference_config("flm_distill", double_temb=True, tokenizer=char_tokenizer, v2=False)  # v1: raw logits
     path = save_reference(tmp_path / "fmlm.ckpt", weights, config, ema=False, compiled=True)
     model = flowlm.load(import_reference(path, tmp_path / "model", weights="raw"))
-    assert model.method == "fmlm" and model.net.config.time_inputs == 2
+    assert model.method == "fmlm" and model.net.config.time_inputs == 2 and model.net.config.logit_cap is None
+    assert model.meta["sampler_defaults"] == {"gamma": 0.8}  # an LM1B flow map: the paper's churn
     x, s, t = state_input(1)
     torch.testing.assert_close(model.net(x, s, t), reference_forward(weights, x, s, t), rtol=1e-4, atol=1e-4)
 
 
 def test_flow_map_with_a_shared_time_embedding(tmp_path, fake_foreign_modules, char_tokenizer):
     weights = random_reference_weights(1, seed=3)  # flm_distill without double_temb: sigma_map embeds both times
-    path = save_reference(tmp_path / "fm.ckpt", weights, reference_config("flm_distill", tokenizer=char_tokenizer),
-                          ema=False)  # fmt: skip
+    config = reference_config("flm_distill", tokenizer=char_tokenizer, v2=False)  # v1: raw logits
+    path = save_reference(tmp_path / "fm.ckpt", weights, config, ema=False)
     net = build_model(read_reference(path), "raw")
     x, s, t = state_input(2)
     torch.testing.assert_close(net(x, s, t), reference_forward(weights, x, s, t), rtol=1e-4, atol=1e-4)
@@ -283,3 +323,76 @@ def test_cli_import_reference(tmp_path, fake_foreign_modules, char_tokenizer, ca
     assert flowlm.load(tmp_path / "m").meta["tokenizer"]["vocab_size"] == V
     assert main(["import-reference", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- the Hub format of the released models (PyTorchModelHubMixin of the reference DIT) ---
+def save_released(folder, weights, config, nested=True, vocab=V):
+    """``config.json`` + ``model.safetensors`` as the mixin writes them: init arguments ``config`` and
+    ``vocab_size`` (``nested=False``: the run config's keys merged into the top level), backbone names unprefixed."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    body = {"config": config, "vocab_size": vocab} if nested else {**config, "vocab_size": vocab}
+    (folder / "config.json").write_text(json.dumps(body))
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_released_flow_map_matches_the_reference_forward_with_the_cap(tmp_path, char_tokenizer, nested):
+    weights = loud_head(random_reference_weights(2, seed=21, llw=False))
+    config = reference_config("fmlm", double_temb=True, tokenizer=char_tokenizer, train="openwebtext-train")
+    folder = save_released(tmp_path / "FMLM-B-OWT", weights, config, nested=nested)
+    model = flowlm.load(import_reference(folder, tmp_path / "model"))
+    cfg = model.net.config
+    assert model.method == "fmlm" and (cfg.logit_cap, cfg.time_inputs, cfg.seq_len) == (30.0, 2, L)
+    assert model.meta["sampler_defaults"] == {"gamma": 1.0} and model.meta["weights"] == "released"
+    assert model.meta["run"]["data"]["corpus"] == "openwebtext" and model.meta["step"] is None
+    source = model.meta["imported_from"]
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert source["sha256"]["model.safetensors"] == digest
+    x, s, t = state_input(4)
+    torch.testing.assert_close(model.net(x, s, t), reference_forward(weights, x, s, t, cap=30.0), rtol=1e-4, atol=1e-4)
+
+
+def test_released_flm_and_the_settings_its_config_leaves_open(tmp_path, char_tokenizer):
+    weights = random_reference_weights(1, seed=22, llw=False)
+    flm = save_released(tmp_path / "flm", weights, reference_config(tokenizer=char_tokenizer))
+    model = flowlm.load(import_reference(flm, tmp_path / "m1", seq_len=2 * L))
+    assert model.method == "flm" and model.net.config.seq_len == 2 * L and model.net.config.logit_cap == 30.0
+    x, s, _ = state_input(5)
+    torch.testing.assert_close(model.net(x, s), reference_forward(weights, x, s, cap=30.0), rtol=1e-4, atol=1e-4)
+
+    fm_weights = random_reference_weights(2, seed=23, llw=False)
+    wiki = reference_config("fmlm", double_temb=True, tokenizer=char_tokenizer, train="wikitext2")
+    folder = save_released(tmp_path / "wiki", fm_weights, wiki)
+    with pytest.raises(CheckpointError, match="no sampling churn for corpus 'wikitext'.*pass --gamma"):
+        import_reference(folder, tmp_path / "m2")
+    assert flowlm.load(import_reference(folder, tmp_path / "m2", gamma=0.5)).meta["sampler_defaults"] == {"gamma": 0.5}
+
+    no_length = reference_config(tokenizer=char_tokenizer)
+    del no_length["model"]["length"]
+    with pytest.raises(CheckpointError, match="pass --seq-len"):
+        import_reference(save_released(tmp_path / "nolen", weights, no_length), tmp_path / "m3")
+    with pytest.raises(CheckpointError, match="vocab_size=15 but vocab_embed.embedding has 14 rows"):
+        import_reference(save_released(tmp_path / "v", weights, reference_config(), vocab=V + 1), tmp_path / "m4")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"vocab_size": V}))
+    save_released(tmp_path / "bad2", weights, reference_config())
+    (tmp_path / "bad2" / "config.json").write_text(json.dumps({"vocab_size": V}))
+    with pytest.raises(CheckpointError, match="no algo/model settings"):
+        import_reference(tmp_path / "bad2", tmp_path / "m5")
+    with pytest.raises(CheckpointError, match="holds no config.json"):
+        import_reference(tmp_path / "bad", tmp_path / "m6")
+
+
+def test_cli_import_reference_of_a_released_folder(tmp_path, char_tokenizer):
+    from flowlm.cli import main
+
+    weights = random_reference_weights(2, seed=24, llw=False)
+    config = reference_config("fmlm", double_temb=True, tokenizer="bert-base-uncased")
+    folder = save_released(tmp_path / "FMLM-B-LM1B", weights, config)
+    args = ["import-reference", str(folder), "--out", str(tmp_path / "m"), "--tokenizer", char_tokenizer]
+    assert main([*args, "--logit-cap", "none", "--gamma", "0.3"]) == 0
+    meta = flowlm.load(tmp_path / "m").meta
+    assert meta["model"]["logit_cap"] is None and meta["sampler_defaults"] == {"gamma": 0.3}

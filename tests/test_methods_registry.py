@@ -131,9 +131,8 @@ def test_lookups_of_the_builtin_methods():
     assert registry.for_recorded("fmlm-v1-stage1").samples_with_teacher
     with pytest.raises(ConfigError, match="distill.recipe='nope': choose one of psd, v1-stage1, v1-stage2"):
         registry.for_recipe("nope")
-    assert registry.get("mdlm").dit_options == {"mask_input": True} and registry.get("ar").dit_options == {
-        "causal": True
-    }
+    assert registry.get("mdlm").dit_options == {"mask_input": True, "logit_cap": None}
+    assert registry.get("ar").dit_options == {"causal": True, "logit_cap": None}
     with pytest.raises(ValueError, match="is registered"):
         registry.register(ToyUnigram()) and registry.register(ToyUnigram())
     registry.unregister("toy")

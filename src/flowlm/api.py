@@ -19,7 +19,7 @@ from flowlm.methods.condition import make_condition
 from flowlm.methods.lowrank import check_input_noise
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.prompts import layout
-from flowlm.training.checkpoint import TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
+from flowlm.training.checkpoint import META, TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
 
 DEFAULT_STEPS = 64  # sampling steps when none are given (every method that takes steps)
 
@@ -29,9 +29,12 @@ def resolve_steps(method: Method, steps: int | None) -> int | None:
     return method.resolve_steps(steps, DEFAULT_STEPS)
 
 
-def sampler_options(method: Method, **given) -> dict:
-    """Every sampler option of ``method``, checked, defaults filled in; options left None count as not given."""
-    return method.resolve_options({k: v for k, v in given.items() if v is not None}, registry.sampler_options())
+def sampler_options(method: Method, defaults: dict | None = None, **given) -> dict:
+    """Every sampler option of ``method``, checked, defaults filled in; options left None count as not given.
+    ``defaults``: a model's own defaults (``flowlm.json``'s ``sampler_defaults``, e.g. an imported released
+    model's γ), used where an option is not given."""
+    chosen = {**(defaults or {}), **{k: v for k, v in given.items() if v is not None}}
+    return method.resolve_options(chosen, registry.sampler_options())
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -122,7 +125,8 @@ class FlowLM:
         method = self.method_def
         steps = resolve_steps(method, steps)
         check_input_noise(input_noise)
-        resolved = sampler_options(method, guidance=guidance, gamma=gamma, **options)
+        defaults = self.meta.get("sampler_defaults")
+        resolved = sampler_options(method, defaults, guidance=guidance, gamma=gamma, **options)
         method.check_request(self, resolved)
         seq_len = seq_len or self.seq_len
         if seq_len > self.seq_len:
@@ -225,7 +229,14 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: 
     check_device(device, "device")
     if str(path).startswith(PREFIX):
         path = demo_path(str(path))
-    directory = download(str(path), revision=revision) if is_hub_id(str(path)) else resolve_model_dir(path)
+    if is_hub_id(str(path)):
+        directory = download(str(path), revision=revision)
+        if not (directory / META).is_file():  # a released reference model: converted once, then cached
+            from flowlm.interop.released import cached_conversion
+
+            directory = cached_conversion(directory, str(path), revision)
+    else:
+        directory = resolve_model_dir(path)
     meta = read_meta(directory)
     try:
         config = DiTConfig(**meta["model"])

@@ -126,18 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     im = sub.add_parser(
         "import-reference",
-        help="convert a checkpoint of the reference implementation (david3684/flm) into a model folder",
-        description="Convert a Lightning .ckpt of the reference FLM/FMLM code into a flowlm model folder. The file "
-        "is read without running pickled code; the weights must match the network exactly.",
+        help="convert a model of the reference implementation (.ckpt, or a released Hub model) into a model folder",
+        description="Convert a Lightning .ckpt of the reference FLM/FMLM code, or a released model in its Hub format "
+        "(a folder or a Hub id such as david3684/FMLM-B-OWT, downloaded once) into a flowlm model folder. A .ckpt "
+        "is read without running pickled code; the weights must match the network exactly. Settings the model's "
+        "config does not settle are errors naming the option to pass.",
     )
-    im.add_argument("checkpoint", help="the reference .ckpt file")
+    im.add_argument("checkpoint", help="the reference .ckpt file, a Hub-format folder, or a Hub id (owner/name)")
     im.add_argument("--out", required=True, help="model folder to write")
     im.add_argument(
         "--tokenizer",
         help="tokenizer spec or folder (default: the checkpoint's data.tokenizer_name_or_path)",
     )
-    im.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights")
-    im.add_argument("--logit-cap", type=float, help="soft cap on the logits, for checkpoints trained with one")
+    im.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights (.ckpt)")
+    im.add_argument(
+        "--logit-cap",
+        default="auto",
+        help="soft cap on the logits: a number, 'none', or 'auto' (default: inferred from the config; v2/v3 code 30)",
+    )
+    im.add_argument("--gamma", type=float, help="default sampling churn of a flow map (default: LM1B 0.8, OWT 1.0)")
+    im.add_argument("--seq-len", type=int, help="sequence length (default: the config's model.length)")
+    im.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
 
     ev = sub.add_parser(
         "eval",
@@ -206,7 +215,9 @@ def run_demo(args: argparse.Namespace) -> None:
 def run_import_reference(args: argparse.Namespace) -> None:
     from flowlm.interop.reference import import_reference
 
-    out = import_reference(args.checkpoint, args.out, args.tokenizer, args.weights, args.logit_cap)
+    out = import_reference(
+        args.checkpoint, args.out, args.tokenizer, args.weights, args.logit_cap, args.gamma, args.seq_len, args.revision
+    )
     print(f"model written to {out}")
     print(f"sample from it with: flowlm sample {out} --steps 64")
 

@@ -87,7 +87,9 @@ class DistillConfig:
     ``recipe``: ``psd`` (SPEC §3, the main recipe), ``v1-stage1`` (SPEC §4: the raw second-order network g
     on top of the teacher velocity, with learnable loss weighting) or ``v1-stage2`` (one softmax network
     regressed onto the stage-1 map; ``stage1`` names the stage-1 checkpoint). ``boundary_frac`` defaults to
-    the recipe's: 1/64 (psd: 0.5/32; v1 stage 1: 1/64) or 1/128 (v1 stage 2).
+    the recipe's: 1/64 (psd: 0.5/32; v1 stage 1: 1/64) or 1/128 (v1 stage 2). ``target_dropout`` (psd): the
+    student passes that build the off-diagonal targets run with dropout, as in the reference (default), or
+    without (eval mode).
     """
 
     teacher: str | None = None
@@ -95,6 +97,7 @@ class DistillConfig:
     stage1: str | None = None
     diag_frac: float = 0.5
     boundary_frac: float | None = None
+    target_dropout: bool = True
 
     def resolved_boundary_frac(self) -> float:
         if self.boundary_frac is not None:

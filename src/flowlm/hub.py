@@ -2,7 +2,9 @@
 
 A Hub repository holds one flowlm model folder as it is on disk (``model.safetensors``, ``flowlm.json``,
 ``tokenizer/``, ``README.md``): there is one format, and loading it from the Hub is loading the
-downloaded folder with the same strict checks.
+downloaded folder with the same strict checks. A repository in the Hub format of the reference code's
+released models (``config.json`` + ``model.safetensors``, no ``flowlm.json``) is converted once into that
+format and cached (:mod:`flowlm.interop.released`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from flowlm.network import hub_access
 from flowlm.training.checkpoint import CARD, META, TOKENIZER, WEIGHTS
 
 FILES = [WEIGHTS, META, CARD, f"{TOKENIZER}/*"]
+REFERENCE_CONFIG = "config.json"  # the PyTorchModelHubMixin config of the reference's released models
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 
 
@@ -35,12 +38,22 @@ def is_hub_id(name: str) -> bool:
 
 
 def download(repo_id: str, revision: str | None = None, token: str | bool | None = None) -> Path:
-    """Download (or find in the local Hub cache) the model folder of ``repo_id``; returns its local path."""
+    """Download (or find in the local Hub cache) the model folder of ``repo_id``; returns its local path: a flowlm
+    model folder, or the ``config.json`` + weights of a released reference model (:func:`flowlm.load` converts
+    that once, :mod:`flowlm.interop.released`)."""
+    folder = snapshot(repo_id, revision, token, [*FILES, REFERENCE_CONFIG])
+    if not (folder / META).is_file() and not ((folder / REFERENCE_CONFIG).is_file() and (folder / WEIGHTS).is_file()):
+        raise CheckpointError(f"Hub repository {repo_id!r} holds no {META}: it is not a flowlm model")
+    return folder
+
+
+def snapshot(repo_id: str, revision: str | None, token: str | bool | None, patterns: list[str]) -> Path:
+    """The local folder of the files of ``repo_id`` matching ``patterns`` (downloaded once, then cached)."""
     offline = None
     try:
         with hub_access() as offline:
             folder = snapshot_download(
-                repo_id, revision=revision, token=token, allow_patterns=FILES, library_name="flowlm"
+                repo_id, revision=revision, token=token, allow_patterns=patterns, library_name="flowlm"
             )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise CheckpointError(
@@ -60,10 +73,7 @@ def download(repo_id: str, revision: str | None = None, token: str | bool | None
         ) from None
     except HfHubHTTPError as err:
         raise CheckpointError(f"downloading {repo_id!r} from the Hub failed ({err}): retry later") from None
-    folder = Path(folder)
-    if not (folder / META).is_file():
-        raise CheckpointError(f"Hub repository {repo_id!r} holds no {META}: it is not a flowlm model")
-    return folder
+    return Path(folder)
 
 
 def save_pretrained(model, directory: str | Path, license: str | None = None, card_name: str | None = None) -> Path:

@@ -105,7 +105,8 @@ def option_provenance(model: Any, given: dict) -> dict:
     has (None where this model's method lacks it), this method's defaults filled in, checked."""
     from flowlm.api import sampler_options
 
-    resolved = sampler_options(registry.of_model(model), **given)
+    defaults = (getattr(model, "meta", None) or {}).get("sampler_defaults")
+    resolved = sampler_options(registry.of_model(model), defaults, **given)
     return {name: resolved.get(name) for name in registry.sampler_options()}
 
 

@@ -12,10 +12,21 @@ values in the order of ``backbone.parameters()``, i.e. the order of the paramete
 What the import sets on our DiT so that it computes the reference function:
 ``attn_softcap=50`` (hard-coded in the reference block), ``pos_embed=False`` (rotary only), ``mlp_ratio=4``,
 ``dropout`` from ``model.dropout`` (it matters for autoguidance), sizes from ``model.*`` checked against
-the tensor shapes, ``time_inputs=2`` for flow maps. The reference's forward applies ``log_softmax`` to the raw
-head output (no logit cap), so ``logit_cap`` defaults to None; pass ``logit_cap=30`` for a checkpoint trained
-by a version that caps logits (SPEC notation). A flow map trained without ``double_temb`` embeds both times with
-``sigma_map``; its ``sigma_map_prime`` is set to a copy, which computes the same sum.
+the tensor shapes, ``time_inputs=2`` for flow maps. A flow map trained without ``double_temb`` embeds both
+times with ``sigma_map``; its ``sigma_map_prime`` is set to a copy, which computes the same sum.
+
+Logit cap (:func:`infer_logit_cap`): the v2/v3 code (June 2026, public fork ``menetn/glm``, which trained the
+released models) applies ``30·tanh(a/30)`` to the head output before ``log_softmax`` for FLM, the flow map and
+the teacher alike; the v1 code (``david3684/flm``) applies ``log_softmax`` to the raw output. The config tells
+them apart: an algorithm name only v2/v3 has (``fmlm``, ``fmlm_twostage``, ...) or the ``sampling.gamma`` key
+(added by v2) means v2, a name only v1 has (``flm_distill``, ...) means v1; ``flm`` without ``sampling.gamma``
+is either, and the import then asks for ``logit_cap`` instead of guessing.
+
+Default churn γ of a flow map (recorded as ``meta["sampler_defaults"]["gamma"]``): the paper samples LM1B
+models at γ = 0.8 and OpenWebText models at γ = 1.0 (:data:`PAPER_GAMMA`); another corpus needs ``gamma``.
+
+The Hub format of the released models (``PyTorchModelHubMixin``) is read by :mod:`flowlm.interop.released`
+into the same :class:`ReferenceCheckpoint`.
 """
 
 from __future__ import annotations
@@ -37,6 +48,11 @@ TRAINING_ONLY = ("learnable_loss_weighting.",)
 REFERENCE_ATTN_SOFTCAP = 50.0
 TOKENIZERS = {"bert-base-uncased": "bert-base-uncased", "gpt2": "gpt2"}
 CORPORA = (("lm1b", "lm1b"), ("openwebtext", "openwebtext"), ("wikitext", "wikitext"))
+REFERENCE_LOGIT_CAP = 30.0  # FLMBase._process_model_output of the v2/v3 code
+V2_ALGOS = ("fmlm", "fmlm_twomodel", "fmlm_twostage", "smflm")  # algorithm names only the v2/v3 code has
+V1_ALGOS = ("flm_distill", "flm_distill_double", "dmf", "continuousflow", "dos_finetune", "flm_semigroup_distill")
+PAPER_GAMMA = {"lm1b": 0.8, "openwebtext": 1.0}  # the churn the paper samples flow maps of each corpus with
+AUTO = "auto"
 
 
 @dataclass
@@ -44,7 +60,9 @@ class ReferenceCheckpoint:
     """The parts of a reference ``.ckpt`` the import needs.
 
     ``state``: backbone tensors by reference name, in checkpoint order; ``ema``: the EMA shadow list or None;
-    ``config``: the training config as plain dicts; ``step``: the global step (or None).
+    ``config``: the training config as plain dicts; ``step``: the global step (or None); ``released``: the file
+    holds one set of weights as published (the Hub format), with no raw/EMA choice; ``source``: provenance
+    of the files read (recorded as ``imported_from``).
     """
 
     path: Path
@@ -53,6 +71,8 @@ class ReferenceCheckpoint:
     ema_decay: float | None
     config: dict
     step: int | None
+    released: bool = False
+    source: dict | None = None
 
     @property
     def algo(self) -> str:
@@ -108,7 +128,7 @@ def select_weights(ckpt: ReferenceCheckpoint, which: str = "ema") -> OrderedDict
     if which not in ("ema", "raw"):
         raise CheckpointError(f"weights={which!r}: choose 'ema' (the reference evaluates with EMA) or 'raw'")
     weights = OrderedDict(ckpt.state)
-    if which == "raw":
+    if which == "raw" or ckpt.released:
         return weights
     if ckpt.ema is None:
         raise CheckpointError(f"{ckpt.path} holds no EMA (no ema.shadow_params): import it with --weights raw")
@@ -139,23 +159,63 @@ def _shape(weights: dict, name: str, path: Path) -> tuple[int, ...]:
     return tuple(weights[name].shape)
 
 
-def dit_config(ckpt: ReferenceCheckpoint, weights: dict, logit_cap: float | None = None) -> DiTConfig:
-    """Our DiT config for the reference network: sizes from the tensors, heads and length from the config."""
+def infer_logit_cap(config: dict, source) -> float | None:
+    """The logit cap of the code that wrote ``config``: 30 for v2/v3, None (raw logits) for v1 (module doc)."""
+    algo = str(config.get("algo", {}).get("name", ""))
+    sampling = config.get("sampling")
+    if algo in V2_ALGOS or (isinstance(sampling, dict) and "gamma" in sampling):
+        return REFERENCE_LOGIT_CAP
+    if algo in V1_ALGOS:
+        return None
+    raise CheckpointError(
+        f"{source}: its config (algo {algo!r}, no sampling.gamma) does not say whether the reference code that "
+        "trained it capped the logits (v2/v3 code: 30, v1 code: none): pass --logit-cap 30 or --logit-cap none"
+    )
+
+
+def corpus_of(config: dict) -> str | None:
+    """Our corpus name for the reference config's ``data.train`` / ``data.valid`` (None when unknown)."""
+    data = config.get("data", {})
+    names = " ".join(str(data.get(k, "")) for k in ("train", "valid")) if isinstance(data, dict) else ""
+    return next((ours for theirs, ours in CORPORA if theirs in names), None)
+
+
+def default_gamma(config: dict, source, gamma: float | None = None) -> float:
+    """The churn γ a flow map samples with by default: ``gamma`` if given, else the paper's for the corpus."""
+    if gamma is not None:
+        if not 0.0 <= gamma <= 1.0:
+            raise CheckpointError(f"gamma={gamma}: the churn must lie in [0, 1]")
+        return float(gamma)
+    corpus = corpus_of(config)
+    if corpus not in PAPER_GAMMA:
+        raise CheckpointError(
+            f"{source}: the paper gives no sampling churn for corpus {corpus!r} (only LM1B 0.8, OpenWebText 1.0): "
+            "pass --gamma"
+        )
+    return PAPER_GAMMA[corpus]
+
+
+def dit_config(
+    ckpt: ReferenceCheckpoint, weights: dict, logit_cap: float | None = None, seq_len: int | None = None
+) -> DiTConfig:
+    """Our DiT config for the reference network: sizes from the tensors, heads and length from the config
+    (``seq_len`` overrides ``model.length``)."""
     path = ckpt.path
     vocab, width = _shape(weights, "vocab_embed.embedding", path)
     cond = _shape(weights, "sigma_map.mlp.0.weight", path)[0]
     n_blocks = 1 + max((int(m.group(1)) for k in weights if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     model = ckpt.config.get("model", {})
-    n_heads, length = model.get("n_heads"), model.get("length")
-    if not isinstance(n_heads, int) or not isinstance(length, int):
+    n_heads, length = model.get("n_heads"), seq_len if seq_len is not None else model.get("length")
+    if not isinstance(n_heads, int):
         raise CheckpointError(
-            f"{path}: hyper_parameters lack model.n_heads / model.length (got {n_heads!r}, {length!r}): "
-            "the checkpoint was not written by the reference trainer"
+            f"{path}: its config lacks model.n_heads (got {n_heads!r}): it was not written by the reference trainer"
         )
+    if not isinstance(length, int) or length < 1:
+        raise CheckpointError(f"{path}: its config gives no sequence length (model.length={length!r}): pass --seq-len")
     for key, found in (("hidden_size", width), ("cond_dim", cond), ("n_blocks", n_blocks)):
         if key in model and model[key] != found:
             raise CheckpointError(f"{path}: model.{key}={model[key]} but the weights have {found}")
-    flow_map = "sigma_map_prime.mlp.0.weight" in weights or "distill" in ckpt.algo
+    flow_map = "sigma_map_prime.mlp.0.weight" in weights or "distill" in ckpt.algo or ckpt.algo.startswith("fmlm")
     dropout = model.get("dropout", 0.1)
     return DiTConfig(
         vocab_size=vocab,
@@ -187,10 +247,27 @@ def to_flowlm_state(weights: dict, cfg: DiTConfig, path: Path) -> dict[str, torc
     return {k: v.float() for k, v in state.items()}
 
 
-def build_model(ckpt: ReferenceCheckpoint, which: str = "ema", logit_cap: float | None = None) -> DiT:
+def resolve_logit_cap(ckpt: ReferenceCheckpoint, logit_cap: float | str | None) -> float | None:
+    """``logit_cap``: ``"auto"`` infers it from the config, None or ``"none"`` means raw logits, a number caps."""
+    if logit_cap == AUTO:
+        return infer_logit_cap(ckpt.config, ckpt.path)
+    if logit_cap is None or logit_cap == "none":
+        return None
+    try:
+        cap = float(logit_cap)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"logit cap {logit_cap!r}: pass a positive number or 'none'") from None
+    if not cap > 0:
+        raise CheckpointError(f"logit cap {logit_cap!r}: pass a positive number or 'none'")
+    return cap
+
+
+def build_model(
+    ckpt: ReferenceCheckpoint, which: str = "ema", logit_cap: float | str | None = AUTO, seq_len: int | None = None
+) -> DiT:
     """Our DiT holding the reference network's weights (strict: names and shapes must match)."""
     weights = select_weights(ckpt, which)
-    cfg = dit_config(ckpt, weights, logit_cap)
+    cfg = dit_config(ckpt, weights, resolve_logit_cap(ckpt, logit_cap), seq_len)
     net = DiT(cfg)
     load_state_strict(net, to_flowlm_state(weights, cfg, ckpt.path), str(ckpt.path))
     return net.eval()
@@ -202,9 +279,7 @@ def _run_config(ckpt: ReferenceCheckpoint, cfg: DiTConfig, tokenizer, method: st
     run = RunConfig()
     run.data.tokenizer = tokenizer.spec
     run.data.seq_len = cfg.seq_len
-    data = ckpt.config.get("data", {})
-    name = str(data.get("train", "")) if isinstance(data, dict) else ""
-    run.data.corpus = next((ours for theirs, ours in CORPORA if theirs in name), run.data.corpus)
+    run.data.corpus = corpus_of(ckpt.config) or run.data.corpus
     for key, value in cfg.to_dict().items():
         if hasattr(run.model, key):
             setattr(run.model, key, value)
@@ -217,17 +292,38 @@ def import_reference(
     out: str | Path,
     tokenizer: str | None = None,
     weights: str = "ema",
-    logit_cap: float | None = None,
+    logit_cap: float | str | None = AUTO,
+    gamma: float | None = None,
+    seq_len: int | None = None,
+    revision: str | None = None,
 ) -> Path:
-    """Convert a reference ``.ckpt`` into a flowlm model folder at ``out`` and return its path.
+    """Convert a reference model into a flowlm model folder at ``out`` and return its path.
 
-    ``tokenizer`` defaults to the checkpoint's ``data.tokenizer_name_or_path``; it must have exactly the
-    network's vocabulary size.
+    ``checkpoint``: a Lightning ``.ckpt``, a folder in the Hub format of the released models, or a Hub id
+    (``owner/name``, downloaded once at ``revision``; :mod:`flowlm.interop.released`). ``tokenizer`` defaults
+    to the config's ``data.tokenizer_name_or_path``; it must have exactly the network's vocabulary size.
+    ``logit_cap`` ``"auto"`` infers it (:func:`infer_logit_cap`); ``gamma`` overrides a flow map's default churn;
+    ``seq_len`` the config's ``model.length``. ``weights`` (``ema`` / ``raw``) applies to ``.ckpt`` files only.
     """
+    from flowlm.interop.released import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, revision)
+    return convert(ckpt, out, tokenizer, weights, logit_cap, gamma, seq_len)
+
+
+def convert(
+    ckpt: ReferenceCheckpoint,
+    out: str | Path,
+    tokenizer: str | None = None,
+    weights: str = "ema",
+    logit_cap: float | str | None = AUTO,
+    gamma: float | None = None,
+    seq_len: int | None = None,
+) -> Path:
+    """Write ``ckpt`` as a flowlm model folder at ``out`` (see :func:`import_reference`)."""
     from flowlm.data import load_tokenizer
 
-    ckpt = read_reference(checkpoint)
-    net = build_model(ckpt, weights, logit_cap)
+    net = build_model(ckpt, weights, logit_cap, seq_len)
     cfg = net.config
     data = ckpt.config.get("data", {})
     spec = tokenizer or (data.get("tokenizer_name_or_path") if isinstance(data, dict) else None)
@@ -239,7 +335,10 @@ def import_reference(
             f"tokenizer {spec!r} has {tok.vocab_size} ids but the network has {cfg.vocab_size}: "
             "pass the tokenizer it was trained with (--tokenizer)"
         )
-    method = "fmlm" if cfg.time_inputs == 2 else "flm"
+    flow_map = cfg.time_inputs == 2  # the second time embedding: a flow map, sampled with churn γ
+    method = "fmlm" if flow_map else "flm"
+    extra = {"sampler_defaults": {"gamma": default_gamma(ckpt.config, ckpt.path, gamma)}} if flow_map else {}
+    released = ckpt.released
     meta = provenance(
         method=method,
         model=cfg.to_dict(),
@@ -247,13 +346,13 @@ def import_reference(
         tokenizer={"spec": tok.spec, "name": tok.name, "vocab_size": tok.vocab_size},
         vocab_size=cfg.vocab_size,
         step=ckpt.step,
-        weights=weights,
-        ema_decay=ckpt.ema_decay if weights == "ema" else None,
+        weights="released" if released else weights,
+        ema_decay=ckpt.ema_decay if weights == "ema" and not released else None,
         imported_from={
-            "path": str(ckpt.path),
-            "sha256": sha256_file(ckpt.path),
+            **(ckpt.source or {"path": str(ckpt.path), "sha256": sha256_file(ckpt.path)}),
             "algo": ckpt.algo,
             "config": ckpt.config,
         },
+        **extra,
     )
     return save_model(Path(out), net.state_dict(), meta, tok)

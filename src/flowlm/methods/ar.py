@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from flowlm.errors import ConfigError
-from flowlm.methods.common import model_cross_entropy
+from flowlm.methods.common import model_cross_entropy, sample_categorical
 from flowlm.methods.condition import Condition
 
 
@@ -41,9 +41,10 @@ def ar_sample(
 ) -> torch.Tensor:
     """Ancestral decoding at temperature 1; returns tokens [num_samples, seq_len] starting with ``bos_id``.
 
-    Each of the ``seq_len − 1`` steps draws the next token from ``softmax(logits)`` of the last position with
-    ``torch.multinomial(..., generator=generator)``. With ``use_cache`` (a :class:`~flowlm.nn.dit.DiT` with
-    ``causal=True``) each step feeds only the new token and reuses the keys/values of the earlier ones; without
+    Each of the ``seq_len − 1`` steps draws the next token from ``softmax(logits)`` of the last position, in
+    float64 (:func:`~flowlm.methods.common.sample_categorical` with ``generator``). With ``use_cache`` (a
+    :class:`~flowlm.nn.dit.DiT` with ``causal=True``) each step feeds only the new token and reuses the
+    keys/values of the earlier ones; without
     it every step reruns the whole prefix (the reference the cache is tested against). Both draw the same
     random numbers, so they give the same tokens up to float rounding of the logits.
     ``condition`` (known positions forming a prefix of each row, :meth:`Condition.is_prefix`): the prompt is fed
@@ -64,8 +65,8 @@ def ar_sample(
     cache = model.new_cache() if use_cache else None
     logits = model(x, tau, cache=cache) if use_cache else model(x, tau)
     for i in range(1, seq_len):
-        probs = torch.softmax(logits[:, -1].float(), dim=-1)
-        token = torch.multinomial(probs, 1, generator=generator)
+        probs = torch.softmax(logits[:, -1].double(), dim=-1)
+        token = sample_categorical(probs, generator).unsqueeze(-1)
         if condition is not None:
             token = torch.where(condition.mask[:, i : i + 1], condition.ids[:, i : i + 1], token)
         x = torch.cat([x, token], dim=1)

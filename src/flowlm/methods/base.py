@@ -123,6 +123,7 @@ class Method:
     learnable_weighting: bool = True
     conditional_training: bool = False  # train.condition_frac > 0 allowed (clean context in the loss)
     always_weighted: bool = False
+    weighting_times: int = 1  # times the learnable loss weighting reads (2: τ_s and τ_t)
     draws_noise: bool = True
     needs: tuple[str, ...] = ()
     default_boundary_frac: float | None = None

@@ -157,3 +157,18 @@ class LossWeighting(nn.Module):
     def apply(per_sequence_loss: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Mean over the batch of ``exp(−w_i)·ℓ_i + w_i``; both [B]."""
         return (torch.exp(-w) * per_sequence_loss + w).mean()
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of the categorical ``probs`` [..., V] (non-negative, not necessarily normalized); ids [...].
+
+    Exponential race in float64: with ``E_v ~ Exp(1)`` independent, ``argmax_v p_v / E_v`` is ``v`` with probability
+    ``p_v / Σ p`` (``E_v / p_v ~ Exp(p_v)``, and the smallest of independent exponentials is ``v`` with that
+    probability). Float64 because a float32 race (what ``torch.multinomial`` does on CUDA for one sample) has too
+    coarse a resolution for ``E_v`` near 0, where a rare token has to land to win, so rare tokens are drawn less
+    often than their probability (lower entropy, a flattering Gen PPL); the reference draws in float64 too. The
+    same numbers are drawn on every device for a given ``generator``, ``V`` per row.
+    """
+    p = probs.to(torch.float64)
+    race = torch.empty_like(p).exponential_(generator=generator).clamp_(min=torch.finfo(torch.float64).tiny)
+    return (p / race).argmax(-1)

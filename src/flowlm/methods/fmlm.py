@@ -72,7 +72,10 @@ __all__ = [
     "BOUNDARY",
     "DIAGONAL",
     "OFF_DIAGONAL",
+    "GAMMA_MODES",
     "check_gamma",
+    "churn_step",
+    "churn_times",
     "fmlm_denoise",
     "fmlm_sample",
     "flow_map_step",
@@ -185,17 +188,22 @@ def init_stage1(teacher: DiT) -> DiT:
 
 
 @contextmanager
-def _eval_mode(*models):
-    """Put every ``nn.Module`` among ``models`` in eval mode (no dropout); restore all flags on exit."""
+def _mode(training: bool, *models):
+    """Put every ``nn.Module`` among ``models`` in train (dropout active) or eval mode; restore all flags on exit."""
     saved = [(m, m.training) for model in models if isinstance(model, nn.Module) for m in model.modules()]
     for model in models:
         if isinstance(model, nn.Module):
-            model.train(False)
+            model.train(training)
     try:
         yield
     finally:
         for m, mode in saved:
             m.training = mode
+
+
+def _eval_mode(*models):
+    """Eval mode (no dropout) for ``models`` within the block; modes restored on exit."""
+    return _mode(False, *models)
 
 
 # --- pairs of times ----------------------------------------------------------------------------------
@@ -322,6 +330,7 @@ def psd_target(
     n_diag: int,
     vocab_size: int,
     inputs=None,
+    target_dropout: bool = True,
 ) -> torch.Tensor:
     """PSD targets [B, L, V] (no gradient), rows laid out as :func:`pair_times` does.
 
@@ -329,8 +338,10 @@ def psd_target(
     Other rows (boundary and off-diagonal alike): the midpoint composition through ``τ_u = (τ_s + τ_t)/2``
     with the current student, ``λ·δ̂_{s,u}(x_s) + (1 − λ)·δ̂_{u,t}(X_{s,u}(x_s))``, ``s, u, t = T⁻¹(τ_s, τ_u,
     τ_t)``; at the boundary ``(0, 1)`` that is ``δ̂_{½,1}(X_{0,u}(x_0))`` since λ = 0 at t = 1.
-    Both networks run in eval mode (no dropout); their modes are restored afterwards. ``inputs``: the state
-    space of ``x_s`` (default: full [B, L, V] states); ``X_{s,u}`` is formed in it with ``δ̂_{s,u} @ W``.
+    The teacher runs in eval mode (no dropout). The two student passes run in train mode, dropout active, as
+    in the reference (``target_dropout=True``, default), or in eval mode (``target_dropout=False``); modes are
+    restored afterwards. ``inputs``: the state space of ``x_s`` (default: full [B, L, V] states); ``X_{s,u}`` is
+    formed in it with ``δ̂_{s,u} @ W``.
     """
     inputs = NaiveInputs() if inputs is None else inputs
     target = torch.empty((*x_s.shape[:2], vocab_size), dtype=torch.float32, device=x_s.device)
@@ -342,7 +353,7 @@ def psd_target(
         tu = (ts + tt) / 2
         s, u, t = (_clock(tau, vocab_size) for tau in (ts, tu, tt))
         lam = semigroup_lambda(s, u, t).to(torch.float32).view(-1, 1, 1)
-        with _eval_mode(student):
+        with _mode(target_dropout, student):
             d_su = _probs(inputs, student, x, ts, tu)
             x_su = flow_map_step(x, inputs.embed(d_su).to(x.dtype), s.to(x.dtype), u.to(x.dtype))
             d_ut = _probs(inputs, student, x_su, tu, tt)
@@ -363,6 +374,7 @@ def psd_loss(
     mask: torch.Tensor | None = None,
     input_noise: str = "auto",
     rows: tuple[int, int] | None = None,
+    target_dropout: bool = True,
 ) -> dict[str, torch.Tensor]:
     """PSD (semigroup self-distillation from a frozen FLM teacher, SPEC §3) on tokens [B, L].
 
@@ -373,6 +385,8 @@ def psd_loss(
     replaced by ``exp(−w(τ_s, τ_t))·ℓ + w``.
 
     ``input_noise`` (auto | lowrank | naive) and ``rows`` (first, total): see the module docstring.
+    ``target_dropout``: the student passes of the off-diagonal targets with dropout (default, the reference's)
+    or without (:func:`psd_target`).
 
     Returns ``loss`` (to minimize), ``ce`` (unweighted cross-entropy, detached), ``ce_diag`` /
     ``ce_off`` (the same over diagonal / other rows, 0 when there are none), ``per_sequence`` [B]
@@ -383,7 +397,7 @@ def psd_loss(
         inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows
     )
     logits = inputs.logits(student, x_s, tau_s, tau_t)
-    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs)
+    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs, target_dropout)
     ce = token_cross_entropy(logits, target)
     loss, mean_ce, per_sequence = _weighted(ce, mask, weighting, tau_s, tau_t)
     with torch.no_grad():
@@ -405,10 +419,61 @@ def psd_loss(
 # --- sampling ----------------------------------------------------------------------------------------
 
 
+GAMMA_MODES = ("paper", "exact")
+
+
 def check_gamma(gamma) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 <= float(gamma) <= 1.0:
         raise ConfigError(f"gamma={gamma!r}: the churn of the flow-map sampler must be a number in [0, 1]")
     return float(gamma)
+
+
+def check_gamma_mode(mode) -> str:
+    if mode not in GAMMA_MODES:
+        raise ConfigError(f"gamma_mode={mode!r}: choose 'paper' (the reference's sampler) or 'exact'")
+    return mode
+
+
+def churn_times(t_next: float, gamma: float, mode: str = "paper") -> tuple[float, float, float]:
+    """One step of the γ-sampler to the grid time ``t' = t_next`` (``σ = 1 − t'``): ``(t̃, a, c)`` such that the next
+    state is ``x' = a·X_{t,t̃}(x) + c·δ̂_{t,t̃}(x) + γσ·ξ`` (``ξ ~ N(0, I)``, one network call at ``(τ_k, T(t̃))``).
+
+    ``paper`` (SPEC §3, the reference's formula): ``σ̃ = σ√(1 − γ²)``, ``t̃ = 1 − σ̃``, ``a = 1``, ``c = σ̃ − σ``.
+    With the exact ``δ`` this keeps the law of ``x_{t'}`` only for γ ∈ {0, 1}: the mean correction ``c·δ`` stands in
+    for ``c·x₁``, so the noise it leaves has the wrong size when δ is uncertain.
+
+    ``exact``: ``r = σ√(1 − γ²)``, ``t̃ = t'/(t' + r)``, ``a = t'/t̃``, ``c = 0``. If ``x ~ t·x₁ + (1 − t)·ε`` then
+    ``X_{t,t̃}(x) ~ t̃·x₁ + (1 − t̃)·ε``, and ``(t'/t̃)(1 − t̃) = r``, so ``x' ~ t'·x₁ + r·ε + γσ·ξ`` whose noise
+    has variance ``r² + γ²σ² = σ²``: the law of ``x_{t'}`` for any data law. ``t' <= t̃ <= 1`` (as ``r <= σ``).
+    Both modes give ``t̃ = t'``, ``x' = X_{t,t'}(x)`` at γ = 0 and ``t̃ = 1``, ``x' = t'·δ̂_{t,1} + σξ`` at γ = 1.
+    """
+    sigma = 1.0 - t_next
+    if check_gamma_mode(mode) == "paper":
+        sigma_tilde = sigma * math.sqrt(1.0 - gamma * gamma)
+        return 1.0 - sigma_tilde, 1.0, sigma_tilde - sigma
+    r = sigma * math.sqrt(1.0 - gamma * gamma)
+    t_tilde = t_next / (t_next + r)
+    return t_tilde, t_next / t_tilde, 0.0
+
+
+def churn_step(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    t: float,
+    t_next: float,
+    gamma: float,
+    noise: torch.Tensor | float,
+    mode: str = "paper",
+) -> torch.Tensor:
+    """``x' = a·X_{t,t̃}(x) + c·δ + γσ·ξ`` (:func:`churn_times`) for ``x``, ``delta = δ̂_{t,t̃}(x)`` and the standard
+    normal ``noise`` ξ, all of one shape (any: [B, L, V] states, or a toy's [N])."""
+    t_tilde, a, c = churn_times(t_next, gamma, mode)
+    x = flow_map_step(x, delta, t, t_tilde)
+    if a != 1.0:
+        x = a * x
+    if c != 0.0:
+        x = x + c * delta
+    return x + gamma * (1.0 - t_next) * noise if gamma > 0.0 else x
 
 
 def fmlm_denoise(model, x: torch.Tensor, tau_s: float, tau_t: float, inputs=None) -> torch.Tensor:
@@ -430,14 +495,17 @@ def fmlm_sample(
     device=None,
     x0: torch.Tensor | None = None,
     input_noise: str = "auto",
+    gamma_mode: str = "paper",
     condition: Condition | None = None,
 ) -> torch.Tensor:
     """Flow-map sampler with churn γ (SPEC §3); returns tokens [num_samples, seq_len].
 
-    Grid ``τ_k = k/N``. Step k: ``t = T⁻¹(τ_k)``, ``σ = 1 − T⁻¹(τ_{k+1})``, ``σ̃ = σ·√(1 − γ²)``,
-    ``t̃ = 1 − σ̃``, ``τ̃ = T(t̃)`` (``τ̃ = τ_{k+1}`` exactly when γ = 0), ``δ = δ̂_{τ_k, τ̃}(x)``; the last step
-    returns arg-max δ, the others set ``x ← X_{t,t̃}(x) + (σ̃ − σ)·δ + γσ·ξ`` with ``ξ ~ N(0, I)`` drawn from
-    ``generator``. γ = 0 is the deterministic chain of flow maps ``X_{t_k, t_{k+1}}``; γ = 1 re-noises
+    Grid ``τ_k = k/N``. Step k: ``t = T⁻¹(τ_k)``, ``t' = T⁻¹(τ_{k+1})``, ``σ = 1 − t'``; ``t̃`` from
+    :func:`churn_times` (``gamma_mode``), ``τ̃ = T(t̃)`` (``τ̃ = τ_{k+1}`` exactly when γ = 0), ``δ = δ̂_{τ_k, τ̃}(x)``;
+    the last step returns arg-max δ, the others :func:`churn_step`. ``paper`` (default, the paper's numbers):
+    ``σ̃ = σ·√(1 − γ²)``, ``t̃ = 1 − σ̃``, ``x ← X_{t,t̃}(x) + (σ̃ − σ)·δ + γσ·ξ``; ``exact``: ``t̃ = t'/(t' + σ√(1 − γ²))``,
+    ``x ← (t'/t̃)·X_{t,t̃}(x) + γσ·ξ``, which keeps the law of ``x_{t'}`` for every γ. ``ξ ~ N(0, I)`` is drawn from
+    ``generator``. γ = 0 is the deterministic chain of flow maps ``X_{t_k, t_{k+1}}`` (both modes); γ = 1 re-noises
     the clean estimate ``δ̂_{τ_k,1}`` to time ``t_{k+1}``. N = 1 is one call: arg-max ``δ̂_{0,1}(x₀)``.
     ``x0`` (default: drawn from ``generator``) is the starting noise [n, L, V]. In the low-rank space
     (``input_noise``) the state is ``x @ W``, δ enters as ``δ @ W`` and ξ is drawn as ``ε·Cᵀ``.
@@ -446,29 +514,26 @@ def fmlm_sample(
     """
     check_steps(steps)
     gamma = check_gamma(gamma)
+    check_gamma_mode(gamma_mode)
     inputs = input_space(input_noise, [model], vocab_size, tokens=num_samples * seq_len * steps)
     x = inputs.noise(num_samples, seq_len, vocab_size, generator, device) if x0 is None else inputs.embed(x0)
     if condition is not None:
         start, target = x, inputs.tokens(condition.ids, vocab_size)
     taus, ts = time_grid(vocab_size, steps)
-    sigmas = [1.0 - t for t in ts[1:]]
-    sigma_tildes = [sigma * math.sqrt(1.0 - gamma * gamma) for sigma in sigmas]
     if gamma == 0.0:
         tau_tildes = taus[1:]
-    else:  # τ̃ = T(1 − σ̃), computed on the host before the loop
-        t_tildes = torch.tensor([1.0 - st for st in sigma_tildes], dtype=torch.float64)
+    else:  # τ̃ = T(t̃), computed on the host before the loop
+        t_tildes = torch.tensor([churn_times(t, gamma, gamma_mode)[0] for t in ts[1:]], dtype=torch.float64)
         tau_tildes = get_schedule(vocab_size, "cpu").tau_from_t(t_tildes).tolist()
     for k in range(steps):
-        t, sigma, sigma_tilde = ts[k], sigmas[k], sigma_tildes[k]
         if condition is not None:
-            x = condition.hold(x, start, target, t)
+            x = condition.hold(x, start, target, ts[k])
         delta = fmlm_denoise(model, x, taus[k], tau_tildes[k], inputs)
         if k == steps - 1:
             return delta.argmax(dim=-1) if condition is None else condition.fill(delta.argmax(dim=-1))
         delta = inputs.embed(delta).to(x.dtype)
-        x = flow_map_step(x, delta, t, 1.0 - sigma_tilde) + (sigma_tilde - sigma) * delta
-        if gamma > 0.0:
-            x = x + gamma * sigma * inputs.noise(x.shape[0], x.shape[1], vocab_size, generator, x.device).to(x.dtype)
+        noise = inputs.noise(x.shape[0], x.shape[1], vocab_size, generator, x.device).to(x.dtype) if gamma else 0.0
+        x = churn_step(x, delta, ts[k], ts[k + 1], gamma, noise, gamma_mode)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -533,8 +598,9 @@ def v1_stage1_loss(
       ``v̂_{u,t} = b_T(y, u) + ½Δ₂·g(y, τ_u, τ_t)``, ``v̄ = (Δ₁·v̂_{s,u} + Δ₂·v̂_{u,t})/Δ``,
       target ``x_s + (1 − s)·v̄``;
     * prediction: ``D_T(x_s, τ_s) + ½·Δ·(1 − s)·g(x_s, τ_s, τ_t)`` (= ``x_s + (1 − s)·v̂_{s,t}``);
-    * loss: squared error summed over V, averaged over valid tokens, or ``exp(−w)·ℓ + w`` per sequence
-      with ``weighting`` (``LossWeighting(two_times=True)``, its parameters trained with g's).
+    * loss: squared error summed over V, averaged over valid tokens, or ``exp(−w(τ_s))·ℓ + w(τ_s)`` per sequence
+      with ``weighting`` (a one-time ``LossWeighting()``, its parameters trained with g's): it sees τ_s only,
+      as the reference's learnable weighting, which ignores the end time.
 
     The target is affine in x_s with coefficient 0, and is computed in that form (exactly equal, and no
     V-sized state needed): with ``A = D_T(x_s, τ_s) + ½Δ₁(1 − s)·g(x_s, τ_s, τ_u)`` (so that
@@ -565,7 +631,7 @@ def v1_stage1_loss(
         target = w1 * a + (1 - w1) * b
     pred = denoised + 0.5 * dt * (1 - s) * inputs.logits(g_net, x_s, tau_s, tau_t).float()
     err = (pred - target).pow(2).sum(-1)
-    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, tau_t)
+    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, None)
     return {"loss": loss, "mse": mean.detach(), "per_sequence": per_sequence.detach(), "tau_s": tau_s, "tau_t": tau_t}
 
 
@@ -651,5 +717,5 @@ def v1_stage2_loss(
         )
     pred = _probs(inputs, student, x_s, tau_s, tau_t) / torch.clamp(1 - s, min=VELOCITY_GUARD) * dt
     err = (pred - target).pow(2).sum(-1)
-    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, tau_t)
+    loss, mean, per_sequence = _weighted(err, mask, weighting, tau_s, None)
     return {"loss": loss, "mse": mean.detach(), "per_sequence": per_sequence.detach(), "tau_s": tau_s, "tau_t": tau_t}

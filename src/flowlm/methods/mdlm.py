@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from flowlm.methods.common import check_rows, model_cross_entropy, stratified_times
+from flowlm.methods.common import check_rows, model_cross_entropy, sample_categorical, stratified_times
 from flowlm.methods.condition import Condition
 from flowlm.methods.flm import check_steps
 
@@ -122,8 +122,9 @@ def mdlm_sample(
     The network is called again only after a step that revealed something in some row of the batch (it does
     not depend on ``t``) and not at all once every position is revealed: at most ``min(N, B·L)`` calls for a
     batch of B samples, so the saving is real for one sample (at most L calls) but small for a large batch
-    (a batch of 64 samples of 64 tokens at N = 1,024 reveals something at nearly every step). Deterministic
-    given ``generator``. ``condition``: its known positions start unmasked (so they are never drawn).
+    (a batch of 64 samples of 64 tokens at N = 1,024 reveals something at nearly every step). Tokens are drawn
+    in float64 (:func:`~flowlm.methods.common.sample_categorical`). Deterministic given ``generator``.
+    ``condition``: its known positions start unmasked (so they are never drawn).
     """
     check_steps(steps)
     mask_id = vocab_size
@@ -136,11 +137,11 @@ def mdlm_sample(
         if probs is None:
             if not bool((z == mask_id).any()):
                 break  # everything is revealed: the remaining steps would change nothing
-            probs = torch.softmax(model(z, tau).float(), dim=-1).view(-1, vocab_size)
+            probs = torch.softmax(model(z, tau).double(), dim=-1).view(-1, vocab_size)
         u = torch.rand(num_samples, seq_len, generator=generator, device=z.device)
         rows = ((z == mask_id) & (u * (steps - k) < 1)).view(-1).nonzero().squeeze(-1)  # positions to reveal
         if rows.numel():
-            draw = torch.multinomial(probs[rows], 1, generator=generator).squeeze(-1)
+            draw = sample_categorical(probs[rows], generator)
             z = z.view(-1).index_put((rows,), draw).view(num_samples, seq_len)
             probs = None
     return z

@@ -7,7 +7,7 @@ from typing import Any
 
 from flowlm.errors import ConfigError
 from flowlm.methods.base import Option
-from flowlm.methods.fmlm import check_gamma
+from flowlm.methods.fmlm import check_gamma, check_gamma_mode
 
 
 def check_guidance(value: Any) -> float:
@@ -31,4 +31,13 @@ GAMMA = Option(
     help="churn γ in [0, 1] of the flow-map sampler (0: deterministic)",
     off=0.0,
     refusal="gamma is the churn of the flow-map sampler: it needs an FMLM model (flowlm distill)",
+)
+GAMMA_MODE = Option(
+    name="gamma_mode",
+    default="paper",
+    check=check_gamma_mode,
+    help="γ-step of the flow-map sampler: paper (the paper's renoising, its numbers) or exact (keeps the marginal "
+    "law for every γ)",
+    off="paper",
+    refusal="gamma_mode picks the flow-map sampler's churn step: it needs an FMLM model (flowlm distill)",
 )

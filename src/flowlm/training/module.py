@@ -74,7 +74,7 @@ class FlowLMModule(L.LightningModule):
         # Frozen networks are kept out of the module's state dict (a plain list): checkpoints never contain them.
         self.frozen = [net.eval().requires_grad_(False) for net in frozen]
         weighted = cfg.train.loss_weighting or self.method.always_weighted
-        two_times = self.method.time_inputs == 2
+        two_times = self.method.weighting_times == 2
         self.weighting = LossWeighting(cfg.model.cond_dim, two_times=two_times) if weighted else None
         self.ema = EMA(self.net, cfg.train.ema_decay)
         # Not registered as a submodule: the compiled wrapper shares self.net's parameters, and registering

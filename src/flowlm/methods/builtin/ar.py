@@ -12,7 +12,7 @@ class Autoregressive(Method):
     card_text = "an autoregressive language model (the AR baseline: a causal DiT), decoded token by token"
     records = "ar"
     train_method = "ar"
-    dit_options = {"causal": True}
+    dit_options = {"causal": True, "logit_cap": None}  # raw logits, as the reference
     learnable_weighting = False  # no time, nothing to weight
     draws_noise = False
     metric_key, metric_name = "nll", "nll"

@@ -12,7 +12,9 @@ class MaskedDiffusion(Method):
     card_text = "a masked diffusion language model (the MDLM baseline), sampled with the ancestral sampler"
     records = "mdlm"
     train_method = "mdlm"
-    dit_options = {"mask_input": True}  # input matrix (V+1) x d: the mask is id V, never predicted
+    # Input matrix (V+1) x d: the mask is id V, never predicted. Raw logits, as the reference (model.logit_cap is
+    # for FLM/FMLM); a model saved with a cap keeps it (flowlm.json records it).
+    dit_options = {"mask_input": True, "logit_cap": None}
     learnable_weighting = False  # its NELBO fixes the time weighting
     conditional_training = True
     metric_key, metric_name = "nll_bound", "nll_bound"

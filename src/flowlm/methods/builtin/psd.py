@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flowlm.methods.base import Method
 from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
-from flowlm.methods.options import GAMMA
+from flowlm.methods.options import GAMMA, GAMMA_MODE
 
 
 def distill_arguments(ctx, generator, sample_offset, rows) -> dict:
@@ -28,10 +28,11 @@ class FlowMap(Method):
     records = "fmlm"
     train_method = "fmlm"
     time_inputs = 2
+    weighting_times = 2
     needs = ("teacher",)
     conditioning = "any"
     sampler_name = "flow-map"
-    options = (GAMMA,)
+    options = (GAMMA, GAMMA_MODE)
     suggested_steps = 1
     card_options = ", gamma=0.8"  # the paper's LM1B churn; gamma=0 is deterministic
 
@@ -40,8 +41,8 @@ class FlowMap(Method):
         return init_student(frozen[0]).train()
 
     def sample(self, request):
-        gamma = request.options["gamma"]
-        return fmlm_sample(request.net, *request.sizes, gamma=gamma, **request.draws, input_noise=request.input_noise)
+        churn = {"gamma": request.options["gamma"], "gamma_mode": request.options["gamma_mode"]}
+        return fmlm_sample(request.net, *request.sizes, **churn, **request.draws, input_noise=request.input_noise)
 
 class ProgressiveSelfDistillation(FlowMap):
     name = "fmlm"
@@ -51,7 +52,9 @@ class ProgressiveSelfDistillation(FlowMap):
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         arguments = distill_arguments(ctx, generator, sample_offset, rows)
-        return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=ctx.cfg.distill.diag_frac, **arguments)
+        d = ctx.cfg.distill
+        return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=d.diag_frac,
+                        target_dropout=d.target_dropout, **arguments)  # fmt: skip
 
 
 PSD = ProgressiveSelfDistillation()

@@ -17,7 +17,7 @@ class V1Stage1(Method):
     recipe = "v1-stage1"
     time_inputs = 2
     needs = ("teacher",)
-    always_weighted = True  # SPEC §4: stage 1 always learns its loss weighting
+    always_weighted = True  # SPEC §4: stage 1 always learns its loss weighting, of τ_s only (SPEC §7)
     default_boundary_frac = 1 / 64
     stage1_provider = True
     metric_key, metric_name = "mse", "map_mse"

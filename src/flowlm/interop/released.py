@@ -1,0 +1,127 @@
+"""The Hub format of the reference code's released models (``david3684/FLM-B-LM1B``, ``FLM-B-OWT``,
+``FMLM-B-LM1B``, ``FMLM-B-OWT``), read into a :class:`~flowlm.interop.reference.ReferenceCheckpoint`.
+
+Layout (written by ``huggingface_hub.PyTorchModelHubMixin`` from the reference's ``DIT(config, vocab_size)``):
+``model.safetensors`` holds the backbone's parameters under their own names (``vocab_embed.embedding``,
+``sigma_map.*``, ``blocks.{i}.*`` ..., no ``backbone.`` prefix), and ``config.json`` the init arguments:
+``{"config": {algo, model, data, sampling, ...}, "vocab_size": V}``, or the same with the run config's keys at
+the top level (the mixin merges a ``config`` passed as a plain dict into the top level). The file holds one set
+of weights, as published, so there is no raw/EMA choice.
+
+:func:`read_checkpoint` takes a ``.ckpt``, such a folder or a Hub id; :func:`cached_conversion` turns a downloaded
+Hub snapshot into a flowlm model folder once (under ``<cache>/released/<owner>--<name>/<commit>``), recording the
+repository, revision, commit and the SHA-256 of both files in ``imported_from``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from flowlm.errors import CheckpointError
+from flowlm.interop.reference import ReferenceCheckpoint, convert, read_reference
+from flowlm.interop.safe_load import resolve_interpolations
+from flowlm.training.checkpoint import META, sha256_file
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+
+def is_released_folder(folder: Path) -> bool:
+    """A folder in the released models' Hub format (and not a flowlm model folder)."""
+    folder = Path(folder)
+    return (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file() and not (folder / META).is_file()
+
+
+def run_config(raw: object, path: Path) -> tuple[dict, int | None]:
+    """``(run config, vocab_size)`` from the parsed ``config.json`` (either mixin layout)."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not a JSON object: it is not the config of a reference model")
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else raw
+    if not isinstance(config.get("algo"), dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(
+            f"{path} has no algo/model settings (neither under 'config' nor at the top level): "
+            "it is not the config.json of a reference DIT"
+        )
+    vocab = raw.get("vocab_size")
+    return resolve_interpolations(config), vocab if isinstance(vocab, int) else None
+
+
+def read_released(folder: str | Path, source: dict | None = None) -> ReferenceCheckpoint:
+    """Read a Hub-format folder; ``source`` is the provenance to record (default: the folder and file hashes)."""
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {folder / CONFIG} ({err}): re-download the model") from None
+    config, vocab = run_config(raw, folder / CONFIG)
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"cannot read {folder / WEIGHTS} ({err}): re-download the model") from None
+    state = OrderedDict((k.removeprefix("backbone.").replace("_orig_mod.", ""), v) for k, v in tensors.items())
+    embed = state.get("vocab_embed.embedding")
+    if vocab is not None and embed is not None and embed.shape[0] != vocab:
+        raise CheckpointError(
+            f"{folder}: config.json says vocab_size={vocab} but vocab_embed.embedding has {embed.shape[0]} rows"
+        )
+    files = {name: sha256_file(folder / name) for name in (CONFIG, WEIGHTS)}
+    return ReferenceCheckpoint(
+        path=folder,
+        state=state,
+        ema=None,
+        ema_decay=None,
+        config=config,
+        step=None,
+        released=True,
+        source={**(source or {"path": str(folder)}), "sha256": files},
+    )
+
+
+def snapshot_source(folder: Path, repo_id: str, revision: str | None) -> dict:
+    """Provenance of a Hub snapshot: the repository, the revision asked for and the commit it resolved to
+    (the snapshot folder's name in the Hub cache, ``.../snapshots/<commit>``)."""
+    commit = folder.name if folder.parent.name == "snapshots" else None
+    return {"hub_repo": repo_id, "revision": revision or "main", "commit": commit}
+
+
+def read_checkpoint(checkpoint: str | Path, revision: str | None = None) -> ReferenceCheckpoint:
+    """A reference ``.ckpt``, a Hub-format folder, or a Hub id (downloaded once into the Hub cache)."""
+    from flowlm.hub import is_hub_id, snapshot
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        if not is_released_folder(path):
+            raise CheckpointError(
+                f"{path} holds no {CONFIG} + {WEIGHTS} of a released reference model: pass that folder, a Hub id "
+                "or a .ckpt file"
+            )
+        return read_released(path)
+    if path.exists() or not is_hub_id(str(checkpoint)):
+        return read_reference(path)
+    folder = snapshot(str(checkpoint), revision, None, [CONFIG, WEIGHTS])
+    if not is_released_folder(folder):
+        raise CheckpointError(f"Hub repository {checkpoint!r} holds no {CONFIG} + {WEIGHTS}: it is no reference model")
+    return read_released(folder, snapshot_source(folder, str(checkpoint), revision))
+
+
+def cached_conversion(folder: Path, repo_id: str, revision: str | None) -> Path:
+    """The flowlm model folder converted from the Hub snapshot ``folder`` of ``repo_id``, converting it the first
+    time. Settings are inferred from its config; one it does not settle is an error naming the import option."""
+    from flowlm.data.cache import default_cache_dir, slug
+
+    source = snapshot_source(folder, repo_id, revision)
+    key = source["commit"] or sha256_file(folder / WEIGHTS)[:16]
+    target = default_cache_dir() / "released" / slug(repo_id.replace("/", "--")) / slug(key)
+    if (target / META).is_file():
+        return target
+    try:
+        return convert(read_released(folder, source), target)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{err} (convert it once with: flowlm import-reference {repo_id} --out DIR and that option, then load DIR)"
+        ) from None
