@@ -20,7 +20,8 @@ import torch.nn.functional as F
 import flowlm
 from flowlm.data import load_tokenizer
 from flowlm.errors import CheckpointError
-from flowlm.interop.reference import build_model, import_reference, read_reference
+from flowlm.interop.reference import build_model, read_reference
+from flowlm.interop.released import import_reference
 from flowlm.nn.dit import DiT, DiTConfig
 
 V, L, D, HEADS, COND, BLOCKS = 14, 8, 32, 4, 16, 2  # V = the char tokenizer below (4 specials + 10 letters)

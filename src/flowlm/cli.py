@@ -213,7 +213,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_import_reference(args: argparse.Namespace) -> None:
-    from flowlm.interop.reference import import_reference
+    from flowlm.interop.released import import_reference
 
     out = import_reference(
         args.checkpoint, args.out, args.tokenizer, args.weights, args.logit_cap, args.gamma, args.seq_len, args.revision

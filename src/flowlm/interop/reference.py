@@ -287,30 +287,6 @@ def _run_config(ckpt: ReferenceCheckpoint, cfg: DiTConfig, tokenizer, method: st
     return run.to_dict()
 
 
-def import_reference(
-    checkpoint: str | Path,
-    out: str | Path,
-    tokenizer: str | None = None,
-    weights: str = "ema",
-    logit_cap: float | str | None = AUTO,
-    gamma: float | None = None,
-    seq_len: int | None = None,
-    revision: str | None = None,
-) -> Path:
-    """Convert a reference model into a flowlm model folder at ``out`` and return its path.
-
-    ``checkpoint``: a Lightning ``.ckpt``, a folder in the Hub format of the released models, or a Hub id
-    (``owner/name``, downloaded once at ``revision``; :mod:`flowlm.interop.released`). ``tokenizer`` defaults
-    to the config's ``data.tokenizer_name_or_path``; it must have exactly the network's vocabulary size.
-    ``logit_cap`` ``"auto"`` infers it (:func:`infer_logit_cap`); ``gamma`` overrides a flow map's default churn;
-    ``seq_len`` the config's ``model.length``. ``weights`` (``ema`` / ``raw``) applies to ``.ckpt`` files only.
-    """
-    from flowlm.interop.released import read_checkpoint
-
-    ckpt = read_checkpoint(checkpoint, revision)
-    return convert(ckpt, out, tokenizer, weights, logit_cap, gamma, seq_len)
-
-
 def convert(
     ckpt: ReferenceCheckpoint,
     out: str | Path,

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from flowlm.errors import CheckpointError
-from flowlm.interop.reference import ReferenceCheckpoint, convert, read_reference
+from flowlm.interop.reference import AUTO, ReferenceCheckpoint, convert, read_reference
 from flowlm.interop.safe_load import resolve_interpolations
 from flowlm.training.checkpoint import META, sha256_file
 
@@ -125,3 +125,25 @@ def cached_conversion(folder: Path, repo_id: str, revision: str | None) -> Path:
         raise CheckpointError(
             f"{err} (convert it once with: flowlm import-reference {repo_id} --out DIR and that option, then load DIR)"
         ) from None
+
+
+def import_reference(
+    checkpoint: str | Path,
+    out: str | Path,
+    tokenizer: str | None = None,
+    weights: str = "ema",
+    logit_cap: float | str | None = AUTO,
+    gamma: float | None = None,
+    seq_len: int | None = None,
+    revision: str | None = None,
+) -> Path:
+    """Convert a reference model into a flowlm model folder at ``out`` and return its path.
+
+    ``checkpoint``: a Lightning ``.ckpt``, a folder in the Hub format of the released models, or a Hub id
+    (``owner/name``, downloaded once at ``revision``; :mod:`flowlm.interop.released`). ``tokenizer`` defaults
+    to the config's ``data.tokenizer_name_or_path``; it must have exactly the network's vocabulary size.
+    ``logit_cap`` ``"auto"`` infers it (:func:`infer_logit_cap`); ``gamma`` overrides a flow map's default churn;
+    ``seq_len`` the config's ``model.length``. ``weights`` (``ema`` / ``raw``) applies to ``.ckpt`` files only.
+    """
+    ckpt = read_checkpoint(checkpoint, revision)
+    return convert(ckpt, out, tokenizer, weights, logit_cap, gamma, seq_len)
