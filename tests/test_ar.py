@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from known_warnings import UNCOMPILED_FLEX
 from test_e2e import TINY, cli
 
 import flowlm
@@ -36,6 +37,7 @@ def causal_dit(backend: str = "math", pos_embed: bool = True, causal: bool = Tru
     return net
 
 
+@UNCOMPILED_FLEX
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_a_future_token_never_changes_earlier_logits(backend):
     net = causal_dit(backend)
@@ -52,6 +54,7 @@ def test_a_future_token_never_changes_earlier_logits(backend):
         assert (bidirectional(x, tau)[:, :6] - bidirectional(changed, tau)[:, :6]).abs().amax() > 1e-3
 
 
+@UNCOMPILED_FLEX
 @pytest.mark.parametrize("q_len", [7, 3, 1])
 def test_causal_attention_backends_match_a_per_query_softmax(q_len):
     """Queries are the last q_len of 7 positions; query i may see keys 0 .. i + 7 − q_len (hand loop)."""
@@ -67,6 +70,7 @@ def test_causal_attention_backends_match_a_per_query_softmax(q_len):
         torch.testing.assert_close(attention(q, k, v, None, backend, causal=True), ref, rtol=1e-5, atol=1e-5)
 
 
+@UNCOMPILED_FLEX
 @pytest.mark.parametrize("pos_embed", [True, False])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_cached_forward_in_pieces_equals_one_full_forward(backend, pos_embed):
@@ -85,6 +89,7 @@ def test_cached_forward_in_pieces_equals_one_full_forward(backend, pos_embed):
         net(x[:, :1], tau, cache=cache)
 
 
+@UNCOMPILED_FLEX
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_cached_decoding_equals_uncached_decoding(backend):
     net = causal_dit(backend, seed=3)
@@ -169,7 +174,8 @@ def ar_run(tmp_path_factory):
 def test_cli_trains_and_samples_ar(ar_run, tmp_path):
     meta = json.loads((ar_run / "model" / "flowlm.json").read_text())
     assert meta["method"] == "ar" and meta["model"]["causal"] and not meta["model"]["mask_input"]
-    rows = list(csv.DictReader((ar_run / "logs" / "session-0" / "metrics.csv").open()))
+    with (ar_run / "logs" / "session-0" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
     nll = [float(r["val/nll"]) for r in rows if r.get("val/nll")]
     ppl = [float(r["val/ppl"]) for r in rows if r.get("val/ppl")]
     assert nll and ppl and math.isclose(ppl[0], math.exp(nll[0]), rel_tol=1e-5)

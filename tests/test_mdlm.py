@@ -251,7 +251,8 @@ def mdlm_run(tmp_path_factory):
 def test_cli_trains_and_samples_mdlm(mdlm_run, tmp_path):
     meta = json.loads((mdlm_run / "model" / "flowlm.json").read_text())
     assert meta["method"] == "mdlm" and meta["model"]["mask_input"] and not meta["model"]["causal"]
-    rows = list(csv.DictReader((mdlm_run / "logs" / "session-0" / "metrics.csv").open()))
+    with (mdlm_run / "logs" / "session-0" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
     val = [r for r in rows if r.get("val/nll_bound")]
     assert val and "val/denoising_ce" not in rows[0]
     ppl = [float(r["val/ppl_bound"]) for r in rows if r.get("val/ppl_bound")]

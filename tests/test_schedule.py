@@ -7,6 +7,8 @@ import random
 
 import pytest
 import torch
+from known_warnings import TORCH_INDUCTOR_JIT
+from tolerances import assert_close_up_to_rounding
 
 from flowlm.errors import ConfigError
 from flowlm.schedule import (
@@ -271,6 +273,7 @@ def test_traces_as_single_graph():
 
 
 @pytest.mark.slow
+@TORCH_INDUCTOR_JIT
 def test_inductor_compile_matches_eager():
     get_schedule(50257, "cpu")
 
@@ -280,4 +283,7 @@ def test_inductor_compile_matches_eager():
     compiled = torch.compile(both, fullgraph=True)
     t = torch.rand(64)
     for got, want in zip(compiled(t, t), both(t, t), strict=True):
-        assert (got - want).abs().max().item() <= 1e-6
+        # Inductor fuses and may contract (FMA) the ~16 float32 operations per element: a chain of n = 16 on values
+        # <= 1 (t, τ, the Hermite terms; the logit enters through a sigmoid of slope <= 1/4, which scales its
+        # larger absolute error down): rounding_atol(float32, 16, 1) = 1.9e-6 (tests/tolerances.py).
+        assert_close_up_to_rounding(got, want, n=16, scale=1.0)
