@@ -105,7 +105,6 @@ def test_cached_forward_in_pieces_equals_one_full_forward(backend, pos_embed):
         net(x[:, :1], tau, cache=cache)
 
 
-@pytest.mark.float_sensitive
 @UNCOMPILED_FLEX
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_cached_decoding_equals_uncached_decoding(backend):
