@@ -326,7 +326,8 @@ def test_psd_target_matches_hand_computation():
         # n = 2·V at S = the largest probability; a wrong λ clock or midpoint moves the target by ~10% of it.
         assert_close_up_to_rounding(target[i : i + 1], lam * d_su + (1 - lam) * d_ut, 2 * vocab)
     assert len(student.calls) == 2
-    assert target[2].sum(-1).sub(1).abs().max() < 1e-5  # boundary row: still a distribution
+    # boundary row: still a distribution (a float32 sum of V = 4096 probabilities, rounding_atol(float32, V, 1))
+    assert target[2].sum(-1).sub(1).abs().max() <= rounding_atol(torch.float32, vocab, 1.0)
 
 
 def test_psd_loss_conditions_on_tau_and_builds_states_with_t():
