@@ -54,12 +54,14 @@ def check_ranks_reproduce_one_process(net, loss_fn, world=2):
         assert torch.equal(torch.cat([p[0][key] for p in parts]), whole[key]), key
     # ... so its per-sequence losses are its rows of the one-process ones ...
     # Equal up to float32 rounding only: a rank runs the network on B rows, the one process on B·world, and the
-    # kernels may block the products differently (on AMD they did not; MKL_CBWR=COMPATIBLE, and an Intel CPU's
-    # AVX-512 path, moved the gradients by up to 11 eps·S). A value accumulates at most B·L·d products (tokens
-    # x width) along its longest chain: the tolerance is rounding_atol(float32, B·L·d, S) (tests/tolerances.py),
-    # 4·sqrt(768)·eps·S = 1.3e-5·S, where S bounds the parts being added: the per-rank gradients are partial sums
-    # of the global one (with PSD they cancel to a result 3x smaller than the parts). A wrong draw (other noise,
-    # rows or pair layout) moves the loss and the gradients by ~10% of S.
+    # kernels may block the products differently (an Intel CPU's AVX-512 path moved FLM's gradients by 3.7e-7;
+    # MKL_CBWR=COMPATIBLE on AMD by up to 8e-7, 11 eps·S for PSD). A value accumulates at most B·L·d products
+    # (tokens x width) along its longest chain: the tolerance is rounding_atol(float32, B·L·d, S)
+    # (tests/tolerances.py), 4·sqrt(768)·eps·S = 1.3e-5·S for FLM's 8 rows, where S bounds the parts being added:
+    # the per-rank gradients are partial sums of the global one (with PSD they cancel to a result 3x smaller than
+    # the parts). A wrong draw (other noise, rows or pair layout) moves the loss and gradients by ~10% of S or more.
+    # Not float64: the DiT computes LayerNorm, time features and attention scores in float32 by design, so a
+    # float64 copy of these tests still differed by 2.4e-7.
     n = len(tokens) * SEQ * HIDDEN
     if "per_sequence" in whole:
         assert_close_up_to_rounding(torch.cat([p[0]["per_sequence"] for p in parts]), whole["per_sequence"], n)
