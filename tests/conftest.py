@@ -3,11 +3,12 @@ FLM test samples it and the FMLM test distills it."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 import torch
-from markov import MarkovChain, single_thread
+from markov import THREADS_VARIABLE, MarkovChain, pinned_threads, single_thread
 
 from flowlm.methods.flm import flm_loss
 from flowlm.nn.dit import DiT, DiTConfig
@@ -28,6 +29,19 @@ def train_loop(net, steps: int, loss_fn, lr: float, betas=(0.9, 0.999)) -> EMA:
         opt.step()
         ema.update()
     return ema
+
+
+@pytest.fixture(autouse=True, scope="session")
+def torch_threads():
+    """FLOWLM_TEST_THREADS=N runs every test with N intra-op threads, also those that pin one (CI's
+    float-sensitive step: a thread count changes how reductions are split). Unset: torch's default."""
+    if THREADS_VARIABLE not in os.environ:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(pinned_threads())
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -60,6 +60,8 @@ def test_resumed_run_equals_uninterrupted_run(runs):
     straight = load_file(str(root / "straight" / "model" / "model.safetensors"))
     resumed = load_file(str(root / "resumed" / "model" / "model.safetensors"))
     assert straight.keys() == resumed.keys()
+    # Bit-equality is the claim ("resume exact") and holds on any CPU: both runs execute on one machine in the same
+    # environment (same kernels, thread count, shapes and batch order), so every float operation repeats exactly.
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     # ... and the second leg really trained: weights moved after the stop at step 3.
@@ -152,7 +154,7 @@ def test_distill_resumes_exactly_and_records_its_teacher(distilled):
     root = distilled
     straight = load_file(str(root / "fmlm-straight" / "model" / "model.safetensors"))
     resumed = load_file(str(root / "fmlm-resumed" / "model" / "model.safetensors"))
-    for key in straight:
+    for key in straight:  # bit-equal: the same kernels on the same numbers (test_resumed_run_equals_uninterrupted_run)
         assert torch.equal(straight[key], resumed[key]), key
     teacher_meta = json.loads((root / "resumed" / "model" / "flowlm.json").read_text())
     meta = json.loads((root / "fmlm-resumed" / "model" / "flowlm.json").read_text())

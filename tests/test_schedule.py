@@ -7,6 +7,8 @@ import random
 
 import pytest
 import torch
+from known_warnings import TORCH_INDUCTOR_JIT
+from tolerances import assert_close_up_to_rounding, rounding_atol
 
 from flowlm.errors import ConfigError
 from flowlm.schedule import (
@@ -124,20 +126,27 @@ def test_exact_inverse_inverts_exact_forward(vocab):
 
 # --- tables vs quadrature --------------------------------------------------------------------------
 
+# A float32 call is ~16 elementwise float32 operations on values <= 1 (the logit enters through a sigmoid of slope
+# <= 1/4), vectorised or scalar depending on the CPU, plus its input's rounding (<= eps/2 relative, times
+# dτ/dt <~ 4): rounding_atol(float32, 16, 2) = 3.8e-6 (tests/tolerances.py), on top of the tables' own 2e-9. A
+# wrong clock or table index is off by > 1e-3.
+F32_CALL = rounding_atol(torch.float32, 16, 2.0)
 
+
+@pytest.mark.float_sensitive
 @pytest.mark.parametrize("vocab", VOCABS)
 def test_tables_match_quadrature(vocab):
     t = _t_points(vocab)
     exact = exact_tau_from_t(t, vocab)
     assert (tau_from_t(t, vocab) - exact).abs().max().item() <= 1e-8
-    assert (tau_from_t(t.float(), vocab).double() - exact).abs().max().item() <= 1e-6
+    assert (tau_from_t(t.float(), vocab).double() - exact).abs().max().item() <= F32_CALL
 
     tau = _tau_points(vocab)
     t_exact = exact_t_from_tau(tau, vocab)
     t64 = t_from_tau(tau, vocab)
     t32 = t_from_tau(tau.float(), vocab)
     assert (t64 - t_exact).abs().max().item() <= 1e-8
-    assert (t32.double() - t_exact).abs().max().item() <= 1e-6
+    assert (t32.double() - t_exact).abs().max().item() <= F32_CALL
     # Round trips, through the table and through the exact forward map (spec: <= 1e-5).
     assert (tau_from_t(t64, vocab) - tau).abs().max().item() <= 1e-8
     assert (exact_tau_from_t(t64, vocab) - tau).abs().max().item() <= 1e-8
@@ -189,13 +198,16 @@ def test_nan_propagates():
 # --- API contract: shape, dtype, device, caching, errors ------------------------------------------
 
 
+@pytest.mark.float_sensitive
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(), (7,), (3, 5)])
 def test_shape_dtype_device_preserved(dtype, shape):
     g = torch.Generator().manual_seed(3)
     x64 = torch.rand(shape, generator=g, dtype=F64)
     x = x64.to(dtype)
-    tol = {torch.float32: 1e-6, torch.float64: 1e-8, torch.bfloat16: 1e-2}[dtype]
+    # float32: F32_CALL's operations without the input rounding (ref sees the same rounded input); bfloat16 is
+    # computed in float32 and rounded once (eps/2 = 3.9e-3 at values <= 1); float64: the tables' error (<= 2e-9).
+    tol = {torch.float32: rounding_atol(torch.float32, 16, 1.0), torch.float64: 1e-8, torch.bfloat16: 1e-2}[dtype]
     for fn in (tau_from_t, t_from_tau):
         y = fn(x, 50257)
         assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
@@ -271,6 +283,7 @@ def test_traces_as_single_graph():
 
 
 @pytest.mark.slow
+@TORCH_INDUCTOR_JIT
 def test_inductor_compile_matches_eager():
     get_schedule(50257, "cpu")
 
@@ -280,4 +293,7 @@ def test_inductor_compile_matches_eager():
     compiled = torch.compile(both, fullgraph=True)
     t = torch.rand(64)
     for got, want in zip(compiled(t, t), both(t, t), strict=True):
-        assert (got - want).abs().max().item() <= 1e-6
+        # Inductor fuses and may contract (FMA) the ~16 float32 operations per element: a chain of n = 16 on values
+        # <= 1 (t, τ, the Hermite terms; the logit enters through a sigmoid of slope <= 1/4, which scales its
+        # larger absolute error down): rounding_atol(float32, 16, 1) = 1.9e-6 (tests/tolerances.py).
+        assert_close_up_to_rounding(got, want, n=16, scale=1.0)

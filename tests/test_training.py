@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from known_warnings import TORCH_INDUCTOR_JIT
 
 from flowlm.config import apply_overrides, load_preset
 from flowlm.errors import ConfigError
@@ -39,6 +40,7 @@ def test_step_seeds_are_distinct():
     assert len(seeds) == 50 * 4 * 3
 
 
+@TORCH_INDUCTOR_JIT
 def test_compiled_network_is_not_stored_twice():
     cfg = apply_overrides(load_preset("tiny"), ["train.compile=true", "model.n_blocks=1"])
     module = FlowLMModule(cfg, vocab_size=300)
