@@ -5,6 +5,7 @@ from __future__ import annotations
 from flowlm.errors import ConfigError
 from flowlm.methods.base import Method
 from flowlm.methods.flm import flm_loss, flm_sample
+from flowlm.methods.likelihood import flow_nll_draws, network_denoiser
 from flowlm.methods.options import GUIDANCE
 
 
@@ -19,6 +20,9 @@ class FlowLanguageModel(Method):
     sampler_name = "euler"
     options = (GUIDANCE,)
     suggested_steps = 1024
+    likelihood = "variational bound through the probability-flow ODE (docs/likelihood.md)"
+    likelihood_draws = 2
+    likelihood_ode = True
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         return flm_loss(
@@ -43,6 +47,10 @@ class FlowLanguageModel(Method):
             guidance=request.options["guidance"],
             input_noise=request.input_noise,
         )
+
+    def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
+        logits_fn, matrix = network_denoiser(net)
+        return flow_nll_draws(logits_fn, matrix, tokens, vocab_size, draws, options, generator)
 
     def check_request(self, model, options):
         if options["guidance"] is not None and not getattr(model.net.config, "dropout", 0.0):
