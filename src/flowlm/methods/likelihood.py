@@ -78,7 +78,7 @@ class FlowBoundOptions:
     ``steps``: solver steps on ``[0, t₁]``; ``solver``: euler / heun / rk4; ``grid``: ``tau`` (uniform in
     the network clock) or ``t``; ``probes``: Hutchinson probes per network call, 0 = exact trace;
     ``divergence``: ``h`` (probes in the network's input space, L·d), ``v`` (in the one-hot space, L·V) or
-    ``auto`` (the smaller). Defaults: docs/likelihood.md (measured trade-off).
+    ``auto`` (:func:`resolve_space`). Defaults: docs/likelihood.md (measured trade-off).
     """
 
     t_max: float | None = None
@@ -165,12 +165,15 @@ def basis_pairs(length: int, vocab_size: int, matrix: torch.Tensor | None, space
             yield unit, unit @ w
 
 
-def resolve_space(divergence: str, vocab_size: int, matrix: torch.Tensor | None) -> str:
-    """``h`` or ``v``: ``auto`` takes the smaller space (``v`` when V <= d, or when there is no W)."""
+def resolve_space(divergence: str, vocab_size: int, matrix: torch.Tensor | None, exact: bool) -> str:
+    """``h`` or ``v``. ``auto``: for the exact trace the smaller space (fewer basis vectors: L·min(V, d) backward
+    passes); for probes V-space, whose per-probe variance was lower on both models measured (the demo FLM,
+    V = 1,024 > d = 128, at τ <= 0.9, and the Markov FLM, V = 8 < d = 64; docs/likelihood.md): a probe costs
+    one backward pass in either space."""
     if matrix is None:
         return "v"
     if divergence == "auto":
-        return "v" if vocab_size <= matrix.shape[1] else "h"
+        return ("v" if vocab_size <= matrix.shape[1] else "h") if exact else "v"
     return divergence
 
 
@@ -261,7 +264,7 @@ def integrate_flow(
 
 
 def _pairs_for(batch, length, vocab_size, matrix, options, generator, device):
-    space = resolve_space(options.divergence, vocab_size, matrix)
+    space = resolve_space(options.divergence, vocab_size, matrix, exact=options.probes == 0)
     if options.probes == 0:
         return list(basis_pairs(length, vocab_size, matrix, space, device)), True
     return probe_pairs(batch, length, vocab_size, matrix, options.probes, space, generator, device), False
