@@ -94,6 +94,7 @@ def test_flm_bound_is_within_its_margin_and_a_weak_flm_ranks_worse(bounds):
     mean, se = mean_and_se(out["flm"])
     weak, weak_se = mean_and_se(out["flm_weak"])
     tokens = MARKOV_LENGTH - 1
+    print(f"\nFLM {mean / tokens:.4f}, weak FLM {weak / tokens:.4f} ± {weak_se / tokens:.4f} nats/token")
     assert mean - truth["flm"] <= FLM_MARGIN * tokens + 4 * se, (mean / tokens, truth["flm"] / tokens)
     assert weak - mean > 10 * math.hypot(se, weak_se), (weak, mean)
 
