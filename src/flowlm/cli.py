@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's likelihood bound on held-out text, in nats and bits per token (FLM, FMLM, MDLM, AR)",
         description="Draw -n blocks (seeded) from the validation split of the model's corpus (or --data) and "
         "compute each method's bound on -log p(block): AR exact, MDLM its NELBO, FLM and FMLM a variational bound "
-        "through the probability-flow ODE (docs/likelihood.md). Prints bits per token with a bootstrap 95%% "
+        "through the probability-flow ODE (docs/likelihood.md). Prints bits per token with a bootstrap 95% "
         "interval over blocks and the Monte-Carlo standard error; --out writes the JSON.",
     )
     nl.add_argument("checkpoint", help="model folder, Hub id or demo:flm / demo:fmlm")
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     nl.add_argument("--batch-size", type=int, default=8, help="blocks per batch (default 8)")
     nl.add_argument("--draws", type=int, help="Monte-Carlo draws per block (default: FLM/FMLM 2, MDLM 16)")
     nl.add_argument("--t-max", type=float, help="ODE bound: time t of the decoder (default T_V^-1(--tau-max))")
-    nl.add_argument("--tau-max", type=float, help="ODE bound: the same in the network clock (default 0.999)")
+    nl.add_argument("--tau-max", type=float, help="ODE bound: the same in the network clock (default 0.9)")
     nl.add_argument("--ode-steps", type=int, help="ODE bound: solver steps (default 32)")
     nl.add_argument("--solver", help="ODE bound: euler, heun or rk4 (default rk4)")
     nl.add_argument("--grid", help="ODE bound: grid uniform in tau (default) or t")

@@ -95,7 +95,7 @@ class FlowBoundOptions:
         if self.t_max is not None and not 0.0 < self.t_max < 1.0:
             raise ConfigError(f"t_max={self.t_max}: pick a time strictly between 0 and 1 (or leave it unset)")
         if not 0.0 < self.tau_max < 1.0:
-            raise ConfigError(f"tau_max={self.tau_max}: pick a value strictly between 0 and 1 (default 0.999)")
+            raise ConfigError(f"tau_max={self.tau_max}: pick a value strictly between 0 and 1 (default 0.9)")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"ode steps={self.steps!r}: use an integer >= 1")
         if self.solver not in SOLVERS:
