@@ -68,7 +68,8 @@ SOLVERS = {"euler": 1, "heun": 2, "rk4": 4}  # network calls per step
 GRIDS = ("tau", "t")
 DIVERGENCES = ("auto", "h", "v")  # which space the probes (or the exact basis) live in
 DEFAULT_TAU_MAX = 0.9  # measured: docs/likelihood.md
-EXACT_CHUNK = 256  # basis vectors per batched backward pass of the exact trace
+EXACT_CHUNK = 256  # basis vectors per batched backward pass of the exact trace (at most)
+EXACT_CHUNK_ELEMENTS = 2**24  # ... and at most this many L·V elements per chunk (64 MB of float32)
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,9 @@ def basis_pairs(length: int, vocab_size: int, matrix: torch.Tensor | None, space
     width = vocab_size if matrix is None or space == "v" else matrix.shape[1]
     total = length * width
     w = None if matrix is None else matrix.detach().float()
-    for start in range(0, total, EXACT_CHUNK):
-        idx = torch.arange(start, min(start + EXACT_CHUNK, total), device=device)
+    chunk = max(1, min(EXACT_CHUNK, EXACT_CHUNK_ELEMENTS // (length * vocab_size)))
+    for start in range(0, total, chunk):
+        idx = torch.arange(start, min(start + chunk, total), device=device)
         unit = torch.zeros(len(idx), length * width, device=device)
         unit[torch.arange(len(idx), device=device), idx] = 1.0
         unit = unit.view(len(idx), length, width)
@@ -265,10 +267,20 @@ def integrate_flow(
     return h, -delta, -div
 
 
+class _Basis:
+    """The chunks of :func:`basis_pairs`, generated afresh on every iteration."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __iter__(self):
+        return basis_pairs(*self.args)
+
+
 def _pairs_for(batch, length, vocab_size, matrix, options, generator, device):
     space = resolve_space(options.divergence, vocab_size, matrix, exact=options.probes == 0)
-    if options.probes == 0:
-        return list(basis_pairs(length, vocab_size, matrix, space, device)), True
+    if options.probes == 0:  # re-iterable: the chunks are rebuilt at each call instead of all held in memory
+        return _Basis(length, vocab_size, matrix, space, device), True
     return probe_pairs(batch, length, vocab_size, matrix, options.probes, space, generator, device), False
 
 
