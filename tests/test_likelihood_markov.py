@@ -5,7 +5,7 @@ A block of L = 16 symbols has −log p(x) = log K + (L − 1)·H with H = −p l
 expectation is at least the truth (cross-entropy ≥ entropy, bound ≥ cross-entropy), so each mean over 48
 held-out blocks must exceed it up to 4 standard errors of that mean (its spread over blocks, which contains
 the Monte-Carlo spread). FLM must also be within a margin fixed before measuring: 0.15 nats per token
-(measured 0.09 at 16 RK4 steps); an FLM trained 10× shorter must rank clearly worse.
+(measured 0.07 at 16 RK4 steps); an FLM trained 10× shorter must rank clearly worse.
 
 Models: the session's ``markov_flm`` (1,500 steps, shared with test_statistical) plus an MDLM (400 steps), an AR
 model (200 steps) and a weak FLM (150 steps) of the same 2 × 64 DiT, trained here (~1 minute on 2 free cores).
