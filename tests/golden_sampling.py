@@ -52,8 +52,17 @@ def train_models(root: Path) -> dict[str, Path]:
     run("train", *TRAIN, cache, "--steps", "20", "--out", str(runs["flm"]))
     run("train", *TRAIN, cache, "--method", "mdlm", "--steps", "20", "--out", str(runs["mdlm"]))
     run("train", *TRAIN, cache, "--method", "ar", "--steps", "20", "--out", str(runs["ar"]))
-    distill = ["--quiet", "--teacher", str(runs["flm"]), "--steps", "8", "train.lr=3e-3", "train.log_every=1",
-               "train.val_every=8", "train.warmup_steps=2"]
+    distill = [
+        "--quiet",
+        "--teacher",
+        str(runs["flm"]),
+        "--steps",
+        "8",
+        "train.lr=3e-3",
+        "train.log_every=1",
+        "train.val_every=8",
+        "train.warmup_steps=2",
+    ]
     run("distill", *distill, "--out", str(runs["fmlm"]))
     run("distill", *distill, "--recipe", "v1-stage1", "--out", str(runs["v1s1"]))
     return {name: path / "model" for name, path in runs.items()}

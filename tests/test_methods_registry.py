@@ -142,7 +142,11 @@ def test_option_rules():
     known = registry.sampler_options()
     flm, fmlm, ar = registry.get("flm"), registry.get("fmlm"), registry.get("ar")
     assert flm.resolve_options({}, known) == {"guidance": None}
-    assert fmlm.resolve_options({"gamma": 0.5}, known) == {"gamma": 0.5}
+    assert fmlm.resolve_options({"gamma": 0.5}, known) == {"gamma": 0.5, "gamma_mode": "paper"}
+    assert fmlm.resolve_options({"gamma_mode": "exact"}, known) == {"gamma": 0.0, "gamma_mode": "exact"}
+    with pytest.raises(ConfigError, match="gamma_mode='exactly'"):
+        fmlm.resolve_options({"gamma_mode": "exactly"}, known)
+    assert flm.resolve_options({"gamma_mode": "paper"}, known) == {"guidance": None}  # its off value
     assert flm.resolve_options({"gamma": 0.0}, known) == {"guidance": None}  # gamma's "off" value is accepted
     with pytest.raises(ConfigError, match="gamma is the churn"):
         flm.resolve_options({"gamma": 0.3}, known)
@@ -156,6 +160,16 @@ def test_option_rules():
     with pytest.raises(ConfigError, match="leave steps"):
         ar.resolve_steps(8, 64)
     assert ar.resolve_steps(None, 64) is None and flm.resolve_steps(None, 64) == 64
+
+
+def test_a_models_own_sampler_defaults_apply_unless_an_option_is_given():
+    """An imported released model records its paper churn (meta["sampler_defaults"]); it is used unless given."""
+    from flowlm.api import sampler_options
+
+    fmlm = registry.get("fmlm")
+    assert sampler_options(fmlm, {"gamma": 0.8})["gamma"] == 0.8
+    assert sampler_options(fmlm, {"gamma": 0.8}, gamma=0.0)["gamma"] == 0.0
+    assert sampler_options(fmlm, None, gamma=None)["gamma"] == 0.0  # None: not given
 
 
 def test_no_method_name_comparisons_outside_flowlm_methods():

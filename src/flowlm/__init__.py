@@ -17,6 +17,7 @@ _EXPORTS = {
     "tau_from_t": "flowlm.schedule",
     "t_from_tau": "flowlm.schedule",
     "train": "flowlm.training.run",
+    "nll": "flowlm.eval.likelihood",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -15,7 +15,11 @@ the config, the Hub code, evaluation and the model card ask it, never compare me
   its own: ``teacher``, ``stage1``);
 - **sampling**: ``sampler_name`` (provenance), ``takes_steps``, ``options`` (:class:`Option`: default,
   check, help) and :meth:`sample`, which takes one :class:`SampleRequest` so that a new request field reaches
-  every sampler through one type.
+  every sampler through one type;
+- **likelihood** (optional): ``likelihood`` (one line saying what :meth:`nll_bound` computes; None for a method
+  without one), ``likelihood_draws`` (default Monte-Carlo draws per block), ``likelihood_ode`` (whether the ODE
+  options apply), ``likelihood_exact`` (no Monte-Carlo error) and :meth:`nll_bound` (``flowlm nll``; the math
+  in :mod:`flowlm.methods.likelihood`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from flowlm.methods.condition import Condition
 
 if TYPE_CHECKING:
     from flowlm.config import RunConfig
+    from flowlm.methods.likelihood import FlowBoundOptions
 
 OFF = object()  # Option.off when no value of the option means "not used"
 
@@ -140,6 +145,11 @@ class Method:
     samples_with_teacher: bool = False
     unpublishable: str | None = None
     next_token_model: bool = False
+    # likelihood
+    likelihood: str | None = None
+    likelihood_draws: int = 1
+    likelihood_ode: bool = False
+    likelihood_exact: bool = False
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"
@@ -183,6 +193,22 @@ class Method:
     def sample(self, request: SampleRequest) -> torch.Tensor:
         """Token ids [request.num_samples, request.seq_len]."""
         raise NotImplementedError
+
+    # --------------------------------------------------------------------------------------- likelihood
+
+    def nll_bound(
+        self,
+        net,
+        tokens: torch.Tensor,
+        vocab_size: int,
+        *,
+        draws: int,
+        options: FlowBoundOptions,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Upper bounds on ``−log p(block)`` in nats, ``draws`` Monte-Carlo estimates per block of ``tokens``
+        [B, L]: float64 [B, draws] (an exact method returns [B, 1]). Only methods with ``likelihood`` set."""
+        raise NotImplementedError(f"{self.title} models have no likelihood")
 
     def resolve_steps(self, steps: int | None, default: int) -> int | None:
         """The step count to sample with: ``steps`` (``default`` when None) checked >= 1; None for a method

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flowlm.methods.ar import ar_loss, ar_sample
 from flowlm.methods.base import Method
+from flowlm.methods.likelihood import ar_nll
 
 
 class Autoregressive(Method):
@@ -26,6 +27,11 @@ class Autoregressive(Method):
     )
     suggested_steps = None
     next_token_model = True
+    likelihood = "exact, given the first token (BOS)"
+    likelihood_exact = True
+
+    def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
+        return ar_nll(net, tokens)
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         return ar_loss(net, tokens)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flowlm.errors import ConfigError
 from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.flm import flm_loss, flm_sample
+from flowlm.methods.likelihood import flow_nll_draws, network_denoiser
 from flowlm.methods.options import GUIDANCE
 
 
@@ -21,6 +22,9 @@ class FlowLanguageModel(Method):
     sampler_name = "euler"
     options = (GUIDANCE,)
     suggested_steps = 1024
+    likelihood = "variational bound through the probability-flow ODE (docs/likelihood.md)"
+    likelihood_draws = 2
+    likelihood_ode = True
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         return flm_loss(
@@ -37,6 +41,10 @@ class FlowLanguageModel(Method):
     def sample(self, request):
         options = {"guidance": request.options["guidance"], "input_noise": request.input_noise}
         return flm_sample(request.net, *request.sizes, **request.draws, **options)
+
+    def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
+        logits_fn, matrix = network_denoiser(net)
+        return flow_nll_draws(logits_fn, matrix, tokens, vocab_size, draws, options, generator)
 
     def check_request(self, model, options):
         if options["guidance"] is not None and not getattr(model.net.config, "dropout", 0.0):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flowlm.methods.base import Method, clean_positions
+from flowlm.methods.likelihood import mdlm_nelbo
 from flowlm.methods.mdlm import mdlm_loss, mdlm_sample
 
 
@@ -21,10 +22,15 @@ class MaskedDiffusion(Method):
     perplexity_name = "ppl_bound"
     conditioning = "any"
     sampler_name = "ancestral"
+    likelihood = "NELBO, times stratified on [1e-3, 1) per block"
+    likelihood_draws = 16
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         clean = clean_positions(ctx.cfg, tokens, generator, rows)
         return mdlm_loss(net, tokens, ctx.vocab_size, generator=generator, rows=rows, clean=clean)
+
+    def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
+        return mdlm_nelbo(net, tokens, vocab_size, draws, generator)
 
     def sample(self, request):
         return mdlm_sample(request.net, *request.sizes, **request.draws)

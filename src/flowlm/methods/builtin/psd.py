@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flowlm.methods.base import Method
 from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
+from flowlm.methods.likelihood import flow_nll_draws, network_denoiser
 from flowlm.methods.options import GAMMA, GAMMA_MODE
 
 
@@ -35,6 +36,12 @@ class FlowMap(Method):
     options = (GAMMA, GAMMA_MODE)
     suggested_steps = 1
     card_options = ", gamma=0.8"  # the paper's LM1B churn; gamma=0 is deterministic
+    # The flow map's own tangent field: d/dt X_{s,t}(x) at t = s is (δ_{s,s}(x) − x)/(1 − s), the velocity its
+    # many-step sampler follows. Its ODE bound is a bound for that field; the one-step sampler's distribution
+    # has no tractable density.
+    likelihood = "ODE bound of its diagonal velocity (δ_{t,t}(x) − x)/(1 − t), not of its one-step sampler"
+    likelihood_draws = 2
+    likelihood_ode = True
 
     def build_network(self, cfg, vocab_size, frozen=()):
         # A copy of the (eval-mode) teacher in train mode, so the student uses its dropout like the teacher did.
@@ -43,6 +50,11 @@ class FlowMap(Method):
     def sample(self, request):
         churn = {"gamma": request.options["gamma"], "gamma_mode": request.options["gamma_mode"]}
         return fmlm_sample(request.net, *request.sizes, **churn, **request.draws, input_noise=request.input_noise)
+
+    def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
+        logits_fn, matrix = network_denoiser(net, two_times=True)
+        return flow_nll_draws(logits_fn, matrix, tokens, vocab_size, draws, options, generator)
+
 
 class ProgressiveSelfDistillation(FlowMap):
     name = "fmlm"
