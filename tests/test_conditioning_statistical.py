@@ -2,8 +2,9 @@
 start with a legal move from the prompt's last symbol, and infilled spans are legal on both sides.
 
 Models (2-block, width-64 DiTs, AdamW lr 2e-3, EMA 0.99, batch 128): the FLM of conftest (1,500 steps, trained
-without conditioning), an FLM of the same budget trained with clean context (``train.condition=spans`` at
-``condition_frac`` 0.5), an MDLM (1,000 steps) and an AR model (400 steps, prompts only). Prompt: the first 6
+without conditioning), an MDLM (1,000 steps) and an AR model (400 steps, prompts only). The FLM trained with
+clean context at the same budget was measured at commit c228cb4 (docs/results.md) and is left out here to keep
+CI under 15 minutes. Prompt: the first 6
 symbols of a fresh chain sample; infill: symbols 0-5 and 11-15 given, 6-10 generated. 1,000 samples per case.
 
 Tolerance, fixed before the first run: the share of illegal moves at a boundary of the condition may exceed the
@@ -30,8 +31,8 @@ from conftest import train_loop
 from markov import single_thread
 
 from flowlm.methods.ar import ar_loss, ar_sample
-from flowlm.methods.condition import Condition, training_condition
-from flowlm.methods.flm import flm_loss, flm_sample
+from flowlm.methods.condition import Condition
+from flowlm.methods.flm import flm_sample
 from flowlm.methods.mdlm import mdlm_loss, mdlm_sample
 from flowlm.nn.dit import DiT, DiTConfig
 
@@ -60,18 +61,10 @@ def models(markov_flm):
     g = torch.Generator().manual_seed(5)
     start = time.perf_counter()
     with single_thread():
-        cond_net = dit()
-
-        def cond_loss(_):
-            tokens = chain.sample(BATCH, LENGTH, g)
-            clean = training_condition(BATCH, LENGTH, 0.5, "spans", g)
-            return flm_loss(cond_net, tokens, K, generator=g, clean=clean)["loss"]
-
         mdlm_net = dit(mask_input=True)
         ar_net = dit(causal=True)
         models = {
             "flm": flm,
-            "flm-cond": trained(cond_net, 1500, cond_loss),
             "mdlm": trained(mdlm_net, 1000, lambda _: mdlm_loss(mdlm_net, chain.sample(BATCH, LENGTH, g), K,
                                                                  generator=g)["loss"]),  # fmt: skip
             "ar": trained(ar_net, 400, lambda _: ar_loss(ar_net, chain.sample(BATCH, LENGTH, g))["loss"]),
@@ -109,8 +102,7 @@ def bound(base: float) -> float:
 
 
 # (model, steps, clean, held to the bound)
-CASES = [("flm", 64, False, False), ("flm", 64, True, False), ("flm-cond", 64, True, False),
-         ("mdlm", 64, False, True), ("ar", None, False, True)]  # fmt: skip
+CASES = [("flm", 64, False, False), ("flm", 64, True, False), ("mdlm", 64, False, True), ("ar", None, False, True)]
 CONTEXT_BLIND = 6 / 8  # illegal share of a boundary move drawn without looking at the context
 
 
@@ -149,12 +141,11 @@ def test_prompts_and_infills_are_legal_at_their_boundaries(measured, name, steps
             assert value <= bound(row["unconditional"]), (key, value, row["unconditional"])
 
 
-@pytest.mark.parametrize("name", ["flm", "flm-cond"])
-def test_flm_conditioning_uses_the_context(measured, name):
+def test_flm_conditioning_uses_the_context(measured):
     """Clean context beats the noisy path by more than 10 standard errors at the prompt boundary (measured on the
     FLM trained without conditioning, the one path mode is meant for), and every boundary is far more legal
     than a context-blind draw (at most a third of its 75%)."""
-    clean = measured[(name, 64, True)]
+    clean = measured[("flm", 64, True)]
     for key, value in clean.items():
         if key != "unconditional":
             assert value <= CONTEXT_BLIND / 3, (key, value)

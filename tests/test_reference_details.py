@@ -8,6 +8,7 @@ import torch
 import flowlm
 from flowlm.config import RunConfig
 from flowlm.data import load_tokenizer
+from flowlm.methods import registry
 from flowlm.methods.common import LossWeighting
 from flowlm.methods.fmlm import init_stage1, v1_stage1_loss
 from flowlm.nn.dit import DiT, DiTConfig
@@ -37,9 +38,10 @@ def test_v1_stage1_weighting_sees_the_start_time_only():
 def test_mdlm_and_ar_heads_have_no_cap_by_default():
     cfg = RunConfig()
     assert cfg.model.logit_cap == 30.0
-    assert cfg.model.dit(50, 16, "flm").logit_cap == 30.0
-    assert cfg.model.dit(50, 16, "fmlm").logit_cap == 30.0
-    mdlm, ar = cfg.model.dit(50, 16, "mdlm"), cfg.model.dit(50, 16, "ar")
+    options = {name: registry.get(name).dit_options for name in ("flm", "fmlm", "mdlm", "ar")}
+    assert cfg.model.dit(50, 16, options["flm"]).logit_cap == 30.0
+    assert cfg.model.dit(50, 16, options["fmlm"]).logit_cap == 30.0
+    mdlm, ar = cfg.model.dit(50, 16, options["mdlm"]), cfg.model.dit(50, 16, options["ar"])
     assert mdlm.logit_cap is None and mdlm.mask_input and ar.logit_cap is None and ar.causal
 
 
