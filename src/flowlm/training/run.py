@@ -25,6 +25,7 @@ from flowlm.errors import ConfigError
 from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader
 from flowlm.training.checkpoint import provenance, save_model
 from flowlm.training.module import FlowLMModule
+from flowlm.training.warm_start import source_provenance, warm_start
 
 LAST = "last.ckpt"
 
@@ -196,6 +197,7 @@ def distill_config(
     cfg = RunConfig.from_dict({k: v for k, v in meta["run"].items() if k != "distill"})
     cfg.data.tokenizer = str(directory / TOKENIZER)
     cfg.train.method = "fmlm"
+    cfg.train.init_from = None  # the teacher's own warm start; the student starts from the teacher
     cfg.train.betas = (0.9, 0.95)
     cfg.train.lr = 3e-4
     cfg.distill.teacher = str(directory)
@@ -250,6 +252,11 @@ def train(
     micro, accumulate = batch_split(cfg, world)
     L.seed_everything(cfg.train.seed, verbose=False)
     module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate, teacher=teacher, stage1=stage1)
+    extra_meta = dict(teacher_meta)
+    if cfg.train.init_from and ckpt_path:  # the checkpoint holds the warm-started (and since trained) weights
+        extra_meta["init_from"] = source_provenance(cfg.train.init_from)
+    elif cfg.train.init_from:
+        extra_meta["init_from"] = warm_start(module.net, module.ema, cfg.train.init_from)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Every process of a multi-process launch writes the same file: atomically, so that no process can read
     # another's half-written copy in check_resumable.
@@ -276,7 +283,7 @@ def train(
             CSVLogger(run_dir, name="logs", version=log_version),
             TensorBoardLogger(run_dir, name="logs", version=log_version, default_hp_metric=False),
         ],
-        callbacks=[Checkpointing(run_dir, tokenizer, cfg.train.ckpt_every, teacher_meta)]
+        callbacks=[Checkpointing(run_dir, tokenizer, cfg.train.ckpt_every, extra_meta)]
         + ([TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 5))] if progress else []),
         enable_progress_bar=progress,
         enable_checkpointing=False,
