@@ -33,9 +33,16 @@ costs nothing; the final evaluation samples the float16 files that would ship.
     python experiments/demo.py save          # after stopping a chunk early (kill -INT the flowlm process)
     git add experiments/demo_state && git commit -m "demo: FLM chunk N"
 
-Measured on this machine (2 shared cores, one torch thread, ``nice``; load average 2-4 from other agents'
-tests), training tokens per second, batch 32 x 128 (``runs/demo/measure.sh``, see docs/results.md):
-``MEASURED``. Plan (defaults below): PLAN.
+Sizes, measured on this machine (2 cores shared with 4 other agents' tests: load average 3 to 8; one torch
+thread, ``nice``; 16-step runs of batch 32 x 128 tokens, mean of the logged tokens/s after the first interval;
+commands in docs/results.md): FLM d = 256 x 6 blocks (9.59M parameters, 19.2 MB in fp16) 901 tokens/s (load 3);
+4 blocks (7.81M) 1,325 (load 3.3); d = 192 x 4 (5.27M) 1,415 (load 3.5-4.8); at 6 x 256: AR 607 (load 5-8),
+PSD distillation 293 (load 6-8). The 6-block model is the largest whose FMLM file fits 20 MB with this
+tokenizer, and the smaller ones are not proportionally faster, so the preset takes it.
+
+Plan (the defaults): FLM 3,600 steps (14.7M tokens, 2.2 epochs) = 3 chunks of 1,200 (~1.5 h each); PSD 600
+steps = 2 chunks of 300 (~1.2 h each); AR 1,200 steps = 2 chunks of 600 (~1.1 h each; a third of the FLM's
+tokens: the budget allows no more); evaluation ~0.75 h (estimated). About 10 hours in all.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ WARM_UP_AGAIN = 100  # warm-up steps of a warm-started chunk (a fresh AdamW)
 # Optimizer steps in all and per chunk (batch 32 x 128 tokens); see the module docstring for the measurements.
 FLM_STEPS, FLM_CHUNK = 3600, 1200
 FMLM_STEPS_TOTAL, FMLM_CHUNK = 600, 300
-AR_STEPS, AR_CHUNK = 1200, 1200
+AR_STEPS, AR_CHUNK = 1200, 600
 # PSD steps cost ~3 FLM steps: checkpoint more often, and an EMA short enough that 300 steps forget the
 # student's initial weights (0.99^300 = 5%; the preset's 0.995 keeps 0.995^1200 = 0.2% of the FLM's random init)
 PHASE_OVERRIDES = {"fmlm": ["train.ema_decay=0.99", "train.ckpt_every=50", "train.val_every=150"]}
