@@ -22,15 +22,18 @@ commit both. The next chunk warm-starts from those weights (``train.init_from``:
 file; a fresh AdamW with a 100-step warm-up, its own seed for data order and noise) - not an exact resume,
 which would need the ~115 MB training checkpoint (weights, EMA and two Adam moments in fp32). Within a
 session an interrupted chunk resumes exactly from its run folder's checkpoint. A chunk stopped early (the
-session ends) is kept with ``save``: it exports what the last checkpoint holds and records the steps done,
-and the phase's next chunk trains the rest.
+session ends: ``--hours`` does it, or ``save`` after a stop by hand) keeps what its last checkpoint holds (every
+50 steps) and records the steps done; the phase's next chunk trains the rest.
 
 Each chunk's record also holds the validation loss of its weights in float32 and rounded to float16
 (``precision``: the same 8 validation batches, times and noise), the check that half-precision storage
 costs nothing; the final evaluation samples the float16 files that would ship.
 
-    OMP_NUM_THREADS=1 nohup nice -n 10 python experiments/demo.py --max-chunks 1 > runs/demo/log.txt 2>&1 &
-    python experiments/demo.py save          # after stopping a chunk early (kill -INT the flowlm process)
+    # from the repository root (the run folders record the corpus path relative to it); --hours: stop (and
+    # save) the running chunk when this session's time is up, start none with under 10 minutes left
+    OMP_NUM_THREADS=1 nohup nice -n 10 python experiments/demo.py --pd-english ../shared/data/pd-english \\
+        --hours 2 > runs/demo/log.txt 2>&1 &
+    python experiments/demo.py save          # after stopping a chunk by hand (kill -INT the flowlm process)
     git add experiments/demo_state && git commit -m "demo: FLM chunk N"
 
 Sizes, measured on this machine (2 cores shared with 4 other agents' tests: load average 3 to 8; one torch
@@ -50,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -61,9 +65,12 @@ sys.path.insert(0, str(HERE))
 import demo_corpus  # noqa: E402
 from wikitext2 import Stages, flowlm  # noqa: E402
 
+from flowlm.errors import FlowLMError  # noqa: E402
+
 STATE = HERE / "demo_state"
 CORPUS_FILE = "demo-english.txt"
 PHASES = ("flm", "fmlm", "ar")
+MIN_CHUNK_SECONDS = 600  # with --hours, no chunk starts with less time left (start-up and one checkpoint)
 WARM_UP_AGAIN = 100  # warm-up steps of a warm-started chunk (a fresh AdamW)
 # Optimizer steps in all and per chunk (batch 32 x 128 tokens); see the module docstring for the measurements.
 FLM_STEPS, FLM_CHUNK = 3600, 1200
@@ -71,33 +78,59 @@ FMLM_STEPS_TOTAL, FMLM_CHUNK = 600, 300
 AR_STEPS, AR_CHUNK = 1200, 600
 # PSD steps cost ~3 FLM steps: checkpoint more often, and an EMA short enough that 300 steps forget the
 # student's initial weights (0.99^300 = 5%; the preset's 0.995 keeps 0.995^1200 = 0.2% of the FLM's random init)
-PHASE_OVERRIDES = {"fmlm": ["train.ema_decay=0.99", "train.ckpt_every=50", "train.val_every=150"]}
+PHASE_OVERRIDES = {
+    "fmlm": ["train.ema_decay=0.99", "train.ckpt_every=50", "train.val_every=150", "train.warmup_steps=100"]
+}
 STEPS = "1,2,4,8,16,32,64,256"  # FLM sampler steps evaluated
 FMLM_STEPS = "1,2,4,8"
 
 
 class ChunkStages(Stages):
     """:class:`wikitext2.Stages` whose stages may run ``after`` (saving their product, which returns fields for
-    the record) before they count as done: a chunk whose export failed is retried, not skipped."""
+    the record) before they count as done: a chunk whose export failed is retried, not skipped.
 
-    def run(self, name, command, before=None, after=None) -> None:
+    With ``seconds``, a stage still running after that long is stopped (SIGINT, as Ctrl-C: flowlm keeps its last
+    checkpoint) and, if ``after`` can save what it holds, recorded as done with ``stopped_early``; ``run`` then
+    returns False (the time is up) instead of True."""
+
+    def run(self, name, command, before=None, after=None, seconds: float | None = None) -> bool:
         if after is None:
-            return super().run(name, command, before)
+            super().run(name, command, before)
+            return True
         entry = self.state.setdefault(name, {"command": shlex.join(command), "seconds": 0.0, "attempts": 0})
         if entry.get("done"):
             print(f"[{name}] done before ({entry['seconds']:.0f} s), skipped")
-            return
+            return True
         print(f"[{name}] {shlex.join(command)}", flush=True)
         entry["attempts"] += 1
+        entry["done"] = False
         start = time.perf_counter()
-        code = subprocess.run(command).returncode
+        proc = subprocess.Popen(command)
+        try:
+            code, stopped = proc.wait(timeout=seconds), False
+        except subprocess.TimeoutExpired:
+            print(f"[{name}] out of time after {seconds:.0f} s: stopping it", flush=True)
+            proc.send_signal(signal.SIGINT)
+            try:
+                code, stopped = proc.wait(timeout=300), True
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code, stopped = proc.wait(), True
         entry["seconds"] += time.perf_counter() - start
         self.save(name)
-        if code != 0:
+        if code != 0 and not stopped:
             sys.exit(f"[{name}] failed with exit code {code}; rerun this script to resume")
-        entry.update(after(), done=True)
+        try:
+            fields = after()
+        except FlowLMError as err:
+            if not stopped:
+                raise
+            print(f"[{name}] stopped before its first checkpoint, nothing saved ({err})", flush=True)
+            return False
+        entry.update(fields, done=True, **({"stopped_early": True} if stopped else {}))
         self.save(name)
-        print(f"[{name}] finished and saved ({entry['seconds']:.0f} s in total)", flush=True)
+        print(f"[{name}] {'stopped' if stopped else 'finished'} and saved ({entry['seconds']:.0f} s)", flush=True)
+        return not stopped
 
 
 def chunk_plan(records: dict, phase: str, total: int, chunk: int) -> tuple[int, int, int] | None:
@@ -184,9 +217,10 @@ def training_command(args, state: Path, phase: str, k: int, steps: int) -> list[
     options = ["--steps", str(steps), "--out", out, "--quiet"]
     warm = [f"train.init_from={state / phase}", f"train.warmup_steps={WARM_UP_AGAIN}"] if k > 1 else []
     overrides = [f"train.seed={k - 1}", *PHASE_OVERRIDES.get(phase, []), *warm, *args.set]
-    if phase == "fmlm":
-        return flowlm("distill", "--teacher", str(state / "flm"), *options, *overrides)
-    data = ["--data", str(Path(args.out) / "corpus" / CORPUS_FILE), "--tokenizer", str(state / "tokenizer")]
+    corpus = str(Path(args.out) / "corpus" / CORPUS_FILE)  # relative to the repository root, as --out is
+    if phase == "fmlm":  # the teacher's data and tokenizer; its corpus path named again, for another checkout
+        return flowlm("distill", "--teacher", str(state / "flm"), *options, f"data.corpus={corpus}", *overrides)
+    data = ["--data", corpus, "--tokenizer", str(state / "tokenizer")]
     return flowlm("train", "--preset", "demo", "--method", phase, *data, *options, *overrides)
 
 
@@ -255,21 +289,29 @@ def run(args) -> None:
     if not (out / "corpus" / CORPUS_FILE).is_file():
         stages.state.pop("corpus", None)  # a new session: the corpus file is rebuilt (and checked)
     stages.run("corpus", [*me, "corpus", *common])
-    chunks = 0
+    chunks, end = 0, time.monotonic() + args.hours * 3600 if args.hours else None
     for phase, total, chunk in phase_sizes(args):
         while (plan := chunk_plan(stages.state, phase, total, chunk)) is not None:
             if args.max_chunks is not None and chunks >= args.max_chunks:
                 print(f"stopping after {chunks} training chunk(s) (--max-chunks); commit {state} and rerun")
                 return
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left < MIN_CHUNK_SECONDS:
+                print(f"--hours: {max(left, 0):.0f} s left, too few for a chunk; commit {state} and rerun")
+                return
             k, steps, done = plan
             print(f"[{phase}-{k}] {steps} steps after {done} of {total}", flush=True)
             run_dir = out / f"{phase}-{k}"
-            stages.run(
+            in_time = stages.run(
                 f"{phase}-{k}",
                 training_command(args, state, phase, k, steps),
                 after=lambda run_dir=run_dir, phase=phase: save_chunk(run_dir, state, phase),
+                seconds=left,
             )
             chunks += 1
+            if not in_time:
+                print(f"--hours: time is up; commit {state} and rerun to continue")
+                return
         if args.stop_after == phase:
             return
     evaluate(args, stages, state, out)
@@ -306,6 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ar-steps", type=int, default=AR_STEPS, help="AR steps in all")
     parser.add_argument("--ar-chunk", type=int, default=AR_CHUNK, help="AR steps per chunk")
     parser.add_argument("--max-chunks", type=int, help="train at most this many chunks in this invocation")
+    parser.add_argument(
+        "--hours",
+        type=float,
+        help="time budget of this invocation: a chunk still running then is stopped and its last checkpoint saved",
+    )
     parser.add_argument("--stop-after", choices=PHASES, help="stop once this training phase is complete")
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--judge", default="smollm2-offline")

@@ -85,18 +85,41 @@ def test_chunk_plan_adds_up_the_recorded_steps(demo):
     assert demo.chunk_plan(records, "ar", 100, 100) == (1, 100, 0)  # phases are counted apart
 
 
-def test_two_chunks_a_stopped_one_and_a_rerun(demo, pd_english, tmp_path, capsys):
+def test_a_chunk_out_of_time_is_stopped_and_saved(demo, tmp_path):
+    from flowlm.errors import CheckpointError
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    stages = demo.ChunkStages(tmp_path)
+    assert stages.run("flm-1", sleeper, after=lambda: {"steps": 7}, seconds=1.0) is False
+    record = json.loads((tmp_path / "stages.json").read_text())["flm-1"]
+    assert record["done"] and record["stopped_early"] and record["steps"] == 7 and 1 <= record["seconds"] < 50
+
+    def nothing_yet():
+        raise CheckpointError("no model yet")
+
+    assert stages.run("flm-2", sleeper, after=nothing_yet, seconds=1.0) is False
+    assert json.loads((tmp_path / "stages.json").read_text())["flm-2"]["done"] is False
+    assert stages.run("flm-3", [sys.executable, "-c", "pass"], after=lambda: {"steps": 2}, seconds=60) is True
+
+
+def tiny_recipe(pd_english, tmp_path) -> tuple[Path, Path, list[str], list[str]]:
+    """(state, out, argv, training overrides) of a recipe with a 1-block, d = 32 network on the stand-in corpus."""
     state, out = tmp_path / "state", tmp_path / "runs"
     tiny = [
         "model.hidden_size=32", "model.n_blocks=1", "model.n_heads=2", "model.cond_dim=16", "data.seq_len=16",
         "train.batch_size=4", "train.ckpt_every=1", "train.val_every=100", "train.val_batches=1",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        "train.log_every=1", f"data.cache_dir={tmp_path / 'cache'}",
     ]  # fmt: skip
     argv = [
         "--pd-english", str(pd_english), "--state", str(state), "--out", str(out), "--without-shakespeare",
-        "--bpe", "300", "--flm-steps", "3", "--flm-chunk", "2", "--stop-after", "flm",
-        *(f"--set={item}" for item in tiny),
+        "--bpe", "300", *(f"--set={item}" for item in tiny),
     ]  # fmt: skip
+    return state, out, argv, tiny
+
+
+def test_two_chunks_a_stopped_one_and_a_rerun(demo, pd_english, tmp_path, capsys):
+    state, out, argv, tiny = tiny_recipe(pd_english, tmp_path)
+    argv += ["--flm-steps", "3", "--flm-chunk", "2", "--stop-after", "flm"]
     demo.main(argv)
     records = json.loads((state / "stages.json").read_text())
     assert [records[k]["steps"] for k in ("flm-1", "flm-2")] == [2, 1]
@@ -128,3 +151,18 @@ def test_two_chunks_a_stopped_one_and_a_rerun(demo, pd_english, tmp_path, capsys
     records = json.loads((state / "stages.json").read_text())
     assert records["flm-3"]["steps"] == 1 and records["flm-3"]["stopped_early"]
     assert demo.chunk_plan(records, "flm", 6, 2) == (4, 2, 4)
+
+
+@pytest.mark.slow
+def test_distillation_and_ar_chunks_warm_start_too(demo, pd_english, tmp_path):
+    state, out, argv, _ = tiny_recipe(pd_english, tmp_path)
+    demo.main([*argv, "--flm-steps", "1", "--fmlm-steps", "2", "--fmlm-chunk", "1", "--ar-steps", "1",
+               "--stop-after", "ar"])  # fmt: skip
+    records = json.loads((state / "stages.json").read_text())
+    assert [records[k]["steps"] for k in ("flm-1", "fmlm-1", "fmlm-2", "ar-1")] == [1, 1, 1, 1]
+    fmlm = read_meta(state / "fmlm")
+    assert fmlm["method"] == "fmlm" and fmlm["storage_dtype"] == "float16"
+    assert fmlm["teacher"]["weights_sha256"] == read_meta(state / "flm")["weights_sha256"]  # the fp16 teacher
+    assert fmlm["init_from"]["path"] == str(state / "fmlm") and fmlm["init_from"]["step"] == 1  # chunk 1's
+    assert "train.ema_decay=0.99" in records["fmlm-1"]["command"]
+    assert read_meta(state / "ar")["method"] == "ar" and "init_from" not in read_meta(state / "ar")
