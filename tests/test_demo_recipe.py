@@ -117,6 +117,7 @@ def tiny_recipe(pd_english, tmp_path) -> tuple[Path, Path, list[str], list[str]]
     return state, out, argv, tiny
 
 
+@pytest.mark.slow  # ~40 s: four flowlm runs
 def test_two_chunks_a_stopped_one_and_a_rerun(demo, pd_english, tmp_path, capsys):
     state, out, argv, tiny = tiny_recipe(pd_english, tmp_path)
     argv += ["--flm-steps", "3", "--flm-chunk", "2", "--stop-after", "flm"]
@@ -153,7 +154,7 @@ def test_two_chunks_a_stopped_one_and_a_rerun(demo, pd_english, tmp_path, capsys
     assert demo.chunk_plan(records, "flm", 6, 2) == (4, 2, 4)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~50 s: four flowlm runs
 def test_distillation_and_ar_chunks_warm_start_too(demo, pd_english, tmp_path):
     state, out, argv, _ = tiny_recipe(pd_english, tmp_path)
     demo.main([*argv, "--flm-steps", "1", "--fmlm-steps", "2", "--fmlm-chunk", "1", "--ar-steps", "1",
