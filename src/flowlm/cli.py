@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model from a preset; any option can be overridden as section.key=value "
         "(e.g. train.lr=1e-3 model.n_blocks=6 data.seq_len=128).",
     )
-    tr.add_argument("--preset", default="tiny", help="tiny (CPU, default), small / lm1b-small, owt-small")
+    tr.add_argument(
+        "--preset",
+        default="tiny",
+        help="tiny (CPU, default), demo (the English demo models: experiments/demo.py), small / lm1b-small, owt-small",
+    )
     tr.add_argument(
         "--method",
         help="flm (flow language model, the presets' default), or a baseline: mdlm (masked diffusion) or ar "

@@ -69,6 +69,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     seed: int = 0
+    init_from: str | None = None
     log_every: int = 50
     ckpt_every: int = 1000
     val_every: int = 1000

@@ -33,6 +33,7 @@ from flowlm.training.checkpoint import provenance, recover_dir, save_model
 from flowlm.training.lock import RunLock
 from flowlm.training.module import FlowLMModule
 from flowlm.training.state import LAST, PREV, SafeCheckpointIO, clean_partials, newest_readable
+from flowlm.training.warm_start import source_provenance, warm_start
 
 
 class _NoAdverts(logging.Filter):
@@ -218,6 +219,7 @@ def distill_config(
     cfg.data.tokenizer = str(directory / TOKENIZER)
     cfg.train.method = registry.for_recipe(recipe).train_method
     cfg.train.condition_frac = 0.0  # the student is not trained with clean context (it samples on the paths)
+    cfg.train.init_from = None  # the teacher's own warm start; the student starts from the teacher
     cfg.train.betas = (0.9, 0.95)
     cfg.train.lr = 3e-4
     cfg.distill.teacher = str(directory)
@@ -311,6 +313,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
         # crash during this run's first save would then resume from.
         for name in (LAST, PREV):
             (run_dir / "checkpoints" / name).unlink(missing_ok=True)
+    extra_meta = dict(teacher_meta)
+    if cfg.train.init_from and resumed is not None:  # the checkpoint holds the warm-started (since trained) weights
+        extra_meta["init_from"] = source_provenance(cfg.train.init_from)
+    elif cfg.train.init_from:
+        extra_meta["init_from"] = warm_start(module.net, module.ema, cfg.train.init_from)
     # Every process of a multi-process launch writes the same file: atomically, so that no process can read
     # another's half-written copy in check_resumable.
     partial = run_dir / f"config.json.{os.getpid()}"
@@ -324,7 +331,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
     log_version = f"session-{len(list((run_dir / 'logs').glob('session-*')))}"
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTS)  # a set: added once
     checkpointing = Checkpointing(
-        run_dir, tokenizer, cfg.train.ckpt_every, teacher_meta, resumed[1]["global_step"] if resumed else None
+        run_dir, tokenizer, cfg.train.ckpt_every, extra_meta, resumed[1]["global_step"] if resumed else None
     )
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
