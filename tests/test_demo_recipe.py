@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowlm.data.corpus import load_corpus
+from flowlm.data import load_corpus
 from flowlm.training.checkpoint import read_meta, read_weights
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
