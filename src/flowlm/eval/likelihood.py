@@ -42,20 +42,10 @@ def check_blocks(num_blocks: int, batch_size: int) -> None:
 def held_out_blocks(model, data: str | None, split: str, num_blocks: int, seed: int, cache_dir, progress: bool):
     """``num_blocks`` blocks [n, L] drawn (seeded) from ``split`` of the model's corpus or ``data``, as
     ``flowlm reference`` draws them; returns ``(blocks, corpus)``."""
-    from flowlm.data import prepare_blocks
+    from flowlm.eval.run import draw_blocks
 
     corpus = None if data in (None, HELD_OUT) else data
-    corpus = corpus or model.meta.get("run", {}).get("data", {}).get("corpus")
-    if not corpus:
-        raise ConfigError(f"{model.path} does not record its training corpus: pass --data (a corpus spec or file)")
-    blocks = prepare_blocks(corpus, model.tokenizer, model.seq_len, split, cache_dir, progress=progress)
-    if len(blocks) < num_blocks:
-        raise ConfigError(
-            f"the {split} split of {corpus} holds {len(blocks)} blocks of {model.seq_len} tokens, fewer than "
-            f"-n {num_blocks}: ask for at most {len(blocks)}"
-        )
-    picks = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:num_blocks].tolist()
-    return torch.stack([blocks[i] for i in picks]), str(corpus)
+    return draw_blocks(model, corpus, split, num_blocks, seed, cache_dir, progress, "-n")
 
 
 def summarize(draws: np.ndarray, tokens_per_block: int, exact: bool, seed: int = 0) -> dict[str, Any]:

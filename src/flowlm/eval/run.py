@@ -325,6 +325,26 @@ def evaluate(
     return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
 
 
+def draw_blocks(model: Any, data: str | None, split: str, count: int, seed: int, cache_dir, progress: bool,
+                count_option: str) -> tuple[torch.Tensor, str]:  # fmt: skip
+    """``count`` blocks [count, L] drawn (seeded, without replacement) from ``split`` of ``data`` or of the model's
+    own corpus, cut with its tokenizer and length; returns ``(blocks, corpus)``. ``count_option`` names the
+    option in the error for a split that holds too few blocks."""
+    from flowlm.data import prepare_blocks
+
+    corpus = data or model.meta.get("run", {}).get("data", {}).get("corpus")
+    if not corpus:
+        raise ConfigError(f"{model.path} does not record its training corpus: pass --data (a corpus spec or file)")
+    blocks = prepare_blocks(corpus, model.tokenizer, model.seq_len, split, cache_dir, progress=progress)
+    if len(blocks) < count:
+        raise ConfigError(
+            f"the {split} split of {corpus} holds {len(blocks)} blocks of {model.seq_len} tokens, fewer than "
+            f"{count_option} {count}: ask for at most {len(blocks)}"
+        )
+    picks = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    return torch.stack([blocks[i] for i in picks]), str(corpus)
+
+
 def reference(
     model: Any,
     judge: Any,
@@ -348,25 +368,15 @@ def reference(
         ConfigError: no corpus is known (the model does not record one and ``data`` is not given), or the
             split holds fewer blocks than ``num_samples``.
     """
-    from flowlm.data import prepare_blocks
     from flowlm.training.checkpoint import provenance
 
     plots.require_matplotlib()
     check_counts(num_samples, batch_size)
-    corpus = data or model.meta.get("run", {}).get("data", {}).get("corpus")
-    if not corpus:
-        raise ConfigError(f"{model.path} does not record its training corpus: pass --data (a corpus spec or file)")
-    blocks = prepare_blocks(corpus, model.tokenizer, model.seq_len, split, cache_dir, progress=progress)
-    if len(blocks) < num_samples:
-        raise ConfigError(
-            f"the {split} split of {corpus} holds {len(blocks)} blocks of {model.seq_len} tokens, fewer than "
-            f"--num-samples {num_samples}: ask for at most {len(blocks)}"
-        )
-    picks = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:num_samples].tolist()
+    blocks, corpus = draw_blocks(model, data, split, num_samples, seed, cache_dir, progress, "--num-samples")
     n_batches = math.ceil(num_samples / batch_size)
     chunks = []
     for j in my_batches(n_batches):
-        ids = torch.stack([blocks[i] for i in picks[j * batch_size : (j + 1) * batch_size]])
+        ids = blocks[j * batch_size : (j + 1) * batch_size]
         texts, ended = decode_for_judge(ids, model.tokenizer)
         chunks.append(Chunk(j, ids.tolist(), texts, ended))
     score_chunks(judge, chunks, batch_size=judge_batch_size, progress=progress)
