@@ -81,6 +81,25 @@ AR_STEPS, AR_CHUNK = 1200, 600
 PHASE_OVERRIDES = {
     "fmlm": ["train.ema_decay=0.99", "train.ckpt_every=50", "train.val_every=150", "train.warmup_steps=100"]
 }
+# --profile gpu (issue 17, item 2): the whole recipe in one run of under 10 minutes on one large GPU (an H200
+# here): each phase trains in one chunk that ends at its time budget (train.max_minutes; the recorded steps are
+# what it reached), with batches of 256 (bf16 autocast and fused attention come with train.precision=auto and
+# model.attn_backend=auto on CUDA). Dropout 0.1 and a longer EMA: the FLM sees each training token ~15 times.
+PROFILES = {
+    "cpu": {"minutes": {}, "overrides": {}, "min_chunk_seconds": MIN_CHUNK_SECONDS},
+    "gpu": {
+        "minutes": {"flm": 3.4, "fmlm": 2.1, "ar": 1.1},
+        "min_chunk_seconds": 30,
+        "steps": 1_000_000,
+        "overrides": {
+            "all": ["train.batch_size=256", "train.ckpt_every=1000", "train.val_every=500", "train.log_every=100"],
+            "flm": ["model.dropout=0.1", "train.ema_decay=0.999"],
+            "ar": ["model.dropout=0.1", "train.ema_decay=0.999"],
+            "fmlm": ["train.ema_decay=0.995"],
+        },
+    },
+}
+VALIDATION_BATCH = 32  # sequences per batch of the float32 / float16 validation check (the CPU chunks' batch)
 STEPS = "1,2,4,8,16,32,64,256"  # FLM sampler steps evaluated
 FMLM_STEPS = "1,2,4,8"
 
@@ -135,12 +154,14 @@ class ChunkStages(Stages):
 
 def chunk_plan(records: dict, phase: str, total: int, chunk: int) -> tuple[int, int, int] | None:
     """(chunk number k, its steps, steps done before it) for the next chunk of ``phase``, or None when the
-    recorded chunks ``phase-1``, ``phase-2``, ... (their ``steps``) add up to ``total``."""
-    done, k = 0, 1
+    recorded chunks ``phase-1``, ``phase-2``, ... (their ``steps``) add up to ``total`` or one of them ran on a
+    time budget (``final``: ``--minutes`` trains a phase in one chunk that ends when its time is up)."""
+    done, k, final = 0, 1, False
     while records.get(f"{phase}-{k}", {}).get("done"):
         done += records[f"{phase}-{k}"]["steps"]
+        final = final or records[f"{phase}-{k}"].get("final", False)
         k += 1
-    if done >= total:
+    if done >= total or final:
         return None
     return k, min(chunk, total - done), done
 
@@ -165,7 +186,8 @@ def export_half(model_dir: Path, target: Path) -> dict:
 
 def validation_loss(run_dir: Path, weights: dict, batches: int = 8) -> float:
     """The run's validation metric (denoising CE, NLL, ...) of ``weights`` on ``batches`` fixed validation
-    batches with fixed times and noise (seed 0), the same for every call."""
+    batches of ``VALIDATION_BATCH`` sequences with fixed times and noise (seed 0), the same for every call and
+    every training batch size; computed on the CPU."""
     import torch
 
     from flowlm.config import RunConfig
@@ -183,7 +205,7 @@ def validation_loss(run_dir: Path, weights: dict, batches: int = 8) -> float:
     module = FlowLMModule(cfg, tokenizer.vocab_size, teacher=teacher, stage1=stage1)
     module.net.load_state_dict({k: v.float() for k, v in weights.items()})
     module.net.eval()
-    data = StepBatches(blocks, cfg.train.batch_size, seed=1, length=batches)
+    data = StepBatches(blocks, VALIDATION_BATCH, seed=1, length=batches)
     total = 0.0
     with torch.no_grad():
         for i in range(batches):
@@ -216,7 +238,12 @@ def training_command(args, state: Path, phase: str, k: int, steps: int) -> list[
     out = str(Path(args.out) / f"{phase}-{k}")
     options = ["--steps", str(steps), "--out", out, "--quiet"]
     warm = [f"train.init_from={state / phase}", f"train.warmup_steps={WARM_UP_AGAIN}"] if k > 1 else []
-    overrides = [f"train.seed={k - 1}", *PHASE_OVERRIDES.get(phase, []), *warm, *args.set]
+    profile = PROFILES[args.profile]["overrides"]
+    timed = [f"train.max_minutes={args.minutes[phase]}"] if phase in args.minutes else []
+    phase_sets = [o.split(":", 1)[1] for o in args.set if o.startswith(f"{phase}:")]
+    common_sets = [o for o in args.set if not o.startswith(tuple(f"{p}:" for p in PHASES))]
+    overrides = [f"train.seed={k - 1}", *PHASE_OVERRIDES.get(phase, []), *profile.get("all", []),
+                 *profile.get(phase, []), *warm, *timed, *common_sets, *phase_sets]  # fmt: skip
     corpus = str(Path(args.out) / "corpus" / CORPUS_FILE)  # relative to the repository root, as --out is
     if phase == "fmlm":  # the teacher's data and tokenizer; its corpus path named again, for another checkout
         return flowlm("distill", "--teacher", str(state / "flm"), *options, f"data.corpus={corpus}", *overrides)
@@ -296,7 +323,7 @@ def run(args) -> None:
                 print(f"stopping after {chunks} training chunk(s) (--max-chunks); commit {state} and rerun")
                 return
             left = None if end is None else end - time.monotonic()
-            if left is not None and left < MIN_CHUNK_SECONDS:
+            if left is not None and left < PROFILES[args.profile]["min_chunk_seconds"]:
                 print(f"--hours: {max(left, 0):.0f} s left, too few for a chunk; commit {state} and rerun")
                 return
             k, steps, done = plan
@@ -305,7 +332,10 @@ def run(args) -> None:
             in_time = stages.run(
                 f"{phase}-{k}",
                 training_command(args, state, phase, k, steps),
-                after=lambda run_dir=run_dir, phase=phase: save_chunk(run_dir, state, phase),
+                after=lambda run_dir=run_dir, phase=phase: {
+                    **save_chunk(run_dir, state, phase),
+                    **({"final": True, "minutes": args.minutes[phase]} if phase in args.minutes else {}),
+                },
                 seconds=left,
             )
             chunks += 1
@@ -335,6 +365,19 @@ def evaluate(args, stages: ChunkStages, state: Path, out: Path) -> None:
     stages.run("compare", flowlm("compare", *results, *names, "--out", str(out / "report")))
 
 
+def parse_minutes(parser: argparse.ArgumentParser, given: list[str]) -> dict[str, float]:
+    minutes = {}
+    for item in given:
+        phase, _, value = item.partition("=")
+        try:
+            minutes[phase] = float(value)
+        except ValueError:
+            minutes[phase] = -1.0
+        if phase not in PHASES or minutes[phase] <= 0:
+            parser.error(f"--minutes {item}: give PHASE=M with PHASE one of {', '.join(PHASES)} and M > 0 minutes")
+    return minutes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", nargs="?", default="run", choices=("run", "corpus", "save"))
@@ -358,8 +401,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--judge", default="smollm2-offline")
     parser.add_argument("--bpe", type=int, default=8192, help="BPE size, if demo_state holds no tokenizer yet")
     parser.add_argument("--without-shakespeare", action="store_true", help="leave out the embedded works (tests)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra training override")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="[PHASE:]KEY=VALUE",
+        help="extra training override, for every phase or (flm:, fmlm:, ar:) for one",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", choices=tuple(PROFILES), default="cpu",
+        help="cpu: chunks of fixed steps across sessions; gpu: each phase in one chunk ending at its --minutes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--minutes", action="append", default=[], metavar="PHASE=M",
+        help="train PHASE (flm, fmlm, ar) in one chunk that stops after M minutes (the gpu profile sets them)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.minutes = {**PROFILES[args.profile]["minutes"], **parse_minutes(parser, args.minutes)}
+    if args.profile == "gpu":  # the step counts only bound the timed chunks
+        for phase in PHASES:
+            setattr(args, f"{phase}_steps", PROFILES["gpu"]["steps"])
+            setattr(args, f"{phase}_chunk", PROFILES["gpu"]["steps"])
     if args.action == "corpus":
         corpus_stage(args)
     elif args.action == "save":

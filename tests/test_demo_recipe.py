@@ -145,7 +145,7 @@ def test_two_chunks_a_stopped_one_and_a_rerun(demo, pd_english, tmp_path, capsys
 
     # A longer plan: chunk 3 stopped after 1 of its 2 steps (as at a session's end) and saved with `save`.
     longer = [*argv, "--flm-steps", "6"]
-    args = demo.argparse.Namespace(out=str(out), set=tiny)
+    args = demo.argparse.Namespace(out=str(out), set=tiny, profile="cpu", minutes={})
     chunk = demo.training_command(args, state, "flm", 3, 1)
     assert demo.subprocess.run(chunk).returncode == 0
     demo.main(["save", *longer])
@@ -167,3 +167,30 @@ def test_distillation_and_ar_chunks_warm_start_too(demo, pd_english, tmp_path):
     assert fmlm["init_from"]["path"] == str(state / "fmlm") and fmlm["init_from"]["step"] == 1  # chunk 1's
     assert "train.ema_decay=0.99" in records["fmlm-1"]["command"]
     assert read_meta(state / "ar")["method"] == "ar" and "init_from" not in read_meta(state / "ar")
+
+
+@pytest.mark.slow  # ~60 s: three flowlm runs of about 10 s each
+def test_the_gpu_profile_trains_each_phase_once_on_its_time_budget(demo, pd_english, tmp_path, capsys):
+    """--profile gpu on the CPU (a rehearsal of experiments/demo_gpu.sh): one chunk per phase, stopped by its
+    --minutes, recorded as final; the profile's batch size gives way to a --set, a PHASE: --set reaches one phase."""
+    state, out, argv, _ = tiny_recipe(pd_english, tmp_path)
+    argv += ["--profile", "gpu", "--stop-after", "ar", "--set", "ar:train.lr=0.002",
+             *(f"--minutes={phase}=0.01" for phase in ("flm", "fmlm", "ar"))]  # fmt: skip
+    demo.main(argv)
+    records = json.loads((state / "stages.json").read_text())
+    for phase in ("flm", "fmlm", "ar"):
+        record = records[f"{phase}-1"]
+        assert record["final"] and record["minutes"] == 0.01 and 0 < record["steps"] < 1_000_000
+        assert "train.max_minutes=0.01" in record["command"] and "train.batch_size=4" in record["command"]
+        assert record["command"].index("train.batch_size=256") < record["command"].index("train.batch_size=4")
+    assert "train.lr=0.002" in records["ar-1"]["command"] and "train.lr=0.002" not in records["flm-1"]["command"]
+    assert "model.dropout=0.1" in records["flm-1"]["command"] and "model.dropout" not in records["fmlm-1"]["command"]
+    capsys.readouterr()
+    demo.main(argv)  # a rerun: every phase is final, nothing left to train
+    assert "steps after" not in capsys.readouterr().out
+
+
+def test_minutes_must_name_a_phase_and_a_positive_number(demo):
+    for bad in ("flm=0", "flm=soon", "eval=3"):
+        with pytest.raises(SystemExit):
+            demo.main(["--minutes", bad])

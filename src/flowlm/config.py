@@ -53,6 +53,7 @@ ModelConfig = dataclasses.make_dataclass(
 class TrainConfig:
     method: str = "flm"
     max_steps: int = 1_000_000
+    max_minutes: float | None = None
     batch_size: int = 512
     micro_batch_size: int | None = None
     lr: float = 3e-4
@@ -296,6 +297,10 @@ def validate(cfg: RunConfig) -> None:
     if d.recipe not in registry.distillation_recipes():
         raise ConfigError(f"distill.recipe={d.recipe!r}: choose one of {', '.join(registry.distillation_recipes())}")
     method = registry.for_config(cfg)
+    if t.max_minutes is not None and not (isinstance(t.max_minutes, (int, float)) and t.max_minutes > 0):
+        raise ConfigError(
+            f"train.max_minutes={t.max_minutes!r}: give a positive number of minutes of training, or null for none"
+        )
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision={t.precision!r}: use one of {', '.join(PRECISIONS)}")
     validate_distributed(t)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -150,7 +151,7 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
     for section in now:  # options added after the run started: absent there, so they must be at their default
         for key in now[section]:
             before.setdefault(section, {}).setdefault(key, defaults.get(section, {}).get(key))
-    ignore = {"max_steps", "log_every", "ckpt_every", "val_every", "val_batches", "num_workers", "cache_dir", "compile"}
+    ignore = {"max_steps", "max_minutes", "log_every", "ckpt_every", "val_every", "val_batches", "num_workers", "cache_dir", "compile"}
     diffs = sorted(
         f"{section}.{key}"
         for section in now
@@ -335,6 +336,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
     )
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
+        max_time=timedelta(minutes=cfg.train.max_minutes) if cfg.train.max_minutes else None,
         accumulate_grad_batches=accumulate,
         gradient_clip_val=cfg.train.grad_clip,
         precision=resolve_precision(cfg),
