@@ -84,7 +84,10 @@ PHASE_OVERRIDES = {
 # --profile gpu (issue 17, item 2): the whole recipe in one run of under 10 minutes on one large GPU (an H200
 # here): each phase trains in one chunk that ends at its time budget (train.max_minutes; the recorded steps are
 # what it reached), with batches of 256 (bf16 autocast and fused attention come with train.precision=auto and
-# model.attn_backend=auto on CUDA). Dropout 0.1 and a longer EMA: the FLM sees each training token ~15 times.
+# model.attn_backend=auto on CUDA). Dropout 0.1 and a longer EMA. The run of 2026-11-30 (the shipped weights) had
+# no train.compile and 128-row head chunks: 828 FLM steps in 3.4 minutes (~145k tokens/s, 4 epochs); profiled
+# after it (benchmarks/profile_train_step.py, docs/gpu.md), an FLM step took 184 ms uncompiled and 31 ms compiled,
+# so the profile now compiles, and the head's chunks are sized by memory on a GPU.
 PROFILES = {
     "cpu": {"minutes": {}, "overrides": {}, "min_chunk_seconds": MIN_CHUNK_SECONDS},
     "gpu": {
@@ -92,7 +95,8 @@ PROFILES = {
         "min_chunk_seconds": 30,
         "steps": 1_000_000,
         "overrides": {
-            "all": ["train.batch_size=256", "train.ckpt_every=1000", "train.val_every=500", "train.log_every=100"],
+            "all": ["train.batch_size=256", "train.ckpt_every=1000", "train.val_every=500", "train.log_every=100",
+                    "train.compile=true"],  # fmt: skip
             "flm": ["model.dropout=0.1", "train.ema_decay=0.999"],
             "ar": ["model.dropout=0.1", "train.ema_decay=0.999"],
             "fmlm": ["train.ema_decay=0.995"],

@@ -174,7 +174,7 @@ def test_the_gpu_profile_trains_each_phase_once_on_its_time_budget(demo, pd_engl
     """--profile gpu on the CPU (a rehearsal of experiments/demo_gpu.sh): one chunk per phase, stopped by its
     --minutes, recorded as final; the profile's batch size gives way to a --set, a PHASE: --set reaches one phase."""
     state, out, argv, _ = tiny_recipe(pd_english, tmp_path)
-    argv += ["--profile", "gpu", "--stop-after", "ar", "--set", "ar:train.lr=0.002",
+    argv += ["--profile", "gpu", "--stop-after", "ar", "--set", "ar:train.lr=0.002", "--set", "train.compile=false",
              *(f"--minutes={phase}=0.01" for phase in ("flm", "fmlm", "ar"))]  # fmt: skip
     demo.main(argv)
     records = json.loads((state / "stages.json").read_text())

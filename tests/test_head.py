@@ -143,3 +143,13 @@ def test_flm_loss_keeps_no_vocabulary_sized_tensor_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # the hook sees the plain path's logits
         token_cross_entropy(net(tokens, torch.rand(4)), tokens).sum()
     assert max(largest) >= rows * 512
+
+
+def test_chunks_are_small_on_a_cpu_and_sized_by_memory_on_an_accelerator():
+    from flowlm.nn.head import CHUNK_ROWS, GPU_CHUNK_BYTES, chunk_rows_for
+
+    assert chunk_rows_for(torch.device("cpu"), 8192) == CHUNK_ROWS
+    rows = chunk_rows_for(torch.device("cuda"), 8192)  # a device object only: no GPU needed
+    assert rows == 8192 and rows * 8192 * 4 <= GPU_CHUNK_BYTES  # 4 chunks for a 256 x 128 batch instead of 256
+    assert chunk_rows_for(torch.device("cuda"), 30522) == 2176  # 256 MiB / (4 B x 30,522) = 2,198 -> 17 x 128
+    assert chunk_rows_for(torch.device("cuda"), 10**7) == CHUNK_ROWS  # never below the CPU's chunk

@@ -14,9 +14,22 @@ import torch
 
 from flowlm.errors import ConfigError
 
-# Rows per chunk: one or two [V, rows] float32 buffers (~16 MB each at V = 30,522): a GEMM large enough to run near the
-# machine's rate, and far below the [N, V] logits of a training batch (N = B·L, thousands of rows).
+# Rows per chunk on a CPU: one or two [V, rows] float32 buffers (~16 MB each at V = 30,522): a GEMM large enough to run
+# near the machine's rate, and far below the [N, V] logits of a training batch (N = B·L, thousands of rows).
 CHUNK_ROWS = 128
+# On a GPU the chunks are sized by memory instead: each chunk costs ~40 kernel launches and their Python, so 128-row
+# chunks of a 256 x 128 batch (256 chunks, ~10k launches) made the head most of a 9.6M-parameter model's step on an
+# H200 (184 ms per step; docs/gpu.md). A [V, rows] float32 buffer of at most 256 MiB: 8,192 rows at V = 8,192.
+GPU_CHUNK_BYTES = 256 * 2**20
+
+
+def chunk_rows_for(device: torch.device, vocab_size: int) -> int:
+    """Rows per head chunk on ``device``: :data:`CHUNK_ROWS` on a CPU; on an accelerator, as many rows (a multiple
+    of :data:`CHUNK_ROWS`) as fit one [V, rows] float32 buffer of :data:`GPU_CHUNK_BYTES`."""
+    if device.type == "cpu":
+        return CHUNK_ROWS
+    rows = GPU_CHUNK_BYTES // (4 * vocab_size)
+    return max(CHUNK_ROWS, rows // CHUNK_ROWS * CHUNK_ROWS)
 
 
 def _chunk_scores(features, weight, bias, cap):
@@ -87,14 +100,17 @@ def head_cross_entropy(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     cap: float | None,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Per-row cross-entropy [N] (float32) of the logits ``cap·tanh((features @ weightᵀ + bias)/cap)`` against
     token ids ``targets`` [N], without an [N, V] tensor (module docstring). No gradient reaches ``targets``.
 
     ``features`` [N, d], ``weight`` [V, d], ``bias`` [V] or None, ``cap`` a positive float or None (no cap),
-    ``chunk_rows`` the rows per chunk (the last chunk may be shorter).
+    ``chunk_rows`` the rows per chunk (the last chunk may be shorter; None: :func:`chunk_rows_for` the features'
+    device).
     """
+    if chunk_rows is None:
+        chunk_rows = chunk_rows_for(features.device, weight.shape[0])
     if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
         raise ConfigError(f"chunk_rows={chunk_rows!r}: the rows per head chunk must be an integer >= 1")
     if targets.dtype not in (torch.int32, torch.int64) or targets.shape != features.shape[:1]:

@@ -151,7 +151,10 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
     for section in now:  # options added after the run started: absent there, so they must be at their default
         for key in now[section]:
             before.setdefault(section, {}).setdefault(key, defaults.get(section, {}).get(key))
-    ignore = {"max_steps", "max_minutes", "log_every", "ckpt_every", "val_every", "val_batches", "num_workers", "cache_dir", "compile"}
+    ignore = {
+        *("max_steps", "max_minutes", "log_every", "ckpt_every", "val_every", "val_batches", "num_workers"),
+        *("cache_dir", "compile"),
+    }
     diffs = sorted(
         f"{section}.{key}"
         for section in now
