@@ -12,7 +12,7 @@ from markov import single_thread
 import flowlm
 from flowlm.cli import main
 from flowlm.data.corpus import shakespeare_works
-from flowlm.demo import DEMO_MODELS, demo_path
+from flowlm.demo import DEMO_MODELS, DEMO_PROMPT, demo_path
 from flowlm.errors import CheckpointError
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # issue 5: each shipped file <= 20 MB
@@ -47,10 +47,14 @@ def test_demo_command_prints_every_row_with_its_time(capsys):
     with single_thread():  # two OpenMP threads stall on a loaded 2-core machine (see markov.single_thread)
         assert main(["demo", "-n", "2"]) == 0
     out = capsys.readouterr().out
-    headers = re.findall(r"=== (FMLM|FLM), (\d+) network calls? per sample: ([0-9.]+) s/sample ===", out)
-    assert [(m, int(s)) for m, s, _ in headers] == [("FMLM", 1), ("FMLM", 2), ("FLM", 1), ("FLM", 256)]
-    assert all(float(t) > 0 for _, _, t in headers)
-    assert len(re.findall(r"^\[[12]\] \S", out, flags=re.M)) == 8
+    headers = re.findall(r"=== (FMLM|FLM), (\d+) network calls? per sample(.*?): ([0-9.]+) s/sample ===", out)
+    rows = [(m, int(s), given) for m, s, given, _ in headers]
+    continuing = f", continuing {DEMO_PROMPT!r}"
+    assert rows == [("FMLM", 1, ""), ("FMLM", 2, ""), ("FMLM", 4, ""), ("FLM", 1, ""), ("FLM", 256, ""),
+                    ("FMLM", 4, continuing)]  # fmt: skip
+    assert all(float(t) > 0 for *_, t in headers)
+    assert len(re.findall(r"^\[[12]\] \S", out, flags=re.M)) == 12
+    assert len(re.findall(rf"^\[[12]\] {DEMO_PROMPT}", out, flags=re.M)) == 2  # the continuations keep the prompt
 
 
 def _real_words(text: str, vocabulary: set[str]) -> int:

@@ -1,8 +1,9 @@
 """The demo models shipped inside the package, and the ``flowlm demo`` side-by-side comparison.
 
-``assets/demo/flm`` is an FLM trained on the embedded Shakespeare corpus and ``assets/demo/fmlm`` its
-PSD-distilled flow map (the commands that produced them are in each folder's ``flowlm.json`` and in
-``docs/results.md``). ``flowlm.load("demo:fmlm")`` loads one by name; no network is ever needed.
+``assets/demo/flm`` is an FLM of 9.6M parameters trained on 22.6 MB of public-domain English prose plus the
+embedded Shakespeare (``experiments/demo.py``), and ``assets/demo/fmlm`` its PSD-distilled flow map (the commands
+that produced them are in each folder's ``flowlm.json`` and in ``docs/results.md``). ``flowlm.load("demo:fmlm")``
+loads one by name; no network is ever needed.
 """
 
 from __future__ import annotations
@@ -24,16 +25,23 @@ class DemoRun:
     steps: int
     texts: list[str]
     seconds_per_sample: float
+    prompt: str | None = None
+
+
+DEMO_PROMPT = "The people of this country"
 
 
 def run_demo(
     num_samples: int = 3,
     seed: int = 0,
-    fmlm_steps: tuple[int, ...] = (1, 2),
+    fmlm_steps: tuple[int, ...] = (1, 2, 4),
     flm_steps: tuple[int, ...] = (1, 256),
     device: str = "cpu",
+    prompt: str | None = DEMO_PROMPT,
+    prompt_steps: int = 4,
 ) -> list[DemoRun]:
-    """Sample the shipped FMLM and FLM with the given step counts; each row is timed on its own.
+    """Sample the shipped FMLM and FLM with the given step counts, then (with ``prompt``) continue the prompt with
+    the FMLM in ``prompt_steps`` steps; each row is timed on its own.
 
     One single-sample, one-step call per model runs first and is not timed, so the numbers exclude
     one-off start-up costs (thread pools, first allocations).
@@ -47,6 +55,12 @@ def run_demo(
             tokens = model.sample_tokens(num_samples, steps, seed=seed)
             seconds = (time.perf_counter() - start) / num_samples
             runs.append(DemoRun(name.upper(), steps, model.decode(tokens), seconds))
+    if prompt is not None:
+        model = load(demo_path("fmlm"), device=device)
+        start = time.perf_counter()
+        texts = model.generate(num_samples, steps=prompt_steps, seed=seed, prompt=prompt)
+        seconds = (time.perf_counter() - start) / num_samples
+        runs.append(DemoRun("FMLM", prompt_steps, texts, seconds, prompt=prompt))
     return runs
 
 
@@ -55,7 +69,8 @@ def format_demo(runs: list[DemoRun]) -> str:
     lines = []
     for run in runs:
         calls = "1 network call" if run.steps == 1 else f"{run.steps} network calls"
-        lines.append(f"=== {run.model}, {calls} per sample: {run.seconds_per_sample:.4f} s/sample ===")
+        given = f", continuing {run.prompt!r}" if run.prompt is not None else ""
+        lines.append(f"=== {run.model}, {calls} per sample{given}: {run.seconds_per_sample:.4f} s/sample ===")
         for i, text in enumerate(run.texts, 1):
             lines.append(f"[{i}] " + " ".join(text.split()))
         lines.append("")
