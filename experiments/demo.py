@@ -1,12 +1,13 @@
-"""Issue 17: the English demo models, trained on two CPU cores across several sessions.
+"""Issue 17: the English demo models (shipped as ``demo:flm`` / ``demo:fmlm``), trained on CPU cores across
+sessions (``--profile cpu``) or in one short run on a lent GPU (``--profile gpu``, through ``demo_gpu.sh``).
 
 Corpus: the public-domain prose of ``../shared/data/pd-english`` (15 Gutenberg classics, 233 State of the Union
 addresses) plus flowlm's embedded Shakespeare (42 works), one document per work (``demo_corpus.py``); every
 20th work in (source, name) order is held out (14 of 290 works, 3.0% of the bytes; the list is in
 ``demo_state/split.json``). Tokenizer: a byte-level BPE of 8,192 tokens learnt from the training works, kept
-in ``demo_state/tokenizer`` so every session encodes with the very same ids. Model: the ``demo`` preset.
+in ``demo_state/tokenizer`` so every run encodes with the very same ids. Model: the ``demo`` preset.
 
-Stages (``demo_state/stages.json`` records each one's command, attempts and seconds; finished ones are skipped,
+Stages (``<state>/stages.json`` records each one's command, attempts and seconds; finished ones are skipped,
 a failed one is retried when the script is rerun):
 
 1. ``corpus``: writes the corpus file and checks it against the recorded split (and learns the BPE once);
@@ -15,18 +16,26 @@ a failed one is retried when the script is rerun):
 4. ``ar-1``, ...: the AR baseline of the same size and data, in chunks;
 5. ``eval-*``, ``reference``, ``compare``: samples, Gen PPL (offline judge) and entropy, as in wikitext2.py.
 
-Why chunks: a session's background job dies when the session ends, and only committed files survive. A chunk
-lasts at most ~2 hours; when it finishes, its exported EMA weights are copied in half precision to
-``demo_state/<phase>/`` (one folder per phase, overwritten, under 20 MB) and its record to ``stages.json``:
-commit both. The next chunk warm-starts from those weights (``train.init_from``: network and EMA from the
-file; a fresh AdamW with a 100-step warm-up, its own seed for data order and noise) - not an exact resume,
-which would need the ~115 MB training checkpoint (weights, EMA and two Adam moments in fp32). Within a
-session an interrupted chunk resumes exactly from its run folder's checkpoint. A chunk stopped early (the
-session ends: ``--hours`` does it, or ``save`` after a stop by hand) keeps what its last checkpoint holds (every
-50 steps) and records the steps done; the phase's next chunk trains the rest.
+**The shipped weights** came from ``--profile gpu`` (``experiments/demo_gpu.sh``, one H200, 2026-11-30; record
+in ``docs/results/demo-gpu/``): each phase one chunk ending at its ``--minutes`` (``train.max_minutes``), batch
+256, dropout 0.1. Its products were copied into ``src/flowlm/assets/demo/{flm,fmlm}``; the AR model (also 19.2
+MB) is not shipped, which keeps the wheel under 50 MB. To rerun on a GPU machine, from the repository root:
+``BUDGET=540 bash experiments/demo_gpu.sh`` (see its header), then ``python experiments/demo.py --profile gpu
+--state runs/demo-gpu/state ...`` here evaluates what it made (every phase is final, so only evaluation runs).
+
+Why chunks (``--profile cpu``): a session's background job dies when the session ends, and only committed files
+survive. A chunk lasts at most ~2 hours; when it finishes, its exported EMA weights are copied in half
+precision to ``<state>/<phase>/`` (one folder per phase, overwritten, under 20 MB) and its record to
+``stages.json``: commit both. The next chunk warm-starts from those weights (``train.init_from``: network and
+EMA from the file; a fresh AdamW with a 100-step warm-up, its own seed for data order and noise) - not an exact
+resume, which would need the ~115 MB training checkpoint. Within a session an interrupted chunk resumes exactly
+from its run folder's checkpoint. A chunk stopped early (the session ends: ``--hours`` does it, or ``save``
+after a stop by hand) keeps what its last checkpoint holds (every 50 steps) and records the steps done; the
+phase's next chunk trains the rest. The CPU run of 2026-11-29 (1,650 FLM steps, superseded by the GPU run; its
+record is ``docs/results/demo-cpu-stages.json``) went this way.
 
 Each chunk's record also holds the validation loss of its weights in float32 and rounded to float16
-(``precision``: the same 8 validation batches, times and noise), the check that half-precision storage
+(``precision``: the same 8 validation batches of 32, times and noise), the check that half-precision storage
 costs nothing; the final evaluation samples the float16 files that would ship.
 
     # from the repository root (the run folders record the corpus path relative to it); --hours: stop (and
@@ -34,7 +43,7 @@ costs nothing; the final evaluation samples the float16 files that would ship.
     OMP_NUM_THREADS=1 nohup nice -n 10 python experiments/demo.py --pd-english ../shared/data/pd-english \\
         --hours 2 > runs/demo/log.txt 2>&1 &
     python experiments/demo.py save          # after stopping a chunk by hand (kill -INT the flowlm process)
-    git add experiments/demo_state && git commit -m "demo: FLM chunk N"
+    git add experiments/demo_state && git commit -m "demo: chunk N"
 
 Sizes, measured on this machine (2 cores shared with 4 other agents' tests: load average 3 to 8; one torch
 thread, ``nice``; 16-step runs of batch 32 x 128 tokens, mean of the logged tokens/s after the first interval;
@@ -43,7 +52,7 @@ commands in docs/results.md): FLM d = 256 x 6 blocks (9.59M parameters, 19.2 MB 
 PSD distillation 293 (load 6-8). The 6-block model is the largest whose FMLM file fits 20 MB with this
 tokenizer, and the smaller ones are not proportionally faster, so the preset takes it.
 
-Plan (the defaults): FLM 3,600 steps (14.7M tokens, 2.2 epochs) = 3 chunks of 1,200 (~1.5 h each); PSD 600
+CPU plan (the defaults): FLM 3,600 steps (14.7M tokens, 2.2 epochs) = 3 chunks of 1,200 (~1.5 h each); PSD 600
 steps = 2 chunks of 300 (~1.2 h each); AR 1,200 steps = 2 chunks of 600 (~1.1 h each; a third of the FLM's
 tokens: the budget allows no more); evaluation ~0.75 h (estimated). About 10 hours in all.
 """
