@@ -1,6 +1,6 @@
 """Conditional distillation on the Markov language of the tests: a flow map distilled with and without clean context.
 
-    PYTHONPATH=src python experiments/conditional_markov.py        # ~7 min on 2 busy cores
+    PYTHONPATH=src:tests nice -n 10 python scripts/conditional_markov.py        # ~7 min on 2 busy cores
 
 Teacher: the FLM of tests/conftest.py (``markov_flm``: 1,500 steps, no conditional training). Students: PSD, 1,000
 steps from the teacher as conftest's ``markov_fmlm``, once without clean context (exactly that fixture) and once with
@@ -13,20 +13,16 @@ overall (unconditional samples) and at the condition's boundaries, as in tests/t
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
+from conftest import MARKOV_BATCH, MARKOV_K, MARKOV_LENGTH, MARKOV_PSD_STEPS, MARKOV_TEACHER_STEPS, train_loop
+from markov import MarkovChain, single_thread
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import MARKOV_BATCH, MARKOV_K, MARKOV_LENGTH, MARKOV_PSD_STEPS, MARKOV_TEACHER_STEPS, train_loop  # noqa: E402
-from markov import MarkovChain, single_thread  # noqa: E402
-
-from flowlm.methods.condition import Condition, training_condition  # noqa: E402
-from flowlm.methods.flm import flm_loss  # noqa: E402
-from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss  # noqa: E402
-from flowlm.nn.dit import DiT, DiTConfig  # noqa: E402
+from flowlm.methods.condition import Condition, training_condition
+from flowlm.methods.flm import flm_loss
+from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
+from flowlm.nn.dit import DiT, DiTConfig
 
 SAMPLES, PROMPT, GAP = 1000, 6, (6, 11)
 
