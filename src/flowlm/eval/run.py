@@ -348,11 +348,12 @@ def build_results(
     sampling: dict,
     scoring_device: Any,
     out: Path,
-    condition: Conditioning | None = None,
+    condition: str | None = None,
     mauve: Sequence[float | None] | None = None,
 ) -> dict:
-    """The results dict of ``sample_sets``; a conditional evaluation (``condition``) states its condition in the
-    Gen PPL definition, scores the entropy of the generated positions and adds MAUVE (one score per sample set)."""
+    """The results dict of ``sample_sets``; a conditional evaluation states its ``condition`` (the definition of
+    :class:`Conditioning`) in the Gen PPL definition, scores the entropy of the generated positions and adds MAUVE
+    (``mauve``: one score per sample set, None where not computed)."""
     from flowlm.eval.mauve import DEFINITION as MAUVE_DEFINITION
     from flowlm.training.checkpoint import provenance
 
@@ -365,7 +366,7 @@ def build_results(
     }
     if condition is not None:
         definitions.update(
-            gen_ppl=f"{judge['definition']}; {condition.definition}",
+            gen_ppl=f"{judge['definition']}; {condition}",
             entropy=CONDITIONAL_ENTROPY_DEFINITION,
             mauve=MAUVE_DEFINITION,
         )
@@ -447,7 +448,8 @@ def evaluate(
         blocks, corpus = draw_blocks(model, data, split, num_samples, seed, cache_dir, progress, "--num-samples")
         condition = conditioning(blocks, batch_size, prompt_tokens=prompt_tokens, infill_frac=infill_frac, seed=seed)
         registry.of_model(model).check_condition(Condition(condition.blocks, condition.mask))
-        sampling["condition"] = {**condition.description, "corpus": corpus, "split": split}
+        sampling["condition"] = {**condition.description, "corpus": corpus, "split": split,
+                                 "definition": condition.definition}  # fmt: skip
         real = real_line(model, judge, condition, sampling, n_batches, judge_batch_size, progress)
     sample_sets = []
     for steps_k in step_list:
@@ -485,9 +487,10 @@ def evaluate(
     data_sampling = {**sampling, "label": f"data ({split})", "method": "data"}
     if rank == 0:
         write_samples(out / "data" / file_name(None, "data"), real)
-    write_outputs(build_results([real], judge_info(judge), data_sampling, judge.device, out / "data", condition),
-                  out / "data")  # fmt: skip
-    results = build_results(sample_sets, judge_info(judge), sampling, judge.device, out, condition, scores)
+    data_results = build_results([real], judge_info(judge), data_sampling, judge.device, out / "data",
+                                 condition.definition)  # fmt: skip
+    write_outputs(data_results, out / "data")
+    results = build_results(sample_sets, judge_info(judge), sampling, judge.device, out, condition.definition, scores)
     return write_outputs(results, out)
 
 
@@ -617,7 +620,8 @@ def score_files(
         s.chunks = gather_chunks(local, len(s.chunks))
     out = Path(out)
     sampling = sample_sets[0].header["provenance"]
-    return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
+    condition = (sampling.get("condition") or {}).get("definition")  # rescored given their prompts; MAUVE is not
+    return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out, condition), out)
 
 
 def _comparable(sampling: dict) -> dict:
