@@ -169,12 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--prompt-tokens",
         type=int,
+        metavar="K",
         help="conditional: give the first K tokens of held-out blocks and generate the rest; scores the continuation "
         "given the prompt, MAUVE against the real continuations, and writes the real ones as the data line to OUT/data",
     )
     ev.add_argument(
         "--infill-frac",
         type=float,
+        metavar="F",
         help="conditional: give a random share F of the positions of held-out blocks (seeded) and generate the others",
     )
     ev.add_argument("--data", help="conditional: corpus spec or text file of the blocks (default: the model's corpus)")
