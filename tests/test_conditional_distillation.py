@@ -180,7 +180,7 @@ def test_distill_keeps_the_teachers_conditional_training(tmp_path):
 
     args = ["--preset", "tiny", "--tokenizer", "char", "--quiet", "data.seq_len=16", "model.hidden_size=16",
             "model.n_blocks=1", "model.n_heads=2", "model.cond_dim=8", "train.batch_size=4", "train.warmup_steps=1",
-            "train.ckpt_every=2", "train.val_every=2", "train.val_batches=1",
+            "train.ckpt_every=2", "train.val_every=2", "train.val_batches=1", "train.log_every=1",
             f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     teacher = tmp_path / "flm"
     assert main(["train", "--steps", "2", "--out", str(teacher), *args, "train.condition_frac=0.5",
@@ -188,6 +188,6 @@ def test_distill_keeps_the_teachers_conditional_training(tmp_path):
     cfg = distill_config(str(teacher / "model"))
     assert (cfg.train.condition_frac, cfg.train.condition) == (0.5, "spans")
     assert main(["distill", "--teacher", str(teacher), "--steps", "2", "--out", str(tmp_path / "fmlm"), "--quiet",
-                 "train.ckpt_every=2", "train.val_every=2"]) == 0  # fmt: skip
+                 "train.ckpt_every=2", "train.val_every=2", "train.log_every=1"]) == 0  # fmt: skip
     run = json.loads((tmp_path / "fmlm" / "model" / "flowlm.json").read_text())["run"]["train"]
     assert (run["condition_frac"], run["condition"]) == (0.5, "spans")
