@@ -18,7 +18,8 @@ context they reach 5-9% at the boundaries against 2.4% overall, and with known p
 43% (the Euler ODE commits the other positions while the context is still noise). So the FLM cases assert
 what held and matters, and print the gap: clean context beats the noisy path by more than 10 standard errors,
 and the boundary is far more legal than a context-blind sampler's (6 of 8 symbols illegal: 75%).
-The FMLM cases were added later under the same bound (first run: 1 step 15.1% / 14.8% / 14.7% at the prompt / infill
+The FMLM cases were added later under the file's existing bound, after a first measurement (scripts/
+conditional_markov.py; the test's run gave the same numbers: 1 step 15.1% / 14.8% / 14.7% at the prompt / infill
 left / infill right against 18.6% overall; 4 steps γ = 1: 2.8% / 2.0% / 3.2% against 4.0%); the 1-step map with
 known positions on their noisy path is printed, not asserted: it sees pure noise there, so it is context-blind (77%).
 """
