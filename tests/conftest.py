@@ -1,5 +1,5 @@
 """Shared fixtures. ``markov_flm`` trains the FLM of the statistical tests once per session; the
-FLM test samples it and the FMLM test distills it."""
+FLM test samples it, ``markov_fmlm`` distills it once (PSD), and the FMLM and conditioning tests sample both."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 from markov import THREADS_VARIABLE, MarkovChain, pinned_threads, single_thread
 
 from flowlm.methods.flm import flm_loss
+from flowlm.methods.fmlm import init_student, psd_loss
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.ema import EMA
 
-MARKOV_K, MARKOV_LENGTH, MARKOV_BATCH, MARKOV_TEACHER_STEPS = 8, 16, 128, 1500
+MARKOV_K, MARKOV_LENGTH, MARKOV_BATCH, MARKOV_TEACHER_STEPS, MARKOV_PSD_STEPS = 8, 16, 128, 1500, 1000
 
 
 def train_loop(net, steps: int, loss_fn, lr: float, betas=(0.9, 0.999)) -> EMA:
@@ -72,3 +73,23 @@ def markov_flm():
         teacher = DiT(cfg)
         teacher.load_state_dict(ema.weights())
     return chain, teacher.eval().requires_grad_(False), time.perf_counter() - start
+
+
+@pytest.fixture(scope="session")
+def markov_fmlm(markov_flm):
+    """(flow-map student with its EMA weights in eval mode, distillation seconds): :func:`init_student` of the
+    ``markov_flm`` teacher, then 1,000 PSD steps of batch 128 (default pair split, AdamW lr 1e-3, betas (0.9, 0.95),
+    grad clip 1, EMA 0.99), without conditional training."""
+    chain, teacher, _ = markov_flm
+    start = time.perf_counter()
+    with single_thread():
+        g = torch.Generator().manual_seed(0)
+        student = init_student(teacher).train()
+
+        def psd(step):
+            tokens = chain.sample(MARKOV_BATCH, MARKOV_LENGTH, g)
+            return psd_loss(student, teacher, tokens, MARKOV_K, generator=g, sample_offset=step * MARKOV_BATCH)["loss"]
+
+        ema = train_loop(student, MARKOV_PSD_STEPS, psd, 1e-3, betas=(0.9, 0.95))
+        student.load_state_dict(ema.weights())
+    return student.eval(), time.perf_counter() - start

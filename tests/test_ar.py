@@ -245,6 +245,9 @@ def test_ar_judge_scores_by_the_causal_lm_rule(ar_run):
 
     samples = model.sample_tokens(2, seed=0)
     assert judge.score_samples(samples, tok).num_samples == 2
+    # MAUVE features: the DiT's last hidden state (the output layer's input) at each text's last token
+    feats = judge.features(["To be", "Exeunt"], contexts=["", "Enter "])
+    assert feats.shape == (2, model.net.config.hidden_size) and feats.dtype == torch.float64
 
 
 def test_judge_refuses_a_flowlm_model_that_is_not_ar(ar_run, tmp_path):

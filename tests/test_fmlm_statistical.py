@@ -26,41 +26,30 @@ import time
 
 import pytest
 import torch
-from conftest import MARKOV_BATCH as BATCH
 from conftest import MARKOV_K as K
 from conftest import MARKOV_LENGTH as LENGTH
+from conftest import MARKOV_PSD_STEPS as PSD_STEPS
 from conftest import MARKOV_TEACHER_STEPS as TEACHER_STEPS
-from conftest import train_loop
 from markov import single_thread
 
 from flowlm.methods.flm import flm_sample
-from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
+from flowlm.methods.fmlm import fmlm_sample
 
 SAMPLES = 1000
-PSD_STEPS = 1000
 CHI2_7DOF_P001 = 24.32  # upper 0.1% point of the chi-square distribution with K - 1 = 7 degrees of freedom
 PAIRS = SAMPLES * (LENGTH - 1)
 
 
 @pytest.fixture(scope="module")
-def results(markov_flm):
+def results(markov_flm, markov_fmlm):
     with single_thread():
-        return distill_and_sample(*markov_flm)
+        return sample_teacher_and_student(*markov_flm, *markov_fmlm)
 
 
-def distill_and_sample(chain, teacher, teacher_seconds):
+def sample_teacher_and_student(chain, teacher, teacher_seconds, student, psd_seconds):
+    """Sample the teacher and the student of conftest's ``markov_fmlm`` (distilled once per session, also sampled
+    by tests/test_conditioning_statistical.py)."""
     start = time.perf_counter()
-    g = torch.Generator().manual_seed(0)
-    student = init_student(teacher).train()
-
-    def psd(step):
-        tokens = chain.sample(BATCH, LENGTH, g)
-        return psd_loss(student, teacher, tokens, K, generator=g, sample_offset=step * BATCH)["loss"]
-
-    student_ema = train_loop(student, PSD_STEPS, psd, 1e-3, betas=(0.9, 0.95))
-    student.load_state_dict(student_ema.weights())
-    student.eval()
-    psd_seconds = time.perf_counter() - start
 
     def seed():
         return torch.Generator().manual_seed(1)
@@ -73,7 +62,7 @@ def distill_and_sample(chain, teacher, teacher_seconds):
             student, SAMPLES, LENGTH, K, steps, gamma=gamma, generator=seed()
         )
     stats = {name: chain.statistics(tokens) for name, tokens in samples.items()}
-    total = time.perf_counter() - start + teacher_seconds
+    total = time.perf_counter() - start + teacher_seconds + psd_seconds
     print(
         f"\nbudget: teacher {TEACHER_STEPS} steps {teacher_seconds:.0f} s, PSD {PSD_STEPS} steps {psd_seconds:.0f} s, "
         f"total with sampling {total:.0f} s"

@@ -167,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
     add_sampler_options(ev)
     ev.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
+    ev.add_argument(
+        "--prompt-tokens",
+        type=int,
+        metavar="K",
+        help="conditional: give the first K tokens of held-out blocks and generate the rest; scores the continuation "
+        "given the prompt, MAUVE against the real continuations, and writes the real ones as the data line to OUT/data",
+    )
+    ev.add_argument(
+        "--infill-frac",
+        type=float,
+        metavar="F",
+        help="conditional: give a random share F of the positions of held-out blocks (seeded) and generate the others",
+    )
+    ev.add_argument("--data", help="conditional: corpus spec or text file of the blocks (default: the model's corpus)")
+    ev.add_argument("--split", default="validation", help="conditional: split of the blocks (default validation)")
+    ev.add_argument("--cache-dir", help="conditional: token cache folder (default: flowlm's cache)")
     add_judge_options(ev)
 
     sc = sub.add_parser(
@@ -464,7 +480,8 @@ def run_eval(args: argparse.Namespace) -> None:
         results = evaluate(
             model, judge, steps, args.out, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
             judge_batch_size=args.judge_batch_size, seq_len=args.seq_len, progress=not args.quiet,
-            **given_options(args),
+            prompt_tokens=args.prompt_tokens, infill_frac=args.infill_frac, data=args.data, split=args.split,
+            cache_dir=args.cache_dir, **given_options(args),
         )  # fmt: skip
     finally:
         distributed.finish()

@@ -316,7 +316,7 @@ def validate(cfg: RunConfig) -> None:
     if t.condition_frac > 0 and not method.conditional_training:
         raise ConfigError(
             f"train.condition_frac={t.condition_frac}: {method.title} training has no conditional variant "
-            "(an AR model conditions on a prompt by construction; a distilled student samples like its teacher): "
+            "(an AR model conditions on a prompt by construction): "
             "set train.condition_frac=0"
         )
     if t.input_noise not in INPUT_NOISE:

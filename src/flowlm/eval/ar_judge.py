@@ -42,9 +42,25 @@ class _CausalDiTLM(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, use_cache: bool = False):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = False,
+        output_hidden_states: bool = False,
+    ):
+        """``.logits`` [B, T, V]; with ``output_hidden_states``, ``.hidden_states`` = (the input of the output layer,
+        the DiT's last hidden state [B, T, d]), as Hugging Face models give theirs."""
         tau = torch.zeros(input_ids.shape[0], device=input_ids.device)
-        return SimpleNamespace(logits=self.net(input_ids, tau))
+        if not output_hidden_states:
+            return SimpleNamespace(logits=self.net(input_ids, tau))
+        seen = []
+        hook = self.net.output_layer.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+        try:
+            logits = self.net(input_ids, tau)
+        finally:
+            hook.remove()
+        return SimpleNamespace(logits=logits, hidden_states=(seen[0],))
 
     def get_output_embeddings(self) -> nn.Module:
         return self.net.output_layer.linear

@@ -206,27 +206,36 @@ class CausalLMJudge:
         return [[self.prefix_id, *ids[k : k + step]] for k in range(0, len(ids), step)]
 
     @torch.no_grad()
-    def score_ids(self, token_lists: Sequence[Sequence[int]], batch_size: int = 8) -> tuple[list[float], list[int]]:
+    def score_ids(
+        self, token_lists: Sequence[Sequence[int]], batch_size: int = 8, skip: Sequence[int] | None = None
+    ) -> tuple[list[float], list[int]]:
         """Per-text NLL sums (nats, float64) and scored-token counts for judge-token lists (steps 3-4).
 
         Args:
             token_lists: ``N`` lists of judge ids (no prefix; an end token already appended if wanted).
             batch_size: windows per forward pass; does not change the result beyond float rounding.
+            skip: per list, how many leading ids are a condition (a prompt): they sit in the windows like every
+                other id, so the ids after them are scored given them, but are not scored themselves.
         Returns:
-            ``(nll, counts)``, each of length ``N``; ``counts[i] == len(token_lists[i])``.
+            ``(nll, counts)``, each of length ``N``; ``counts[i] == len(token_lists[i]) − skip[i]``.
         """
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         vocab_size = _logits_width(self.model)
-        owners, wins = [], []
+        skip = [0] * len(token_lists) if skip is None else [int(k) for k in skip]
+        if len(skip) != len(token_lists):
+            raise DataError(f"{len(token_lists)} texts but {len(skip)} condition lengths: pass one per text")
+        owners, wins, unscored = [], [], []
+        step = self.max_length - 1
         for i, ids in enumerate(token_lists):
             ids = [int(t) for t in ids]
             bad = [t for t in ids if not 0 <= t < vocab_size]
             if bad:
                 raise DataError(f"text {i} has judge id {bad[0]} outside the judge's {vocab_size} logits: fix the ids")
-            for w in self.windows(ids):
+            for k, w in enumerate(self.windows(ids)):
                 owners.append(i)
                 wins.append(w)
+                unscored.append(min(max(skip[i] - k * step, 0), len(w) - 1))  # condition ids in this window
         nll = [0.0] * len(token_lists)
         counts = [0] * len(token_lists)
         # longest first: fewer pad tokens; the order is fixed, so results do not depend on batch_size
@@ -246,22 +255,28 @@ class CausalLMJudge:
             for b, j in enumerate(chunk):
                 n = len(wins[j])
                 token_nll = F.cross_entropy(logits[b, : n - 1].float(), input_ids[b, 1:n], reduction="none")
-                window_nll[j] = float(token_nll.double().sum())
+                window_nll[j] = float(token_nll[unscored[j] :].double().sum())
             del logits
         for j, w in enumerate(wins):  # window order within a text is fixed: deterministic float64 sums
             nll[owners[j]] += window_nll[j]
-            counts[owners[j]] += len(w) - 1
+            counts[owners[j]] += len(w) - 1 - unscored[j]
         for i, v in enumerate(nll):
             if not math.isfinite(v):
                 raise DataError(f"judge {self.name!r} gave a non-finite NLL for text {i}: check the judge weights")
         return nll, counts
 
     def text_nll(
-        self, texts: Sequence[str], batch_size: int = 8, ended: Sequence[bool] | bool = False
+        self,
+        texts: Sequence[str],
+        batch_size: int = 8,
+        ended: Sequence[bool] | bool = False,
+        contexts: Sequence[str] | None = None,
     ) -> tuple[list[float], list[int]]:
         """Per-text NLL sums (nats) and scored-token counts under the rule of :attr:`definition`, not
         aggregated (so parts of a sample set can be scored apart, e.g. on several ranks, then combined with
-        :meth:`GenPPLResult.from_samples`). Arguments as :meth:`score_texts`; all-empty input is allowed."""
+        :meth:`GenPPLResult.from_samples`). Arguments as :meth:`score_texts`; all-empty input is allowed.
+        ``contexts`` (one per text): each text is scored given its context, the judge's ids of the context put
+        before the text's in the windows and not scored (:meth:`score_ids` ``skip``): a conditional Gen PPL."""
         texts = list(texts)
         flags = [bool(ended)] * len(texts) if isinstance(ended, bool) else [bool(e) for e in ended]
         if len(flags) != len(texts):
@@ -269,10 +284,58 @@ class CausalLMJudge:
         token_lists = [
             ids + [self.end_id] if end else ids for ids, end in zip(self.tokenize(texts), flags, strict=True)
         ]
-        return self.score_ids(token_lists, batch_size=batch_size)
+        if contexts is None:
+            return self.score_ids(token_lists, batch_size=batch_size)
+        before = self._context_ids(contexts, len(texts))
+        joined = [c + ids for c, ids in zip(before, token_lists, strict=True)]
+        return self.score_ids(joined, batch_size=batch_size, skip=[len(c) for c in before])
+
+    def _context_ids(self, contexts: Sequence[str] | None, n: int) -> list[list[int]]:
+        if contexts is None:
+            return [[] for _ in range(n)]
+        contexts = list(contexts)
+        if len(contexts) != n:
+            raise DataError(f"{n} texts but {len(contexts)} contexts: pass one context per text")
+        return self.tokenize(contexts)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The model's last hidden states [B, T, H] (after its final norm) of right-padded windows."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=True)
+        return out.hidden_states[-1]
+
+    @torch.no_grad()
+    def features(
+        self, texts: Sequence[str], contexts: Sequence[str] | None = None, batch_size: int = 8
+    ) -> torch.Tensor:
+        """One feature row per text, float64 [N, H] (what MAUVE compares, :mod:`flowlm.eval.mauve`): the judge's last
+        hidden state at the last token of ``prefix + context + text``, keeping the last ``C − 1`` ids when longer
+        (the prefix's own state for an empty text without context)."""
+        texts = list(texts)
+        before = self._context_ids(contexts, len(texts))
+        rows = [[self.prefix_id, *(c + ids)[-(self.max_length - 1) :]] for c, ids in zip(before, self.tokenize(texts),
+                                                                                          strict=True)]  # fmt: skip
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+        for start in range(0, len(rows), int(batch_size)):
+            chunk = list(range(start, min(start + int(batch_size), len(rows))))
+            width = max(len(rows[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), self.prefix_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for b, i in enumerate(chunk):
+                input_ids[b, : len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
+                mask[b, : len(rows[i])] = 1
+            states = self.hidden(input_ids.to(self.device), mask.to(self.device))
+            for b, i in enumerate(chunk):
+                out[i] = states[b, len(rows[i]) - 1].double().cpu()
+        return torch.stack(out) if out else torch.empty(0, 0, dtype=torch.float64)
 
     def score_texts(
-        self, texts: Sequence[str], batch_size: int = 8, ended: Sequence[bool] | bool = False
+        self,
+        texts: Sequence[str],
+        batch_size: int = 8,
+        ended: Sequence[bool] | bool = False,
+        contexts: Sequence[str] | None = None,
     ) -> GenPPLResult:
         """Gen PPL of ``texts`` under this judge (the rule of :attr:`definition`).
 
@@ -281,9 +344,10 @@ class CausalLMJudge:
             batch_size: windows per forward pass (the result does not depend on it).
             ended: per text, whether its sample ended with an EOS (then the judge's end token is appended
                 and scored); one bool applies to all. :meth:`score_samples` fills it from the ids.
+            contexts: optional, one per text: score each text given it (:meth:`text_nll`).
         """
         texts = list(texts)
-        nll, counts = self.text_nll(texts, batch_size=batch_size, ended=ended)
+        nll, counts = self.text_nll(texts, batch_size=batch_size, ended=ended, contexts=contexts)
         if sum(counts) == 0:
             raise DataError(f"all {len(texts)} texts are empty, so the judge has no token to score: check the samples")
         return GenPPLResult.from_samples(

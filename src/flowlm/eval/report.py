@@ -23,6 +23,7 @@ _COLUMNS = (
     ("Gen PPL", "gen_ppl", ".2f"),
     ("95% interval", "gen_ppl_ci95", ".1f"),
     ("entropy (nats)", "entropy", ".3f"),
+    ("MAUVE", "mauve", ".3f"),
     ("distinct-4", "distinct_4", ".3f"),
     ("self-BLEU-4", "self_bleu_4", ".3f"),
     ("s / sample", "seconds_per_sample", ".3g"),
@@ -66,12 +67,17 @@ def _cell(value, fmt: str | None) -> str:
     return format(value, fmt)
 
 
+_OPTIONAL = ("mauve",)  # columns shown only when some row has a value (conditional evaluations)
+
+
 def _table(entries: Sequence[tuple[str, dict]], with_model: bool) -> list[str]:
-    head = (["model"] if with_model else []) + [c[0] for c in _COLUMNS]
+    rows = [row for _, results in entries for row in results["results"]]
+    columns = [c for c in _COLUMNS if c[1] not in _OPTIONAL or any(row.get(c[1]) is not None for row in rows)]
+    head = (["model"] if with_model else []) + [c[0] for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, results in entries:
         for row in results["results"]:
-            cells = [_cell(row.get(key), fmt) for _, key, fmt in _COLUMNS]
+            cells = [_cell(row.get(key), fmt) for _, key, fmt in columns]
             if row.get("steps") is None:
                 cells[0] = "- (no steps)"
             lines.append("| " + " | ".join(([label] if with_model else []) + cells) + " |")
@@ -88,12 +94,13 @@ def _definitions(judge: dict, definitions: dict) -> list[str]:
         f"- Entropy: {definitions['entropy']}",
         f"- Diversity: {definitions['diversity']}",
         f"- Seconds per sample: {definitions['seconds_per_sample']}",
+        *([f"- MAUVE: {definitions['mauve']}"] if "mauve" in definitions else []),
     ]
 
 
 def _provenance(results: dict) -> list[str]:
     sampling = results["provenance"]["sampling"]
-    lines = [f"- {key}: `{sampling.get(key)}`" for key in _PROVENANCE_KEYS if key in sampling]
+    lines = [f"- {key}: `{sampling.get(key)}`" for key in (*_PROVENANCE_KEYS, "condition") if key in sampling]
     hw = sampling.get("hardware", {})
     lines.append(
         f"- sampled on: `{hw.get('device_name')}` ({hw.get('device')}, {hw.get('torch_threads')} torch threads, "

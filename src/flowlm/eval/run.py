@@ -30,9 +30,11 @@ from flowlm.eval.metrics import (
     distinct_n,
     mean_unigram_entropy,
     self_bleu,
+    split_sample,
 )
 from flowlm.eval.samples import Chunk, SampleSet, file_name, read_samples, sha256_of, write_samples
 from flowlm.methods import registry
+from flowlm.methods.condition import Condition
 
 DIVERSITY_N = 4
 
@@ -49,6 +51,22 @@ INTERVAL_DEFINITION = (
     "percentile bootstrap over samples (2,000 resamples of the whole sample set with replacement, numpy seed 0, "
     "Gen PPL recomputed token-weighted each time): how much Gen PPL moves with another draw of as many samples "
     "from the same model, under the same judge; a difference inside it is not evidence"
+)
+CONDITIONAL_ENTROPY_DEFINITION = (
+    "mean over samples of the unigram entropy (nats) of the ids at each sample's generated positions (the given "
+    "positions left out; the data line: the real ids at the same positions)"
+)
+PROMPT_DEFINITION = (
+    "conditional: held-out blocks of the corpus, the first {k} ids of each (BOS included) given, the rest generated; "
+    "the judge scores the continuation's text given the prompt's text (the prompt's judge tokens sit before it in "
+    "the windows and are not scored; SPEC §6's EOS rule applies to the continuation); the data line scores the "
+    "real continuations the same way"
+)
+INFILL_DEFINITION = (
+    "conditional: held-out blocks of the corpus, {n} of the {length} positions of each given (a uniformly random "
+    "subset per block, torch seed {seed}), the others generated; the judge scores the whole infilled block (given "
+    "and generated tokens alike: a causal judge cannot condition a position on the text after it), so the gap to "
+    "the data line, which scores the real blocks the same way, comes from the generated positions"
 )
 TIMING_DEFINITION = (
     "wall-clock seconds (time.perf_counter) of the sampling calls, which return the ids "
@@ -151,13 +169,17 @@ def generate_chunks(
     seq_len: int | None = None,
     options: dict | None = None,
     progress: bool = True,
+    condition: Conditioning | None = None,
 ) -> tuple[list[Chunk], float]:
     """This rank's batches of one sampling request (ids, judge texts, ended flags) and the wall-clock
-    seconds they took, after one untimed warm-up batch (see :data:`TIMING_DEFINITION`)."""
+    seconds they took, after one untimed warm-up batch (see :data:`TIMING_DEFINITION`). With ``condition`` the
+    samples hold its known positions and are decoded as :meth:`Conditioning.chunk` does."""
     rank, _ = rank_and_world()
     n_batches = math.ceil(num_samples / batch_size)
     mine = my_batches(n_batches)
     kwargs = dict(seed=seed, seq_len=seq_len, batch_size=batch_size, **(options or {}))
+    if condition is not None:
+        kwargs.update(known=condition.blocks, known_mask=condition.mask)
     if mine:
         model.sample_tokens(num_samples, steps, batches=[mine[0]], **kwargs)
     chunks, seconds = [], 0.0
@@ -166,16 +188,105 @@ def generate_chunks(
         start = time.perf_counter()
         tokens = model.sample_tokens(num_samples, steps, batches=[j], **kwargs)
         seconds += time.perf_counter() - start
+        if condition is not None:
+            chunks.append(condition.chunk(j, tokens, model.tokenizer))
+            continue
         texts, ended = decode_for_judge(tokens, model.tokenizer)
         chunks.append(Chunk(j, tokens.tolist(), texts, ended))
     return chunks, seconds
 
 
+class Conditioning:
+    """The condition of a conditional evaluation (:func:`conditioning`): held-out ``blocks`` [N, L], the ``mask``
+    [N, L] of their given positions (the first ``prompt_tokens``, or a random ``infill_frac`` of each block), the
+    batch size that cuts them into batches, and how reports describe it."""
+
+    def __init__(self, blocks: torch.Tensor, mask: torch.Tensor, batch_size: int, description: dict, definition: str):
+        self.blocks, self.mask, self.batch_size = blocks, mask, batch_size
+        self.description, self.definition = description, definition
+
+    @property
+    def prompt(self) -> bool:
+        return self.description["kind"] == "prompt"
+
+    def real(self, j: int) -> torch.Tensor:
+        """The real blocks of batch ``j`` [n, L]."""
+        return self.blocks[j * self.batch_size : (j + 1) * self.batch_size]
+
+    def chunk(self, j: int, tokens: torch.Tensor, tokenizer: Any) -> Chunk:
+        """Batch ``j`` of ids [n, L] (samples, or the real blocks) decoded for the judge: with a prompt, ``contexts``
+        are the prompts' texts and ``texts`` the continuations' (cut at their first EOS); when infilling, the whole
+        blocks (:func:`decode_for_judge`). ``known`` lists each row's given positions."""
+        rows = tokens.tolist()
+        mask = self.mask[j * self.batch_size : j * self.batch_size + len(rows)]
+        known = [m.nonzero().flatten().tolist() for m in mask]
+        if not self.prompt:
+            texts, ended = decode_for_judge(tokens, tokenizer)
+            return Chunk(j, rows, texts, ended, known=known)
+        k = int(self.description["prompt_tokens"])
+        contexts, texts, ended = [], [], []
+        for ids in rows:
+            body, end = split_sample(ids[k:], bos_id=None, eos_id=tokenizer.eos_id)
+            context = tokenizer.decode(ids[:k], skip_special=True)
+            whole = tokenizer.decode(ids[:k] + body, skip_special=True)
+            contexts.append(context)
+            texts.append(whole[len(context) :] if whole.startswith(context) else tokenizer.decode(body, True))
+            ended.append(end)
+        return Chunk(j, rows, texts, ended, contexts=contexts, known=known)
+
+
+def conditioning(
+    blocks: torch.Tensor, batch_size: int, *, prompt_tokens: int | None = None, infill_frac: float | None = None,
+    seed: int = 0,
+) -> Conditioning | None:  # fmt: skip
+    """The condition of ``flowlm eval --prompt-tokens k`` (the first k ids of each block given) or ``--infill-frac f``
+    (``round(f·L)`` positions of each block given, a uniformly random subset per block drawn from torch seed
+    ``seed``), on held-out ``blocks`` [N, L]; None when neither is given."""
+    if prompt_tokens is None and infill_frac is None:
+        return None
+    if prompt_tokens is not None and infill_frac is not None:
+        raise ConfigError("--prompt-tokens and --infill-frac are two conditions: give one of them")
+    count, length = blocks.shape
+    mask = torch.zeros(count, length, dtype=torch.bool)
+    if prompt_tokens is not None:
+        if isinstance(prompt_tokens, bool) or int(prompt_tokens) != prompt_tokens or not 1 <= prompt_tokens < length:
+            raise ConfigError(
+                f"--prompt-tokens {prompt_tokens!r}: give a whole number from 1 to {length - 1} (the model's blocks "
+                f"hold {length} tokens and at least one must be generated)"
+            )
+        mask[:, : int(prompt_tokens)] = True
+        description = {"kind": "prompt", "prompt_tokens": int(prompt_tokens)}
+        return Conditioning(blocks, mask, batch_size, description, PROMPT_DEFINITION.format(k=int(prompt_tokens)))
+    given = round(float(infill_frac) * length) if isinstance(infill_frac, int | float) else None
+    if isinstance(infill_frac, bool) or given is None or not 0 < infill_frac < 1 or not 1 <= given < length:
+        raise ConfigError(
+            f"--infill-frac {infill_frac!r}: give the share of each block's {length} positions to keep, in (0, 1), "
+            f"keeping at least one position and generating at least one (e.g. 0.5)"
+        )
+    order = torch.rand(count, length, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)
+    mask.scatter_(1, order[:, :given], True)
+    description = {"kind": "infill", "infill_frac": float(infill_frac), "given_per_block": given, "mask_seed": seed}
+    return Conditioning(blocks, mask, batch_size, description,
+                        INFILL_DEFINITION.format(n=given, length=length, seed=seed))  # fmt: skip
+
+
 def score_chunks(judge: Any, chunks: Sequence[Chunk], batch_size: int = 8, progress: bool = True) -> None:
-    """Fill ``nll`` and ``counts`` of each chunk (per-sample judge NLL sums and token counts)."""
+    """Fill ``nll`` and ``counts`` of each chunk (per-sample judge NLL sums and token counts; a chunk with
+    ``contexts`` is scored given them)."""
     rank, _ = rank_and_world()
     for chunk in tqdm(chunks, desc="scoring", unit="batch", disable=not progress or rank != 0):
-        chunk.nll, chunk.counts = judge.text_nll(chunk.texts, batch_size=batch_size, ended=chunk.ended)
+        given = {} if chunk.contexts is None else {"contexts": chunk.contexts}
+        chunk.nll, chunk.counts = judge.text_nll(chunk.texts, batch_size=batch_size, ended=chunk.ended, **given)
+
+
+def featurize_chunks(judge: Any, chunks: Sequence[Chunk], batch_size: int = 8) -> None:
+    """Fill ``features`` of each chunk: the judge's feature row of each text (given its context), for MAUVE."""
+    for chunk in chunks:
+        chunk.features = judge.features(chunk.texts, chunk.contexts, batch_size=batch_size).tolist()
+
+
+def features_of(sample_set: SampleSet) -> torch.Tensor:
+    return torch.tensor([row for c in sample_set.chunks for row in (c.features or [])], dtype=torch.float64)
 
 
 def gather_chunks(chunks: list[Chunk], n_batches: int) -> list[Chunk]:
@@ -195,9 +306,10 @@ def judge_info(judge: Any) -> dict:
     }
 
 
-def summarize(sample_set: SampleSet, judge: dict, out: Path) -> dict:
-    """One row of the report: Gen PPL (token-weighted over every sample), entropy, diversity, timing;
-    the sample file is named relative to the report folder ``out``."""
+def summarize(sample_set: SampleSet, judge: dict, out: Path, mauve: float | None = None) -> dict:
+    """One row of the report: Gen PPL (token-weighted over every sample), entropy (of the generated positions when
+    some were given), diversity, timing, and ``mauve`` when given; the sample file is named relative to the report
+    folder ``out``."""
     nll = [x for c in sample_set.chunks for x in c.nll]
     counts = [x for c in sample_set.chunks for x in c.counts]
     tokens = sample_set.tokens
@@ -217,7 +329,8 @@ def summarize(sample_set: SampleSet, judge: dict, out: Path) -> dict:
         "mean_nll": result.mean_nll,
         "total_nll": result.total_nll,
         "total_tokens": result.total_tokens,
-        "entropy": mean_unigram_entropy(tokens),
+        "entropy": mean_unigram_entropy([ids for c in sample_set.chunks for ids in c.generated()]),
+        "mauve": mauve,
         f"distinct_{DIVERSITY_N}": distinct_n(tokens, DIVERSITY_N) if long_enough else None,
         f"self_bleu_{DIVERSITY_N}": self_bleu(tokens, max_n=DIVERSITY_N) if len(tokens) >= 2 else None,
         "seconds_per_sample": timing.get("seconds_per_sample"),
@@ -230,23 +343,41 @@ def summarize(sample_set: SampleSet, judge: dict, out: Path) -> dict:
 
 
 def build_results(
-    sample_sets: Sequence[SampleSet], judge: dict, sampling: dict, scoring_device: Any, out: Path
+    sample_sets: Sequence[SampleSet],
+    judge: dict,
+    sampling: dict,
+    scoring_device: Any,
+    out: Path,
+    condition: str | None = None,
+    mauve: Sequence[float | None] | None = None,
 ) -> dict:
+    """The results dict of ``sample_sets``; a conditional evaluation states its ``condition`` (the definition of
+    :class:`Conditioning`) in the Gen PPL definition, scores the entropy of the generated positions and adds MAUVE
+    (``mauve``: one score per sample set, None where not computed)."""
+    from flowlm.eval.mauve import DEFINITION as MAUVE_DEFINITION
     from flowlm.training.checkpoint import provenance
 
+    definitions = {
+        "gen_ppl": judge["definition"],
+        "gen_ppl_ci95": INTERVAL_DEFINITION,
+        "entropy": ENTROPY_DEFINITION,
+        "diversity": DIVERSITY_DEFINITION,
+        "seconds_per_sample": TIMING_DEFINITION,
+    }
+    if condition is not None:
+        definitions.update(
+            gen_ppl=f"{judge['definition']}; {condition}",
+            entropy=CONDITIONAL_ENTROPY_DEFINITION,
+            mauve=MAUVE_DEFINITION,
+        )
+    scores = list(mauve) if mauve is not None else [None] * len(sample_sets)
     return {
         "format": report.RESULTS_FORMAT,
         "label": sampling.get("label", sampling.get("method", "model")),
         "judge": judge,
-        "definitions": {
-            "gen_ppl": judge["definition"],
-            "gen_ppl_ci95": INTERVAL_DEFINITION,
-            "entropy": ENTROPY_DEFINITION,
-            "diversity": DIVERSITY_DEFINITION,
-            "seconds_per_sample": TIMING_DEFINITION,
-        },
+        "definitions": definitions,
         "provenance": {"sampling": sampling, "scoring": provenance(hardware=hardware(scoring_device))},
-        "results": [summarize(s, judge, out) for s in sample_sets],
+        "results": [summarize(s, judge, out, m) for s, m in zip(sample_sets, scores, strict=True)],
     }
 
 
@@ -279,6 +410,11 @@ def evaluate(
     gamma: float | None = None,
     guidance: float | None = None,
     progress: bool = True,
+    prompt_tokens: int | None = None,
+    infill_frac: float | None = None,
+    data: str | None = None,
+    split: str = "validation",
+    cache_dir: str | Path | None = None,
     **options: Any,
 ) -> dict:
     """Sample ``model`` at each step count, time, score with ``judge``, write samples and the report to ``out``.
@@ -287,6 +423,14 @@ def evaluate(
     arguments; rank 0 writes). A method without steps (``takes_steps`` false, e.g. AR) is evaluated once with
     ``steps=None`` whatever ``steps`` says. ``gamma``, ``guidance`` and other ``options`` go to the sampler
     (None: not given). Returns the results dict written to ``results.json``.
+
+    Conditional evaluation: with ``prompt_tokens`` k (or ``infill_frac`` f), ``num_samples`` held-out blocks are drawn
+    from ``split`` of the model's corpus (or ``data``) as :func:`reference` draws them, their first k ids (or a random
+    share f of their positions, :func:`conditioning`) are given and the rest is generated. Gen PPL is then the judge's
+    NLL of the continuation given the prompt's text (infilling: of the whole block), entropy that of the generated
+    positions, and each row gets MAUVE between the generated and the real texts' judge features
+    (:mod:`flowlm.eval.mauve`). The real blocks, decoded and scored the same way, are written as the data line to
+    ``out/data`` (results.json, samples_data.jsonl), for ``flowlm compare``.
     """
     plots.require_matplotlib()
     check_counts(num_samples, batch_size)
@@ -297,11 +441,21 @@ def evaluate(
     rank, world = rank_and_world()
     sampling = sampling_provenance(model, seed=seed, options=options, seq_len=seq_len, batch_size=batch_size)
     n_batches = math.ceil(num_samples / batch_size)
+    condition = None
+    if prompt_tokens is not None or infill_frac is not None:
+        if seq_len != model.seq_len:
+            raise ConfigError(f"--seq-len {seq_len}: a conditional evaluation samples whole blocks of {model.seq_len}")
+        blocks, corpus = draw_blocks(model, data, split, num_samples, seed, cache_dir, progress, "--num-samples")
+        condition = conditioning(blocks, batch_size, prompt_tokens=prompt_tokens, infill_frac=infill_frac, seed=seed)
+        registry.of_model(model).check_condition(Condition(condition.blocks, condition.mask))
+        sampling["condition"] = {**condition.description, "corpus": corpus, "split": split,
+                                 "definition": condition.definition}  # fmt: skip
+        real = real_line(model, judge, condition, sampling, n_batches, judge_batch_size, progress)
     sample_sets = []
     for steps_k in step_list:
         chunks, seconds = generate_chunks(
             model, steps_k, num_samples=num_samples, seed=seed, batch_size=batch_size, seq_len=seq_len,
-            options=options, progress=progress,
+            options=options, progress=progress, condition=condition,
         )  # fmt: skip
         rank_seconds = gather(seconds)
         header = {
@@ -320,9 +474,35 @@ def evaluate(
         if rank == 0:  # the samples are on disk before the judge runs: a failed scoring loses none
             write_samples(out / file_name(steps_k, model.method), sample_set)
         score_chunks(judge, chunks, batch_size=judge_batch_size, progress=progress)
+        if condition is not None:
+            featurize_chunks(judge, chunks, judge_batch_size)
         sample_set.chunks = gather_chunks(chunks, n_batches)
         sample_sets.append(sample_set)
-    return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
+    if condition is None:
+        return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
+    from flowlm.eval.mauve import mauve
+
+    real_features = features_of(real)
+    scores = [mauve(real_features, features_of(s)).score for s in sample_sets]
+    data_sampling = {**sampling, "label": f"data ({split})", "method": "data"}
+    if rank == 0:
+        write_samples(out / "data" / file_name(None, "data"), real)
+    data_results = build_results([real], judge_info(judge), data_sampling, judge.device, out / "data",
+                                 condition.definition)  # fmt: skip
+    write_outputs(data_results, out / "data")
+    results = build_results(sample_sets, judge_info(judge), sampling, judge.device, out, condition.definition, scores)
+    return write_outputs(results, out)
+
+
+def real_line(model: Any, judge: Any, condition: Conditioning, sampling: dict, n_batches: int, judge_batch_size: int,
+              progress: bool) -> SampleSet:  # fmt: skip
+    """The real blocks of a conditional evaluation as a scored sample set with features (the data line)."""
+    chunks = [condition.chunk(j, condition.real(j), model.tokenizer) for j in my_batches(n_batches)]
+    score_chunks(judge, chunks, batch_size=judge_batch_size, progress=progress)
+    featurize_chunks(judge, chunks, judge_batch_size)
+    header = {"steps": None, "num_samples": len(condition.blocks), "batch_size": condition.batch_size,
+              "provenance": {**sampling, "label": "data", "method": "data"}}  # fmt: skip
+    return SampleSet(header, gather_chunks(chunks, n_batches))
 
 
 def draw_blocks(model: Any, data: str | None, split: str, count: int, seed: int, cache_dir, progress: bool,
@@ -440,7 +620,8 @@ def score_files(
         s.chunks = gather_chunks(local, len(s.chunks))
     out = Path(out)
     sampling = sample_sets[0].header["provenance"]
-    return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out), out)
+    condition = (sampling.get("condition") or {}).get("definition")  # rescored given their prompts; MAUVE is not
+    return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out, condition), out)
 
 
 def _comparable(sampling: dict) -> dict:

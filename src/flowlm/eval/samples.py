@@ -11,7 +11,9 @@ then one line per sample, in order::
 
 ``tokens`` is the whole generated block (what entropy and diversity are computed on); ``text`` and
 ``ended`` are what the judge scores: the block after SPEC §6's EOS rule, decoded
-(:func:`flowlm.eval.metrics.decode_for_judge`). So ``flowlm score`` needs neither the model nor its
+(:func:`flowlm.eval.metrics.decode_for_judge`). A conditional evaluation (``flowlm eval --prompt-tokens`` /
+``--infill-frac``) adds ``known`` (the positions that were given) and, for a prompt, ``context`` (the prompt's
+text: ``text`` is then the continuation alone, scored given it). So ``flowlm score`` needs neither the model nor its
 tokenizer to rescore a file with another judge. ``batch`` is the sampling batch (``index //
 batch_size``); scoring works batch by batch, so a sharded run scores exactly the same groups.
 """
@@ -39,6 +41,16 @@ class Chunk:
     ended: list[bool]
     nll: list[float] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    contexts: list[str] | None = None  # per sample, the condition's text the judge scores ``texts`` given
+    known: list[list[int]] | None = None  # per sample, the positions that were given (a conditional evaluation)
+    features: list[list[float]] | None = None  # per sample, the judge's feature row (for MAUVE; not written)
+
+    def generated(self) -> list[list[int]]:
+        """Per sample, the ids at the positions that were generated (all of them without ``known``)."""
+        if self.known is None:
+            return self.tokens
+        given = [set(k) for k in self.known]
+        return [[t for i, t in enumerate(ids) if i not in g] for ids, g in zip(self.tokens, given, strict=True)]
 
 
 @dataclass
@@ -75,6 +87,10 @@ def write_samples(path: Path, sample_set: SampleSet) -> Path:
             for k, (ids, text, end) in enumerate(zip(chunk.tokens, chunk.texts, chunk.ended, strict=True)):
                 index = chunk.batch * batch_size + k
                 row = {"index": index, "batch": chunk.batch, "tokens": ids, "text": text, "ended": end}
+                if chunk.known is not None:
+                    row["known"] = chunk.known[k]
+                if chunk.contexts is not None:
+                    row["context"] = chunk.contexts[k]
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     sample_set.path = path
     return path
@@ -118,6 +134,13 @@ def read_samples(path: str | Path) -> SampleSet:
             chunk.tokens.append([int(t) for t in r["tokens"]])
             chunk.texts.append(str(r["text"]))
             chunk.ended.append(bool(r["ended"]))
+            for key, attribute, kind in (("known", "known", list), ("context", "contexts", str)):
+                if key in r:
+                    if getattr(chunk, attribute) is None:
+                        if len(chunk.tokens) > 1:
+                            raise DataError(f"{path}: sample {r['index']} has {key!r}, the samples before it do not")
+                        setattr(chunk, attribute, [])
+                    getattr(chunk, attribute).append([int(i) for i in r[key]] if kind is list else str(r[key]))
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{path}: sample {r.get('index')} is malformed ({err!r}): rerun flowlm eval") from None
     return SampleSet(header, [chunks[j] for j in sorted(chunks)], path)

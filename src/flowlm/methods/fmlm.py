@@ -287,11 +287,13 @@ def _clock(tau: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return get_schedule(vocab_size, tau.device).t_from_tau(tau.to(_time_dtype(tau.device)))
 
 
-def _pairs_and_states(inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows):
+def _pairs_and_states(inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows,
+                      clean=None):  # fmt: skip
     """Pairs for a global micro-batch of ``total`` rows, its noise, both sliced to this call's rows.
 
     Returns ``tau_s``, ``tau_t`` [B], the number of diagonal rows among them and the states
-    ``x_s = (1 − s)·x₀ + s·x₁`` with ``s = T⁻¹(τ_s)`` (in the space of ``inputs``).
+    ``x_s = (1 − s)·x₀ + s·x₁`` with ``s = T⁻¹(τ_s)`` (in the space of ``inputs``); positions of ``clean``
+    [B, L] (bool, conditional training) hold their one-hot row ``x₁`` instead (t = 1, no noise).
     """
     batch, seq = tokens.shape
     first, total = check_rows(rows, batch)
@@ -300,8 +302,24 @@ def _pairs_and_states(inputs, tokens, vocab_size, generator, sample_offset, diag
     x0 = inputs.noise(total, seq, vocab_size, generator, tokens.device)
     keep = slice(first, first + batch)
     tau_s, tau_t = tau_s[keep], tau_t[keep]
-    x_s = interpolate(x0[keep], inputs.tokens(tokens, vocab_size), _clock(tau_s, vocab_size))
+    x1 = inputs.tokens(tokens, vocab_size)
+    x_s = interpolate(x0[keep], x1, _clock(tau_s, vocab_size))
+    if clean is not None:
+        x_s = torch.where(clean[..., None], x1.to(x_s.dtype), x_s)
     return tau_s, tau_t, min(max(n_diag - first, 0), batch), x_s
+
+
+def _hold_clean(x: torch.Tensor, x_s: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+    """``x`` [B, L, k] with the clean positions [B, L] put back to their rows of ``x_s`` (their one-hot rows):
+    an intermediate state of a target keeps the context clean, as the conditional sampler does."""
+    return x if clean is None else torch.where(clean[..., None], x_s, x)
+
+
+def _without_clean(mask: torch.Tensor | None, clean: torch.Tensor | None) -> torch.Tensor | None:
+    """The loss mask [B, L] without the clean positions (they are given, not predicted)."""
+    if clean is None:
+        return mask
+    return ~clean if mask is None else mask.bool() & ~clean
 
 
 def _weighted(per_token, mask, weighting, tau_s, tau_t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -331,6 +349,7 @@ def psd_target(
     vocab_size: int,
     inputs=None,
     target_dropout: bool = True,
+    clean: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PSD targets [B, L, V] (no gradient), rows laid out as :func:`pair_times` does.
 
@@ -341,7 +360,9 @@ def psd_target(
     The teacher runs in eval mode (no dropout). The two student passes run in train mode, dropout active, as
     in the reference (``target_dropout=True``, default), or in eval mode (``target_dropout=False``); modes are
     restored afterwards. ``inputs``: the state space of ``x_s`` (default: full [B, L, V] states); ``X_{s,u}`` is
-    formed in it with ``δ̂_{s,u} @ W``.
+    formed in it with ``δ̂_{s,u} @ W``. ``clean`` [B, L] (bool, conditional training): positions whose rows of ``x_s``
+    are their clean one-hot rows; ``X_{s,u}(x_s)`` keeps them there, so the student's second pass sees the same
+    clean context as the first (the teacher sees it in ``x_s``).
     """
     inputs = NaiveInputs() if inputs is None else inputs
     target = torch.empty((*x_s.shape[:2], vocab_size), dtype=torch.float32, device=x_s.device)
@@ -356,6 +377,7 @@ def psd_target(
         with _mode(target_dropout, student):
             d_su = _probs(inputs, student, x, ts, tu)
             x_su = flow_map_step(x, inputs.embed(d_su).to(x.dtype), s.to(x.dtype), u.to(x.dtype))
+            x_su = _hold_clean(x_su, x, None if clean is None else clean[n_diag:])
             d_ut = _probs(inputs, student, x_su, tu, tt)
         target[n_diag:] = lam * d_su + (1 - lam) * d_ut
     return target
@@ -375,6 +397,7 @@ def psd_loss(
     input_noise: str = "auto",
     rows: tuple[int, int] | None = None,
     target_dropout: bool = True,
+    clean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """PSD (semigroup self-distillation from a frozen FLM teacher, SPEC §3) on tokens [B, L].
 
@@ -387,6 +410,9 @@ def psd_loss(
     ``input_noise`` (auto | lowrank | naive) and ``rows`` (first, total): see the module docstring.
     ``target_dropout``: the student passes of the off-diagonal targets with dropout (default, the reference's)
     or without (:func:`psd_target`).
+    ``clean`` [B, L] (bool, conditional training, as :func:`~flowlm.methods.flm.flm_loss`): those positions are
+    given clean (their one-hot, t = 1, no noise) to the student and to every network building the target, and
+    left out of the loss.
 
     Returns ``loss`` (to minimize), ``ce`` (unweighted cross-entropy, detached), ``ce_diag`` /
     ``ce_off`` (the same over diagonal / other rows, 0 when there are none), ``per_sequence`` [B]
@@ -394,10 +420,11 @@ def psd_loss(
     """
     inputs = input_space(input_noise, [student, teacher], vocab_size, tokens=tokens.numel())
     tau_s, tau_t, n_diag, x_s = _pairs_and_states(
-        inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows
+        inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows, clean
     )
     logits = inputs.logits(student, x_s, tau_s, tau_t)
-    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs, target_dropout)
+    target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs, target_dropout, clean)
+    mask = _without_clean(mask, clean)
     ce = token_cross_entropy(logits, target)
     loss, mean_ce, per_sequence = _weighted(ce, mask, weighting, tau_s, tau_t)
     with torch.no_grad():
@@ -564,10 +591,11 @@ def _half_square(s, t, like: torch.Tensor):
     return 0.5 * span * span
 
 
-def _v1_pairs(inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows):
-    """Off-diagonal and boundary pairs with their τ-midpoint; float64 clocks s, u, t [B]; states x_s."""
+def _v1_pairs(inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows, clean):
+    """Off-diagonal and boundary pairs with their τ-midpoint; float64 clocks s, u, t [B]; states x_s (the positions
+    of ``clean`` at their one-hot rows)."""
     tau_s, tau_t, _, x_s = _pairs_and_states(
-        inputs, tokens, vocab_size, generator, sample_offset, 0.0, boundary_frac, rows
+        inputs, tokens, vocab_size, generator, sample_offset, 0.0, boundary_frac, rows, clean
     )
     tau_u = (tau_s + tau_t) / 2
     s, u, t = (_clock(tau, vocab_size) for tau in (tau_s, tau_u, tau_t))
@@ -586,6 +614,7 @@ def v1_stage1_loss(
     mask: torch.Tensor | None = None,
     input_noise: str = "auto",
     rows: tuple[int, int] | None = None,
+    clean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stage 1 of the v1 recipe (SPEC §4): semigroup-bootstrapped MSE for the raw network ``g``.
 
@@ -609,13 +638,15 @@ def v1_stage1_loss(
     ``(1 − s)·v̂_{u,t} = B − x_s``), the target is ``(Δ₁/Δ)·A + (Δ₂/Δ)·B``.
 
     The teacher runs under ``no_grad`` in eval mode, the target's g calls too. ``input_noise`` and
-    ``rows``: see the module docstring. Returns ``loss``, ``mse`` (unweighted, detached),
-    ``per_sequence`` [B] (detached), ``tau_s``, ``tau_t``.
+    ``rows``: see the module docstring. ``clean`` [B, L] (conditional training): those positions are given as
+    their one-hot rows in ``x_s`` and in ``y`` (held there after the half step) and left out of the loss.
+    Returns ``loss``, ``mse`` (unweighted, detached), ``per_sequence`` [B] (detached), ``tau_s``, ``tau_t``.
     """
     inputs = input_space(input_noise, [g_net, teacher], vocab_size, tokens=tokens.numel())
     tau_s, tau_u, tau_t, s64, u64, t64, x_s = _v1_pairs(
-        inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows
+        inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows, clean
     )
+    mask = _without_clean(mask, clean)
     col = lambda v: v.to(torch.float32).view(-1, 1, 1)  # noqa: E731
     span = t64 - s64
     w1 = torch.where(span > 0, (u64 - s64) / torch.where(span > 0, span, 1.0), 0.5)  # Δ₁/Δ
@@ -626,6 +657,7 @@ def v1_stage1_loss(
         with _eval_mode(g_net):
             a = denoised + 0.5 * d1 * (1 - s) * inputs.logits(g_net, x_s, tau_s, tau_u).float()
             y = flow_map_step(x_s, inputs.embed(a).to(x_s.dtype), s64.to(x_s.dtype), u64.to(x_s.dtype))
+            y = _hold_clean(y, x_s, clean)
             b = ((1 - s) * _probs(inputs, teacher, y, tau_u) - d1 * a) / one_minus_u
             b = b + 0.5 * d2 * (1 - s) * inputs.logits(g_net, y, tau_u, tau_t).float()
         target = w1 * a + (1 - w1) * b
@@ -691,6 +723,7 @@ def v1_stage2_loss(
     mask: torch.Tensor | None = None,
     input_noise: str = "auto",
     rows: tuple[int, int] | None = None,
+    clean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stage 2 of the v1 recipe (SPEC §4): regress the student's map onto the stage-1 map.
 
@@ -700,13 +733,15 @@ def v1_stage2_loss(
     ``v1_stage1_map(g, teacher, x_s, ...)``; loss: squared error summed over V, averaged over valid
     tokens (optionally weighted as in stage 1). Both maps move x_s by the same ``−Δ/(1 − s)·x_s``, so the
     residual is computed as ``Δ/(1 − s)·(δ̂ − D_T(x_s)) − ½Δ²·g(x_s)`` (exactly equal; no V-sized state).
-    ``input_noise`` and ``rows``: see the module docstring. Returns ``loss``, ``mse`` (detached),
+    ``input_noise`` and ``rows``: see the module docstring; ``clean`` [B, L] (conditional training): those positions
+    are one-hot rows in ``x_s`` and left out of the loss. Returns ``loss``, ``mse`` (detached),
     ``per_sequence`` [B] (detached), ``tau_s``, ``tau_t``.
     """
     inputs = input_space(input_noise, [student, teacher, g_net], vocab_size, tokens=tokens.numel())
     tau_s, _, tau_t, s64, _, t64, x_s = _v1_pairs(
-        inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows
+        inputs, tokens, vocab_size, generator, sample_offset, boundary_frac, rows, clean
     )
+    mask = _without_clean(mask, clean)
     col = lambda v: v.to(torch.float32).view(-1, 1, 1)  # noqa: E731
     s, dt = col(s64), col(t64 - s64)
     with torch.no_grad(), _eval_mode(teacher, g_net):

@@ -212,8 +212,9 @@ def load_frozen(cfg: RunConfig):
 def distill_config(
     teacher: str, preset_overrides: list[str] | tuple[str, ...] = (), recipe: str = "psd", stage1: str | None = None
 ) -> RunConfig:
-    """The run config for distilling ``teacher``: its data and model, PSD defaults (SPEC §3:
-    AdamW lr 3e-4, β₂ 0.95), then the user's overrides."""
+    """The run config for distilling ``teacher``: its data and model, its conditional training (``train.condition_frac``
+    and ``train.condition``: a teacher trained with clean context gets a student trained with the same), PSD defaults
+    (SPEC §3: AdamW lr 3e-4, β₂ 0.95), then the user's overrides."""
     from flowlm.training.checkpoint import TOKENIZER, read_meta, resolve_model_dir
 
     directory = resolve_model_dir(teacher)
@@ -222,7 +223,6 @@ def distill_config(
     cfg = RunConfig.from_dict({k: v for k, v in meta["run"].items() if k != "distill"})
     cfg.data.tokenizer = str(directory / TOKENIZER)
     cfg.train.method = registry.for_recipe(recipe).train_method
-    cfg.train.condition_frac = 0.0  # the student is not trained with clean context (it samples on the paths)
     cfg.train.init_from = None  # the teacher's own warm start; the student starts from the teacher
     cfg.train.betas = (0.9, 0.95)
     cfg.train.lr = 3e-4

@@ -3,15 +3,17 @@ one or a few steps by the flow-map (γ) sampler."""
 
 from __future__ import annotations
 
-from flowlm.methods.base import Method
+from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
 from flowlm.methods.likelihood import flow_nll_draws, network_denoiser
 from flowlm.methods.options import GAMMA, GAMMA_MODE
 
 
-def distill_arguments(ctx, generator, sample_offset, rows) -> dict:
-    """The keyword arguments every flow-map loss (PSD, v1 stages 1 and 2) takes."""
+def distill_arguments(ctx, generator, sample_offset, rows, tokens) -> dict:
+    """The keyword arguments every flow-map loss (PSD, v1 stages 1 and 2) takes, with the clean positions of
+    conditional training (``train.condition_frac``, kept from the teacher by ``flowlm distill``) drawn first."""
     return dict(
+        clean=clean_positions(ctx.cfg, tokens, generator, rows),
         generator=generator,
         sample_offset=sample_offset,
         rows=rows,
@@ -31,6 +33,7 @@ class FlowMap(Method):
     time_inputs = 2
     weighting_times = 2
     needs = ("teacher",)
+    conditional_training = True  # clean context in the loss, the teacher's train.condition_frac by default
     conditioning = "any"
     sampler_name = "flow-map"
     options = (GAMMA, GAMMA_MODE)
@@ -63,7 +66,7 @@ class ProgressiveSelfDistillation(FlowMap):
     metric_key, metric_name = "ce", "denoising_ce"
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
-        arguments = distill_arguments(ctx, generator, sample_offset, rows)
+        arguments = distill_arguments(ctx, generator, sample_offset, rows, tokens)
         d = ctx.cfg.distill
         return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=d.diag_frac,
                         target_dropout=d.target_dropout, **arguments)  # fmt: skip

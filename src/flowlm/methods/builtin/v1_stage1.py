@@ -21,6 +21,7 @@ class V1Stage1(Method):
     default_boundary_frac = 1 / 64
     stage1_provider = True
     metric_key, metric_name = "mse", "map_mse"
+    conditional_training = True
     conditioning = "any"
     sampler_name = "v1-stage1-map"
     suggested_steps = 4
@@ -34,7 +35,7 @@ class V1Stage1(Method):
         return init_stage1(frozen[0]).train()
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
-        arguments = distill_arguments(ctx, generator, sample_offset, rows)
+        arguments = distill_arguments(ctx, generator, sample_offset, rows, tokens)
         return v1_stage1_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, **arguments)
 
     def sample(self, request):

@@ -16,7 +16,7 @@ class V1Stage2(FlowMap):
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         teacher, stage1 = ctx.frozen
-        arguments = distill_arguments(ctx, generator, sample_offset, rows)
+        arguments = distill_arguments(ctx, generator, sample_offset, rows, tokens)
         return v1_stage2_loss(net, teacher, stage1, tokens, ctx.vocab_size, **arguments)
 
 
