@@ -57,21 +57,25 @@ def test_demo_command_prints_every_row_with_its_time(capsys):
     assert len(re.findall(rf"^\[[12]\] {DEMO_PROMPT}", out, flags=re.M)) == 2  # the continuations keep the prompt
 
 
-def _real_words(text: str, vocabulary: set[str]) -> int:
-    return sum(w in vocabulary for w in WORD.findall(text.lower()))
+def _distinct_real_words(text: str, vocabulary: set[str]) -> int:
+    return len({w for w in WORD.findall(text.lower()) if w in vocabulary})
 
 
 @pytest.mark.slow
-def test_one_step_fmlm_writes_more_real_words_than_one_step_flm():
-    """The demo's point: one network call of the distilled flow map gives text, one Euler step of its
-    teacher does not (it collapses to punctuation and a few frequent words). Measured as the number of
-    words per sample (lower-case letter runs) that occur in the corpus, over 64 samples of each; the
-    means are compared with a two-sample z statistic from the observed per-sample variances, at z > 4
-    (one-sided p < 3e-5 under the normal approximation, which 64 samples of bounded counts support)."""
+def test_one_step_fmlm_writes_more_varied_words_than_one_step_flm():
+    """The demo's point: one network call of the distilled flow map writes varied text, one Euler step of its
+    teacher does not (it falls back on punctuation and the most frequent words: with the 1.3M-parameter demo
+    models of before 2026-11-30 almost only punctuation, with the 9.6M ones frequent function words, so the old
+    measure, corpus words per sample, no longer separates them; see docs/results.md). Measured as the number of
+    distinct words per sample (lower-case letter runs) that occur in the embedded Shakespeare, over 64 samples
+    of each; the means are compared with a two-sample z statistic from the observed per-sample variances, at
+    z > 4 (one-sided p < 3e-5 under the normal approximation, which 64 samples of bounded counts support)."""
     vocabulary = {w for text in shakespeare_works() for w in WORD.findall(text.lower())}
-    a = torch.tensor([_real_words(t, vocabulary) for t in flowlm.load("demo:fmlm").generate(64, steps=1, seed=0)])
-    b = torch.tensor([_real_words(t, vocabulary) for t in flowlm.load("demo:flm").generate(64, steps=1, seed=0)])
-    a, b = a.double(), b.double()
+    fmlm = flowlm.load("demo:fmlm").generate(64, steps=1, seed=0)
+    flm = flowlm.load("demo:flm").generate(64, steps=1, seed=0)
+    a = torch.tensor([_distinct_real_words(t, vocabulary) for t in fmlm], dtype=torch.float64)
+    b = torch.tensor([_distinct_real_words(t, vocabulary) for t in flm], dtype=torch.float64)
     z = (a.mean() - b.mean()) / torch.sqrt(a.var() / len(a) + b.var() / len(b))
-    print(f"corpus words per sample, 1 step: FMLM {a.mean():.1f} ± {a.std():.1f}, FLM {b.mean():.1f} ± {b.std():.1f}")
+    print(f"distinct corpus words per sample, 1 step: FMLM {a.mean():.1f} ± {a.std():.1f}, "
+          f"FLM {b.mean():.1f} ± {b.std():.1f}")  # fmt: skip
     assert z > 4, (a.mean(), b.mean(), z)

