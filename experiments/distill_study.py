@@ -23,8 +23,8 @@ and one teacher forward for the target); a recipe states its own costs (``ROW_CO
 is fractions 1/8, 1/4, 1/2, 1 (and 2, 4 for the long runs) of the teacher's training compute, 1,500 x 128 x 3
 = 576,000 TFE.
 
-Restartable: each run writes ``<out>/<language>/<run>.json`` (and the teacher ``teacher.pt``) and is skipped when
-that file exists. One intra-op thread.
+Restartable: each run writes ``<out>/<language>/<run>.json`` (and the teacher ``teacher.pt``, the last EMA weights
+``<run>.pt``, both git-ignored) and is skipped when that file exists. One intra-op thread.
 
     PYTHONPATH=src:tests nice -n 5 python experiments/distill_study.py [--out docs/results/distill-study]
         [--only markov] [--runs default,lr-1e-3]      # subsets
@@ -98,6 +98,14 @@ RUNS = {
     "weighting": {"train.loss_weighting": True},
     "lr-1e-4": {"train.lr": 1e-4},
     "batch-8": {"train.batch_size": 8},
+    # combinations, second seeds and longer budgets (2x and 4x the teacher's compute) of the candidates
+    "lsd-lr-1e-3": {"distill.recipe": "lsd", "train.lr": 1e-3},
+    "default-seed1": {"seed": 1},
+    "lsd-seed1": {"distill.recipe": "lsd", "seed": 1},
+    "lr-1e-3-seed1": {"train.lr": 1e-3, "seed": 1},
+    "lsd-lr-1e-3-seed1": {"distill.recipe": "lsd", "train.lr": 1e-3, "seed": 1},
+    "default-long": {"grid": LONG_GRID},
+    "lsd-lr-1e-3-long": {"distill.recipe": "lsd", "train.lr": 1e-3, "grid": LONG_GRID},
 }
 
 
@@ -148,13 +156,15 @@ class Markov:
 LANGUAGES = {"markov": Markov, "order2": Order2Chain}
 
 
-def share(per_sample: torch.Tensor) -> dict:
+def share(per_sample: torch.Tensor, tokens: torch.Tensor) -> dict:
     """Invalid share (equal checks per sample, so the mean of per-sample shares) and a 95% normal interval
-    whose standard error treats samples, not checks, as the independent units."""
+    whose standard error treats samples, not checks, as the independent units; ``distinct``, the share of distinct
+    sequences among the samples, flags a collapse to a few valid sequences (the 1-step FLM does that on order2)."""
     n = per_sample.numel()
     mean = per_sample.double().mean().item()
     se = per_sample.double().std().item() / math.sqrt(n)
-    return {"invalid": mean, "se": se, "lo": mean - 1.96 * se, "hi": mean + 1.96 * se, "n": n}
+    distinct = len({tuple(row) for row in tokens.tolist()}) / n
+    return {"invalid": mean, "se": se, "lo": mean - 1.96 * se, "hi": mean + 1.96 * se, "n": n, "distinct": distinct}
 
 
 # --- teacher -----------------------------------------------------------------------------------------------
@@ -165,13 +175,26 @@ def teacher_config() -> DiTConfig:
                      dropout=0.0, pos_embed=True)  # fmt: skip
 
 
+def measure_teacher(teacher: DiT, language) -> dict:
+    out = {}
+    for steps in (1, 128):
+        tokens = flm_sample(teacher, SAMPLES, LENGTH, K, steps, generator=torch.Generator().manual_seed(1))
+        out[f"flm_{steps}"] = share(language.invalid(tokens), tokens)
+    return out
+
+
 def get_teacher(language, folder: Path) -> tuple[DiT, dict]:
     """The language's FLM teacher (trained once, saved to ``teacher.pt``) and its 128-step invalid share."""
     path, info_path = folder / "teacher.pt", folder / "teacher.json"
     teacher = DiT(teacher_config())
     if path.exists() and info_path.exists():
         teacher.load_state_dict(torch.load(path, weights_only=True))
-        return teacher.eval().requires_grad_(False), json.loads(info_path.read_text())
+        teacher.eval().requires_grad_(False)
+        info = json.loads(info_path.read_text())
+        if "distinct" not in info["flm_1"]:  # measured before the distinct share was recorded
+            info.update(measure_teacher(teacher, language))
+            info_path.write_text(json.dumps(info, indent=1))
+        return teacher, info
     start = time.perf_counter()
     torch.manual_seed(0)
     cfg = RunConfig.from_dict({"train": {"method": "flm", "lr": TEACHER_LR, "ema_decay": 0.99}})
@@ -191,9 +214,7 @@ def get_teacher(language, folder: Path) -> tuple[DiT, dict]:
     teacher.eval().requires_grad_(False)
     info = {"train_seconds": time.perf_counter() - start, "steps": TEACHER_STEPS, "batch": TEACHER_BATCH,
             "lr": TEACHER_LR, "tfe": TEACHER_TFE}  # fmt: skip
-    for steps in (1, 128):
-        tokens = flm_sample(teacher, SAMPLES, LENGTH, K, steps, generator=torch.Generator().manual_seed(1))
-        info[f"flm_{steps}"] = share(language.invalid(tokens))
+    info.update(measure_teacher(teacher, language))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(teacher.state_dict(), tmp)
@@ -227,12 +248,12 @@ def evaluate(student: DiT, ema: EMA, language) -> dict:
         out = {}
         for steps in STEPS:
             tokens = fmlm_sample(student, SAMPLES, LENGTH, K, steps, generator=torch.Generator().manual_seed(1))
-            out[str(steps)] = share(language.invalid(tokens))
+            out[str(steps)] = share(language.invalid(tokens), tokens)
         student.train()
     return out
 
 
-def distill(language, teacher: DiT, settings: dict) -> dict:
+def distill(language, teacher: DiT, settings: dict, weights: Path) -> dict:
     grid = settings["grid"]
     probe = run_config(settings, 1)
     cost = step_cost(probe)
@@ -267,7 +288,9 @@ def distill(language, teacher: DiT, settings: dict) -> dict:
             point.update(evaluate(student, ema, language))
             points.append(point)
             print(f"    {step + 1:>6} steps  {point['teacher_fraction']:.3f}x teacher  "
-                  + "  ".join(f"{n}-step {point[str(n)]['invalid']:.4f}" for n in STEPS), flush=True)  # fmt: skip
+                  + "  ".join(f"{n}-step {point[str(n)]['invalid']:.4f} ({point[str(n)]['distinct']:.2f} distinct)"
+                              for n in STEPS), flush=True)  # fmt: skip
+    torch.save(ema.weights(), weights)  # the last point's EMA weights, to re-measure without retraining
     return {"config": cfg.to_dict(), "settings": {k: v for k, v in settings.items()}, "step_cost_tfe": cost,
             "points": points}  # fmt: skip
 
@@ -288,7 +311,7 @@ def study(out: Path, only: list[str] | None, runs: list[str] | None) -> None:
                 continue
             print(f"  {name} / {run}", flush=True)
             settings = {**DEFAULTS, **factor}
-            result = distill(language, teacher, settings)
+            result = distill(language, teacher, settings, folder / f"{run}.pt")
             result["teacher"] = info
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1, default=list))
