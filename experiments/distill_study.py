@@ -23,7 +23,8 @@ and one teacher forward for the target); a recipe states its own costs (``ROW_CO
 is fractions 1/8, 1/4, 1/2, 1 (and 2, 4 for the long runs) of the teacher's training compute, 1,500 x 128 x 3
 = 576,000 TFE.
 
-Restartable: each run writes ``<out>/<language>/<run>.json`` (and the teacher ``teacher.pt``, the last EMA weights
+Restartable: each run writes ``<out>/<language>/<run>.json`` (after every grid point; ``complete`` says whether it
+finished) (and the teacher ``teacher.pt``, the last EMA weights
 ``<run>.pt``, both git-ignored) and is skipped when that file exists. One intra-op thread.
 
     PYTHONPATH=src:tests nice -n 5 python experiments/distill_study.py [--out docs/results/distill-study]
@@ -253,7 +254,7 @@ def evaluate(student: DiT, ema: EMA, language) -> dict:
     return out
 
 
-def distill(language, teacher: DiT, settings: dict, weights: Path) -> dict:
+def distill(language, teacher: DiT, settings: dict, weights: Path, save) -> dict:
     grid = settings["grid"]
     probe = run_config(settings, 1)
     cost = step_cost(probe)
@@ -287,15 +288,20 @@ def distill(language, teacher: DiT, settings: dict, weights: Path) -> dict:
                      "seconds": time.perf_counter() - start, "loss": out["loss"].item()}  # fmt: skip
             point.update(evaluate(student, ema, language))
             points.append(point)
+            save({"config": cfg.to_dict(), "settings": settings, "step_cost_tfe": cost, "points": points,
+                  "complete": False})  # fmt: skip
             print(f"    {step + 1:>6} steps  {point['teacher_fraction']:.3f}x teacher  "
                   + "  ".join(f"{n}-step {point[str(n)]['invalid']:.4f} ({point[str(n)]['distinct']:.2f} distinct)"
                               for n in STEPS), flush=True)  # fmt: skip
     torch.save(ema.weights(), weights)  # the last point's EMA weights, to re-measure without retraining
     return {"config": cfg.to_dict(), "settings": {k: v for k, v in settings.items()}, "step_cost_tfe": cost,
-            "points": points}  # fmt: skip
+            "points": points, "complete": True}  # fmt: skip
 
 
 def study(out: Path, only: list[str] | None, runs: list[str] | None) -> None:
+    unknown = [run for run in runs or () if run not in RUNS]
+    if unknown:
+        raise SystemExit(f"unknown runs {unknown}: choose among {', '.join(RUNS)}")
     for name, make in LANGUAGES.items():
         if only and name not in only:
             continue
@@ -303,19 +309,21 @@ def study(out: Path, only: list[str] | None, runs: list[str] | None) -> None:
         teacher, info = get_teacher(language, folder)
         print(f"{name}: teacher 128-step invalid {info['flm_128']['invalid']:.4f} ± {1.96 * info['flm_128']['se']:.4f}"
               f", 1-step {info['flm_1']['invalid']:.4f}", flush=True)  # fmt: skip
-        for run, factor in RUNS.items():
-            if runs and run not in runs:
-                continue
+        for run in runs or RUNS:  # in the order given
+            factor = RUNS[run]
             path = folder / f"{run}.json"
-            if path.exists():
+            if path.exists() and json.loads(path.read_text()).get("complete", True):
                 continue
             print(f"  {name} / {run}", flush=True)
-            settings = {**DEFAULTS, **factor}
-            result = distill(language, teacher, settings, folder / f"{run}.pt")
-            result["teacher"] = info
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1, default=list))
-            tmp.replace(path)
+
+            def save(result, path=path, info=info):
+                """Atomic write; a run interrupted after some grid points keeps them (``complete: false``)
+                and is started again from scratch on the next call."""
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({**result, "teacher": info}, indent=1, default=list))
+                tmp.replace(path)
+
+            save(distill(language, teacher, {**DEFAULTS, **factor}, folder / f"{run}.pt", save))
 
 
 # --- report ------------------------------------------------------------------------------------------------
@@ -348,6 +356,28 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def factor_chart(plt, out: Path, name: str, info: dict, runs: dict) -> None:
+    """1- and 2-step invalid share of every run at the teacher's compute (1x), with 95% intervals."""
+    at_one = {run: next(p for p in r["points"] if abs(p["teacher_fraction"] - 1.0) < 0.01) for run, r in runs.items()}
+    order = sorted(at_one, key=lambda run: at_one[run]["1"]["invalid"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * len(order) + 1.5), sharey=True)
+    for ax, steps in zip(axes, ("1", "2"), strict=True):
+        y = range(len(order))
+        x = [at_one[run][steps]["invalid"] for run in order]
+        err = [1.96 * at_one[run][steps]["se"] for run in order]
+        colors = ["tab:blue" if run.startswith("default") else "tab:gray" for run in order]
+        ax.barh(list(y), x, xerr=err, color=colors, capsize=2)
+        if "default" in at_one:
+            ax.axvline(at_one["default"][steps]["invalid"], color="tab:blue", linewidth=1)
+        ax.axvline(2 * info["flm_128"]["invalid"], color="k", linestyle=":", linewidth=1)
+        ax.set_xlabel(f"{steps}-step invalid share at 1x the teacher's compute (dotted: target)")
+    axes[0].set_yticks(list(range(len(order))), order, fontsize=8)
+    fig.suptitle(f"{name}: one factor at a time from the defaults")
+    fig.tight_layout()
+    fig.savefig(out / f"{name}-factors.png", dpi=110)
+    plt.close(fig)
+
+
 def plot(out: Path) -> None:
     import matplotlib
 
@@ -375,6 +405,7 @@ def plot(out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
+        factor_chart(plt, out, name, info, runs)
     (out / "table.md").write_text(table(out) + "\n")
     print(table(out))
 
