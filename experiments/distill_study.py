@@ -78,6 +78,7 @@ DEFAULTS = {
     "distill.curriculum_frac": 0.5,
     "seed": 0,
     "grid": GRID,
+    "ema_variants": (),
 }
 
 # One factor at a time from the defaults.
@@ -101,7 +102,10 @@ RUNS = {
     "batch-8": {"train.batch_size": 8},
     # combinations, second seeds and longer budgets (2x and 4x the teacher's compute) of the candidates
     "lsd-lr-1e-3": {"distill.recipe": "lsd", "train.lr": 1e-3},
-    "default-seed1": {"seed": 1},
+    # EMA factors: the EMA never feeds back into training (PSD/lsd targets use the current student), so other decays
+    # are measured on the same trajectory as extra EMAs of one run, a paired comparison (saved as their own runs)
+    "default-seed1": {"seed": 1, "ema_variants": (("ema-0.99-seed1", 0.99, True), ("ema-0.999-seed1", 0.999, True),
+                                                  ("ema-no-warmup-seed1", 0.995, False))},  # fmt: skip
     "lsd-seed1": {"distill.recipe": "lsd", "seed": 1},
     "lr-1e-3-seed1": {"train.lr": 1e-3, "seed": 1},
     "lsd-lr-1e-3-seed1": {"distill.recipe": "lsd", "train.lr": 1e-3, "seed": 1},
@@ -254,7 +258,7 @@ def evaluate(student: DiT, ema: EMA, language) -> dict:
     return out
 
 
-def distill(language, teacher: DiT, settings: dict, weights: Path, save) -> dict:
+def distill(language, teacher: DiT, settings: dict, weights: Path, save, save_variant) -> dict:
     grid = settings["grid"]
     probe = run_config(settings, 1)
     cost = step_cost(probe)
@@ -272,6 +276,8 @@ def distill(language, teacher: DiT, settings: dict, weights: Path, save) -> dict
     opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(1, t.warmup_steps)))
     ema = EMA(student, t.ema_decay, warmup=t.ema_warmup)
+    variants = {name: EMA(student, decay, warmup=warm) for name, decay, warm in settings["ema_variants"]}
+    variant_points = {name: [] for name in variants}
     g = torch.Generator().manual_seed(seed)
     points, start = [], time.perf_counter()
     for step in range(checkpoints[-1]):
@@ -283,9 +289,14 @@ def distill(language, teacher: DiT, settings: dict, weights: Path, save) -> dict
         opt.step()
         sched.step()
         ema.update()
+        for extra in variants.values():
+            extra.update()
         if step + 1 in checkpoints:
             point = {"steps": step + 1, "tfe": (step + 1) * cost, "teacher_fraction": (step + 1) * cost / TEACHER_TFE,
                      "seconds": time.perf_counter() - start, "loss": out["loss"].item()}  # fmt: skip
+            for name, extra in variants.items():
+                variant_points[name].append({**point, **evaluate(student, extra, language)})
+                save_variant(name, variant_points[name])
             point.update(evaluate(student, ema, language))
             points.append(point)
             save({"config": cfg.to_dict(), "settings": settings, "step_cost_tfe": cost, "points": points,
@@ -323,7 +334,15 @@ def study(out: Path, only: list[str] | None, runs: list[str] | None) -> None:
                 tmp.write_text(json.dumps({**result, "teacher": info}, indent=1, default=list))
                 tmp.replace(path)
 
-            save(distill(language, teacher, {**DEFAULTS, **factor}, folder / f"{run}.pt", save))
+            def save_variant(variant, points, run=run, save=save, folder=folder):
+                """An extra EMA of this run's trajectory, written as run ``variant``."""
+                decay, warm = next((d, w) for n, d, w in RUNS[run]["ema_variants"] if n == variant)
+                settings = {**DEFAULTS, **RUNS[run], "train.ema_decay": decay, "train.ema_warmup": warm}
+                done = len(points) == len(settings["grid"])
+                save({"settings": settings, "points": points, "complete": done, "trajectory_of": run},
+                     folder / f"{variant}.json")  # fmt: skip
+
+            save(distill(language, teacher, {**DEFAULTS, **factor}, folder / f"{run}.pt", save, save_variant))
 
 
 # --- report ------------------------------------------------------------------------------------------------
@@ -352,13 +371,18 @@ def table(out: Path) -> str:
         for run, result in runs.items():
             for p in result["points"]:
                 cells = [f"{p[str(n)]['invalid']:.4f} ± {1.96 * p[str(n)]['se']:.4f}" for n in STEPS]
-                lines.append(f"| {run} | {p['teacher_fraction']:.3g} | " + " | ".join(cells) + " |")
+                label = run if result.get("complete", True) else f"{run} (interrupted)"
+                lines.append(f"| {label} | {p['teacher_fraction']:.3g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def factor_chart(plt, out: Path, name: str, info: dict, runs: dict) -> None:
     """1- and 2-step invalid share of every run at the teacher's compute (1x), with 95% intervals."""
-    at_one = {run: next(p for p in r["points"] if abs(p["teacher_fraction"] - 1.0) < 0.01) for run, r in runs.items()}
+    at_one = {}
+    for run, result in runs.items():
+        point = next((p for p in result["points"] if abs(p["teacher_fraction"] - 1.0) < 0.01), None)
+        if point is not None:
+            at_one[run] = point
     order = sorted(at_one, key=lambda run: at_one[run]["1"]["invalid"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * len(order) + 1.5), sharey=True)
     for ax, steps in zip(axes, ("1", "2"), strict=True):
@@ -376,6 +400,33 @@ def factor_chart(plt, out: Path, name: str, info: dict, runs: dict) -> None:
     fig.tight_layout()
     fig.savefig(out / f"{name}-factors.png", dpi=110)
     plt.close(fig)
+
+
+def summary(out: Path, fraction: float = 1.0) -> str:
+    """Markdown: every run's 1-, 2- and 4-step invalid share (± 95% half-width) at ``fraction`` x the teacher's compute,
+    one column group per language."""
+    results = load_results(out)
+    names = sorted({run for _, runs in results.values() for run in runs}, key=lambda r: (r != "default", r))
+    head = "| run | " + " | ".join(f"{lang} 1 / 2 / 4 steps" for lang in results) + " |"
+    lines = [head, "|---|" + "---|" * len(results)]
+    for lang, (info, _) in results.items():
+        ref = info["flm_128"]
+        lines.insert(len(lines) - 2, f"{lang}: teacher 128 steps {ref['invalid']:.3f} ± {1.96 * ref['se']:.3f}, "
+                     f"target ≤ {2 * ref['invalid']:.3f}; teacher 1 step {info['flm_1']['invalid']:.3f} "
+                     f"({info['flm_1']['distinct']:.3f} distinct)  ")  # fmt: skip
+    lines.insert(len(lines) - 2, "")
+    for run in names:
+        cells = []
+        for _, runs in results.values():
+            result = runs.get(run)
+            point = None if result is None else next(
+                (p for p in result["points"] if abs(p["teacher_fraction"] - fraction) < 0.01), None
+            )
+            cells.append("–" if point is None else " / ".join(
+                f"{point[str(n)]['invalid']:.3f}" + (f" ± {1.96 * point[str(n)]['se']:.3f}" if n == 1 else "")
+                for n in STEPS))  # fmt: skip
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(out: Path) -> None:
@@ -407,7 +458,8 @@ def plot(out: Path) -> None:
         plt.close(fig)
         factor_chart(plt, out, name, info, runs)
     (out / "table.md").write_text(table(out) + "\n")
-    print(table(out))
+    for fraction in (1.0, 4.0):
+        print(f"\nat {fraction:g}x the teacher's compute\n" + summary(out, fraction))
 
 
 def main() -> None:
