@@ -73,7 +73,7 @@ DEFAULTS = {
     "train.loss_weighting": False,
     "distill.recipe": "psd",
     "distill.diag_frac": 0.5,
-    "distill.boundary_frac": None,
+    "distill.boundary_frac": 1 / 64,
     "distill.pairs": "uniform",
     "distill.curriculum_frac": 0.5,
     "seed": 0,
@@ -109,6 +109,12 @@ RUNS = {
     "lsd-seed1": {"distill.recipe": "lsd", "seed": 1},
     "lr-1e-3-seed1": {"train.lr": 1e-3, "seed": 1},
     "lsd-lr-1e-3-seed1": {"distill.recipe": "lsd", "train.lr": 1e-3, "seed": 1},
+    "boundary-0.125-seed1": {"distill.boundary_frac": 0.125, "seed": 1},
+    "diag-0.25-seed1": {"distill.diag_frac": 0.25, "seed": 1},
+    "tuned-psd": {"train.lr": 1e-3, "distill.diag_frac": 0.25, "distill.boundary_frac": 0.125},
+    "tuned-lsd": {"distill.recipe": "lsd", "train.lr": 1e-3, "distill.diag_frac": 0.25, "distill.boundary_frac": 0.125},
+    "tuned-lsd-seed1": {"distill.recipe": "lsd", "train.lr": 1e-3, "distill.diag_frac": 0.25,
+                        "distill.boundary_frac": 0.125, "seed": 1},  # fmt: skip
     "default-long": {"grid": LONG_GRID},
     "lsd-lr-1e-3-long": {"distill.recipe": "lsd", "train.lr": 1e-3, "grid": LONG_GRID},
 }
@@ -243,7 +249,7 @@ def run_config(settings: dict, steps: int) -> RunConfig:
 def step_cost(cfg: RunConfig) -> float:
     """Teacher-forward equivalents of one distillation step (per the batch's expected split)."""
     diag_cost, off_cost = ROW_COST[cfg.distill.recipe]
-    diag = cfg.distill.diag_frac
+    diag = cfg.distill.resolved_diag_frac()
     return cfg.train.batch_size * (diag * diag_cost + (1 - diag) * off_cost)
 
 

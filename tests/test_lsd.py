@@ -142,8 +142,10 @@ def test_lsd_recipe_trains_through_the_registry():
     out = method.loss(net, tokens, LossContext(11, cfg, (dit,)), generator=torch.Generator().manual_seed(0))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in net.parameters() if p.requires_grad)
-    direct = lsd_loss(init_student(dit), dit, tokens, 11, generator=torch.Generator().manual_seed(0),
-                      boundary_frac=1 / 64, draw="curriculum", max_jump=CURRICULUM_START)  # fmt: skip
+    # the recipe's defaults: a quarter diagonal, an eighth boundary pairs (the study's tuned split)
+    assert (cfg.distill.resolved_diag_frac(), cfg.distill.resolved_boundary_frac()) == (0.25, 0.125)
+    direct = lsd_loss(init_student(dit), dit, tokens, 11, generator=torch.Generator().manual_seed(0), diag_frac=0.25,
+                      boundary_frac=0.125, draw="curriculum", max_jump=CURRICULUM_START)  # fmt: skip
     assert torch.allclose(direct["loss"], out["loss"].detach())
 
 

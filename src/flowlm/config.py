@@ -87,6 +87,9 @@ class TrainConfig:
 class DistillConfig:
     """Flow-map distillation (``train.method=fmlm``): the frozen FLM teacher, the recipe and its batch split.
 
+    ``diag_frac`` and ``boundary_frac`` default to the recipe's (psd: 1/2 and 1/64, SPEC §3; lsd: 1/4 and 1/8,
+    the distillation study's).
+
     ``recipe``: ``psd`` (SPEC §3, the main recipe), ``v1-stage1`` (SPEC §4: the raw second-order network g
     on top of the teacher velocity, with learnable loss weighting) or ``v1-stage2`` (one softmax network
     regressed onto the stage-1 map; ``stage1`` names the stage-1 checkpoint). ``boundary_frac`` defaults to
@@ -100,11 +103,16 @@ class DistillConfig:
     teacher: str | None = None
     recipe: str = "psd"
     stage1: str | None = None
-    diag_frac: float = 0.5
+    diag_frac: float | None = None
     boundary_frac: float | None = None
     target_dropout: bool = True
     pairs: str = "uniform"
     curriculum_frac: float = 0.5
+
+    def resolved_diag_frac(self) -> float:
+        if self.diag_frac is not None:
+            return self.diag_frac
+        return registry.for_recipe(self.recipe).default_diag_frac
 
     def resolved_boundary_frac(self) -> float:
         if self.boundary_frac is not None:
@@ -332,6 +340,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"distill.pairs={d.pairs!r}: choose one of {', '.join(PAIR_DRAWS)}")
     if not 0.0 <= d.curriculum_frac <= 1.0:
         raise ConfigError(f"distill.curriculum_frac={d.curriculum_frac}: use the share of the run in [0, 1]")
-    if not (0 <= d.diag_frac and 0 <= d.resolved_boundary_frac() and d.diag_frac + d.resolved_boundary_frac() <= 1):
+    diag, boundary = d.resolved_diag_frac(), d.resolved_boundary_frac()
+    if not (0 <= diag and 0 <= boundary and diag + boundary <= 1):
         raise ConfigError("distill.diag_frac and distill.boundary_frac must be >= 0 and sum to at most 1")
     cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len, options=method.dit_options)

@@ -225,7 +225,10 @@ def distill_config(
     cfg.distill.teacher = str(directory)
     cfg.distill.recipe = recipe
     cfg.distill.stage1 = str(resolve_model_dir(stage1)) if stage1 else None
-    return apply_overrides(cfg, list(preset_overrides))
+    cfg = apply_overrides(cfg, list(preset_overrides))
+    # recorded as a number (the recipe's default unless overridden), as runs written before per-recipe defaults did
+    cfg.distill.diag_frac = cfg.distill.resolved_diag_frac()
+    return cfg
 
 
 def train(

@@ -66,7 +66,7 @@ class ProgressiveSelfDistillation(FlowMap):
         arguments = distill_arguments(ctx, generator, sample_offset, rows)
         d, t = ctx.cfg.distill, ctx.cfg.train
         jump = curriculum_jump(sample_offset, t.max_steps * t.batch_size, d.curriculum_frac)
-        return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=d.diag_frac,
+        return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=d.resolved_diag_frac(),
                         target_dropout=d.target_dropout, draw=d.pairs, max_jump=jump, **arguments)  # fmt: skip
 
 
