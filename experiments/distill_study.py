@@ -464,8 +464,7 @@ def plot(out: Path) -> None:
         plt.close(fig)
         factor_chart(plt, out, name, info, runs)
     (out / "table.md").write_text(table(out) + "\n")
-    for fraction in (1.0, 4.0):
-        print(f"\nat {fraction:g}x the teacher's compute\n" + summary(out, fraction))
+    print(summary(out))
 
 
 def main() -> None:
