@@ -143,7 +143,7 @@ def main() -> None:
     def distill(folder: str, steps: int) -> list[str]:
         return flowlm(
             "distill", "--teacher", str(out / "flm"), "--out", str(out / folder), "--steps", str(steps), "--quiet",
-            "train.ckpt_every=250", "train.val_every=250",
+            "train.ckpt_every=250", "train.val_every=250", "train.lr=3e-4",  # the documented runs' rate (issue 18)
         )  # fmt: skip
 
     def copy_student() -> None:

@@ -89,3 +89,6 @@ def test_distilling_a_warm_started_teacher_starts_the_student_from_the_teacher(s
     model = train("tiny", [*options, f"train.init_from={source}"], out=tmp_path / "warm", steps=1, progress=False)
     assert json.loads((model / "flowlm.json").read_text())["run"]["train"]["init_from"] == str(source)
     assert distill_config(str(model)).train.init_from is None
+    # the distillation keeps the teacher's learning rate (the options above train it at 1e-3), with PSD's β₂
+    assert distill_config(str(model)).train.lr == 1e-3
+    assert distill_config(str(model)).train.betas == (0.9, 0.95)

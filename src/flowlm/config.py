@@ -19,6 +19,7 @@ import yaml
 from flowlm.errors import ConfigError
 from flowlm.methods import registry
 from flowlm.methods.condition import CONDITIONS
+from flowlm.methods.fmlm import PAIR_DRAWS
 from flowlm.methods.lowrank import INPUT_NOISE
 from flowlm.nn.dit import DiTConfig
 
@@ -63,6 +64,7 @@ class TrainConfig:
     warmup_steps: int = 2500
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = True
     loss_weighting: bool = False
     condition_frac: float = 0.0
     condition: str = "prefix"
@@ -86,20 +88,32 @@ class TrainConfig:
 class DistillConfig:
     """Flow-map distillation (``train.method=fmlm``): the frozen FLM teacher, the recipe and its batch split.
 
+    ``diag_frac`` and ``boundary_frac`` default to the recipe's (psd: 1/2 and 1/64, SPEC §3; lsd: 1/4 and 1/8,
+    the distillation study's).
+
     ``recipe``: ``psd`` (SPEC §3, the main recipe), ``v1-stage1`` (SPEC §4: the raw second-order network g
     on top of the teacher velocity, with learnable loss weighting) or ``v1-stage2`` (one softmax network
     regressed onto the stage-1 map; ``stage1`` names the stage-1 checkpoint). ``boundary_frac`` defaults to
     the recipe's: 1/64 (psd: 0.5/32; v1 stage 1: 1/64) or 1/128 (v1 stage 2). ``target_dropout`` (psd): the
     student passes that build the off-diagonal targets run with dropout, as in the reference (default), or
-    without (eval mode).
+    without (eval mode). ``pairs`` (psd): how off-diagonal jumps τ_t − τ_s are drawn: ``uniform`` (SPEC §3),
+    ``stratified`` over each micro-batch, or ``curriculum`` (short jumps first, the full clock after the first
+    ``curriculum_frac`` of ``train.max_steps``; see ``flowlm.methods.fmlm.pair_times``).
     """
 
     teacher: str | None = None
     recipe: str = "psd"
     stage1: str | None = None
-    diag_frac: float = 0.5
+    diag_frac: float | None = None
     boundary_frac: float | None = None
     target_dropout: bool = True
+    pairs: str = "uniform"
+    curriculum_frac: float = 0.5
+
+    def resolved_diag_frac(self) -> float:
+        if self.diag_frac is not None:
+            return self.diag_frac
+        return registry.for_recipe(self.recipe).default_diag_frac
 
     def resolved_boundary_frac(self) -> float:
         if self.boundary_frac is not None:
@@ -327,6 +341,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.method={t.method} distills a teacher: use flowlm distill --teacher CKPT")
     if "stage1" in method.needs and not d.stage1:
         raise ConfigError(f"distill.recipe={d.recipe} regresses onto a stage-1 map: pass --stage1 CKPT")
-    if not (0 <= d.diag_frac and 0 <= d.resolved_boundary_frac() and d.diag_frac + d.resolved_boundary_frac() <= 1):
+    if d.pairs not in PAIR_DRAWS:
+        raise ConfigError(f"distill.pairs={d.pairs!r}: choose one of {', '.join(PAIR_DRAWS)}")
+    if not 0.0 <= d.curriculum_frac <= 1.0:
+        raise ConfigError(f"distill.curriculum_frac={d.curriculum_frac}: use the share of the run in [0, 1]")
+    diag, boundary = d.resolved_diag_frac(), d.resolved_boundary_frac()
+    if not (0 <= diag and 0 <= boundary and diag + boundary <= 1):
         raise ConfigError("distill.diag_frac and distill.boundary_frac must be >= 0 and sum to at most 1")
     cfg.model.dit(vocab_size=2, seq_len=cfg.data.seq_len, options=method.dit_options)

@@ -132,6 +132,7 @@ class Method:
     draws_noise: bool = True
     needs: tuple[str, ...] = ()
     default_boundary_frac: float | None = None
+    default_diag_frac: float = 0.5  # share of diagonal pairs (distill.diag_frac unset); SPEC §3's half
     distillable: bool = False
     stage1_provider: bool = False
     # sampling

@@ -81,6 +81,8 @@ __all__ = [
     "flow_map_step",
     "init_stage1",
     "init_student",
+    "PAIR_DRAWS",
+    "curriculum_jump",
     "pair_counts",
     "pair_times",
     "psd_loss",
@@ -97,6 +99,8 @@ PSD_DIAG_FRAC = 0.5
 PSD_BOUNDARY_FRAC = 0.5 / 32
 V1_STAGE1_BOUNDARY_FRAC = 1 / 64
 V1_STAGE2_BOUNDARY_FRAC = 1 / 128
+PAIR_DRAWS = ("uniform", "stratified", "curriculum")
+CURRICULUM_START = 1 / 16
 
 
 # --- formulas -------------------------------------------------------------------------------------
@@ -248,6 +252,15 @@ def pair_counts(
     return n_diag, n_boundary, batch_size - n_diag - n_boundary
 
 
+def curriculum_jump(sample_offset: int, total_samples: int, frac: float) -> float:
+    """Longest off-diagonal jump ``τ_t − τ_s`` of the ``curriculum`` draw at sample ``sample_offset`` of a run of
+    ``total_samples``: ``min(1, max(1/16, n/(frac·N)))``, growing linearly from short jumps to the full clock over
+    the first ``frac`` of the run (``frac = 0``: 1 from the start)."""
+    if frac <= 0 or total_samples <= 0:
+        return 1.0
+    return min(1.0, max(CURRICULUM_START, sample_offset / (frac * total_samples)))
+
+
 def pair_times(
     batch_size: int,
     sample_offset: int = 0,
@@ -255,20 +268,31 @@ def pair_times(
     boundary_frac: float = PSD_BOUNDARY_FRAC,
     generator: torch.Generator | None = None,
     device=None,
+    draw: str = "uniform",
+    max_jump: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs ``(τ_s, τ_t)`` for one micro-batch, laid out ``[diagonal | boundary | off-diagonal]``.
 
     Counts from :func:`pair_counts`. Diagonal: ``τ_s = τ_t`` stratified over the diagonal rows in [0, 1).
-    Boundary: ``(0, 1)``. Off-diagonal: ``d ~ U(0, 1]``, ``τ_s = U[0, 1)·(1 − d)``, ``τ_t = τ_s + d``, so
-    ``0 <= τ_s < τ_t <= 1``.
+    Boundary: ``(0, 1)``. Off-diagonal: a jump ``d`` in (0, 1], ``τ_s = U[0, 1)·(1 − d)``, ``τ_t = τ_s + d``, so
+    ``0 <= τ_s < τ_t <= 1``. ``draw`` says how d is drawn: ``uniform`` ``d = 1 − U[0, 1)`` (SPEC §3),
+    ``stratified`` one d in each interval ``(1 − (i+1)/n, 1 − i/n]`` of the n off-diagonal rows (shuffled), or
+    ``curriculum`` ``d = max_jump·(1 − U[0, 1))`` (``max_jump`` from :func:`curriculum_jump`).
 
     Returns ``tau_s`` [B], ``tau_t`` [B] (float32) and ``kind`` [B] (int64: DIAGONAL, BOUNDARY,
     OFF_DIAGONAL).
     """
+    if draw not in PAIR_DRAWS:
+        raise ConfigError(f"distill.pairs={draw!r}: choose one of {', '.join(PAIR_DRAWS)}")
     counts = pair_counts(batch_size, sample_offset, diag_frac, boundary_frac)
     n_diag, n_boundary, n_off = counts
     diag = stratified_times(n_diag, generator, device)
-    d = 1.0 - torch.rand(n_off, generator=generator, device=device)  # (0, 1]: never a diagonal pair
+    if draw == "stratified":
+        d = 1.0 - stratified_times(n_off, generator, device)
+    else:  # (0, 1]: never a diagonal pair
+        d = 1.0 - torch.rand(n_off, generator=generator, device=device)
+        if draw == "curriculum":
+            d = d * max_jump
     start = torch.rand(n_off, generator=generator, device=device) * (1.0 - d)
     zeros, ones = torch.zeros(n_boundary, device=device), torch.ones(n_boundary, device=device)
     tau_s = torch.cat([diag, zeros, start])
@@ -287,9 +311,12 @@ def _clock(tau: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return get_schedule(vocab_size, tau.device).t_from_tau(tau.to(_time_dtype(tau.device)))
 
 
-def _pairs_and_states(inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows,
-                      clean=None):  # fmt: skip
-    """Pairs for a global micro-batch of ``total`` rows, its noise, both sliced to this call's rows.
+def _pairs_and_states(
+    inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows, draw="uniform", max_jump=1.0,
+    clean=None,
+):
+    """Pairs for a global micro-batch of ``total`` rows (``draw``, ``max_jump``: :func:`pair_times`), its noise,
+    both sliced to this call's rows.
 
     Returns ``tau_s``, ``tau_t`` [B], the number of diagonal rows among them and the states
     ``x_s = (1 − s)·x₀ + s·x₁`` with ``s = T⁻¹(τ_s)`` (in the space of ``inputs``); positions of ``clean``
@@ -298,7 +325,9 @@ def _pairs_and_states(inputs, tokens, vocab_size, generator, sample_offset, diag
     batch, seq = tokens.shape
     first, total = check_rows(rows, batch)
     n_diag = pair_counts(total, sample_offset, diag_frac, boundary_frac)[0]
-    tau_s, tau_t, _ = pair_times(total, sample_offset, diag_frac, boundary_frac, generator, tokens.device)
+    tau_s, tau_t, _ = pair_times(
+        total, sample_offset, diag_frac, boundary_frac, generator, tokens.device, draw=draw, max_jump=max_jump
+    )
     x0 = inputs.noise(total, seq, vocab_size, generator, tokens.device)
     keep = slice(first, first + batch)
     tau_s, tau_t = tau_s[keep], tau_t[keep]
@@ -398,6 +427,8 @@ def psd_loss(
     rows: tuple[int, int] | None = None,
     target_dropout: bool = True,
     clean: torch.Tensor | None = None,
+    draw: str = "uniform",
+    max_jump: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """PSD (semigroup self-distillation from a frozen FLM teacher, SPEC §3) on tokens [B, L].
 
@@ -409,7 +440,7 @@ def psd_loss(
 
     ``input_noise`` (auto | lowrank | naive) and ``rows`` (first, total): see the module docstring.
     ``target_dropout``: the student passes of the off-diagonal targets with dropout (default, the reference's)
-    or without (:func:`psd_target`).
+    or without (:func:`psd_target`). ``draw``, ``max_jump``: how off-diagonal jumps are drawn (:func:`pair_times`).
     ``clean`` [B, L] (bool, conditional training, as :func:`~flowlm.methods.flm.flm_loss`): those positions are
     given clean (their one-hot, t = 1, no noise) to the student and to every network building the target, and
     left out of the loss.
@@ -420,8 +451,9 @@ def psd_loss(
     """
     inputs = input_space(input_noise, [student, teacher], vocab_size, tokens=tokens.numel())
     tau_s, tau_t, n_diag, x_s = _pairs_and_states(
-        inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows, clean
-    )
+        inputs, tokens, vocab_size, generator, sample_offset, diag_frac, boundary_frac, rows, draw, max_jump,
+        clean=clean,
+    )  # fmt: skip
     logits = inputs.logits(student, x_s, tau_s, tau_t)
     target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs, target_dropout, clean)
     mask = _without_clean(mask, clean)
@@ -595,7 +627,7 @@ def _v1_pairs(inputs, tokens, vocab_size, generator, sample_offset, boundary_fra
     """Off-diagonal and boundary pairs with their τ-midpoint; float64 clocks s, u, t [B]; states x_s (the positions
     of ``clean`` at their one-hot rows)."""
     tau_s, tau_t, _, x_s = _pairs_and_states(
-        inputs, tokens, vocab_size, generator, sample_offset, 0.0, boundary_frac, rows, clean
+        inputs, tokens, vocab_size, generator, sample_offset, 0.0, boundary_frac, rows, clean=clean
     )
     tau_u = (tau_s + tau_t) / 2
     s, u, t = (_clock(tau, vocab_size) for tau in (tau_s, tau_u, tau_t))

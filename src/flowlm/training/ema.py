@@ -24,13 +24,14 @@ class EMA:
 
     ``update()`` after each optimizer step: ``n ← n + 1``, ``shadow ← d·shadow + (1 − d)·param`` with
     ``d = min(decay, (1 + n)/(10 + n))`` (:func:`warmup_decay`). The count ``n`` is part of the state, so a resumed
-    run continues the same sequence of decays.
+    run continues the same sequence of decays. ``warmup=False``: the constant decay from the first update
+    (``n`` is not counted).
     """
 
-    def __init__(self, module: nn.Module, decay: float):
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = True):
         self.module = module
         self.decay = decay
-        self.num_updates: int | None = 0
+        self.num_updates: int | None = 0 if warmup else None
         self.shadow = {n: p.detach().float().clone() for n, p in self.named_params()}
 
     def named_params(self):

@@ -76,7 +76,7 @@ class FlowLMModule(L.LightningModule):
         weighted = cfg.train.loss_weighting or self.method.always_weighted
         two_times = self.method.weighting_times == 2
         self.weighting = LossWeighting(cfg.model.cond_dim, two_times=two_times) if weighted else None
-        self.ema = EMA(self.net, cfg.train.ema_decay)
+        self.ema = EMA(self.net, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
         # Not registered as a submodule: the compiled wrapper shares self.net's parameters, and registering
         # it would store every weight twice in the training checkpoint.
         object.__setattr__(self, "_compiled", torch.compile(self.net) if cfg.train.compile else None)

@@ -4,7 +4,7 @@ one or a few steps by the flow-map (γ) sampler."""
 from __future__ import annotations
 
 from flowlm.methods.base import Method, clean_positions
-from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
+from flowlm.methods.fmlm import curriculum_jump, fmlm_sample, init_student, psd_loss
 from flowlm.methods.likelihood import flow_nll_draws, network_denoiser
 from flowlm.methods.options import GAMMA, GAMMA_MODE
 
@@ -67,9 +67,10 @@ class ProgressiveSelfDistillation(FlowMap):
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         arguments = distill_arguments(ctx, generator, sample_offset, rows, tokens)
-        d = ctx.cfg.distill
-        return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=d.diag_frac,
-                        target_dropout=d.target_dropout, **arguments)  # fmt: skip
+        d, t = ctx.cfg.distill, ctx.cfg.train
+        jump = curriculum_jump(sample_offset, t.max_steps * t.batch_size, d.curriculum_frac)
+        return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=d.resolved_diag_frac(),
+                        target_dropout=d.target_dropout, draw=d.pairs, max_jump=jump, **arguments)  # fmt: skip
 
 
 PSD = ProgressiveSelfDistillation()
