@@ -137,7 +137,9 @@ class ChunkStages(Stages):
         entry["attempts"] += 1
         entry["done"] = False
         start = time.perf_counter()
-        proc = subprocess.Popen(command)
+        # SIGINT back to its default in the child: a script started in the background (nohup ... &) has it ignored,
+        # which the child would inherit, and then the stop below could not interrupt it
+        proc = subprocess.Popen(command, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             code, stopped = proc.wait(timeout=seconds), False
         except subprocess.TimeoutExpired:
