@@ -167,7 +167,7 @@ def test_the_psd_method_draws_the_clean_positions_of_its_config(frac):
     g = torch.Generator().manual_seed(6)
     clean = training_condition(BATCH, SEQ, frac, "spans", g) if frac else None
     d = cfg.distill
-    want = psd_loss(Spy(1), Spy(2), tokens, VOCAB, generator=g, clean=clean, diag_frac=d.diag_frac,
+    want = psd_loss(Spy(1), Spy(2), tokens, VOCAB, generator=g, clean=clean, diag_frac=d.resolved_diag_frac(),
                     boundary_frac=d.resolved_boundary_frac(), target_dropout=d.target_dropout)  # fmt: skip
     assert torch.equal(got["loss"], want["loss"])
     if frac:
@@ -191,3 +191,35 @@ def test_distill_keeps_the_teachers_conditional_training(tmp_path):
                  "train.ckpt_every=2", "train.val_every=2", "train.log_every=1"]) == 0  # fmt: skip
     run = json.loads((tmp_path / "fmlm" / "model" / "flowlm.json").read_text())["run"]["train"]
     assert (run["condition_frac"], run["condition"]) == (0.5, "spans")
+
+
+def test_the_lsd_recipe_keeps_the_context_clean_and_out_of_its_loss():
+    """The ``lsd`` target (teacher calls on the student's landing point) gets the same clean context as PSD's:
+    every state the teacher sees holds the clean positions at their one-hot rows, and a loss that only the clean
+    positions could change does not move when their logits do."""
+    from flowlm.methods.lsd import lsd_loss
+
+    tokens, clean = data(5)
+    cfg = config(0.0)
+    cfg.distill.recipe = "lsd"
+    teacher = Spy(2)
+    split = {"diag_frac": cfg.distill.resolved_diag_frac(), "boundary_frac": cfg.distill.resolved_boundary_frac()}
+    got = lsd_loss(Spy(1), teacher, tokens, VOCAB, generator=torch.Generator().manual_seed(7), clean=clean, **split)
+    assert torch.isfinite(got["loss"])
+    n_diag = pair_counts(BATCH, 0, split["diag_frac"], split["boundary_frac"])[0]
+    assert len(teacher.seen) == 2  # the diagonal rows, then the landing points of the others
+    assert_clean_rows(teacher.seen[0], tokens[:n_diag], clean[:n_diag])
+    assert_clean_rows(teacher.seen[1], tokens[n_diag:], clean[n_diag:])
+
+    class LoudAtClean(Spy):
+        """Spy(1) with huge logits at the clean positions (rows matched by the batch size of each call)."""
+
+        def forward(self, x, tau, tau_end=None):
+            rows = clean if x.shape[0] == BATCH else clean[n_diag:]
+            return super().forward(x, tau, tau_end) + 50.0 * rows[..., None] * torch.arange(VOCAB)
+
+    loud = lsd_loss(LoudAtClean(1), Spy(2), tokens, VOCAB, generator=torch.Generator().manual_seed(7), clean=clean,
+                    **split)  # fmt: skip
+    # the clean positions neither enter the loss (their terms are multiplied by 0) nor, held at their one-hot rows,
+    # any other position's target: the same numbers are summed in the same order
+    assert torch.equal(loud["loss"], got["loss"])
