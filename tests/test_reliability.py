@@ -59,8 +59,12 @@ def cli_args(setup, out, steps):
 
 
 def child(script: str, **popen) -> subprocess.Popen:
+    """A Python child running ``script``, with SIGINT at its default disposition: a suite started from a
+    background shell job (``nohup pytest ... &``) has SIGINT ignored, and the child would inherit that and
+    never see the Ctrl-C these tests send."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, **popen)
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, preexec_fn=restore, **popen)
 
 
 def same_weights(a: Path, b: Path) -> bool:
