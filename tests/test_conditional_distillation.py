@@ -16,6 +16,7 @@ import json
 
 import pytest
 import torch
+from test_fmlm import Constant
 from tolerances import rounding_atol
 
 from flowlm.cli import main
@@ -56,17 +57,6 @@ class Spy(torch.nn.Module):
     def forward(self, x, tau, tau_end=None):
         self.seen.append(x.detach().clone())
         return self.logits(x, tau, tau_end)
-
-
-class Constant(torch.nn.Module):
-    """δ̂ ≡ softmax(logits) for every input and time."""
-
-    def __init__(self, logits: torch.Tensor):
-        super().__init__()
-        self.w = torch.nn.Parameter(logits.clone())
-
-    def forward(self, x, tau, tau_end=None):
-        return self.w.expand(x.shape[0], -1, -1) + 0 * x
 
 
 def data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
