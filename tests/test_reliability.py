@@ -269,15 +269,69 @@ def test_second_writer_is_refused_and_ctrl_c_exits_130_and_resumes(setup, tmp_pa
             time.sleep(0.2)
         one_line_error(capsys, cli_args(setup, out, 8), f"pid {proc.pid} on", "another --out")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
+        status = proc.wait(timeout=120)
     finally:
         proc.kill()
-    last = proc.stderr.read().strip().splitlines()[-1]
+    err = proc.stderr.read()
+    assert status == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
     assert last.startswith("flowlm: interrupted at step ") and "rerun the same command to resume" in last, last
     saved = newest_readable(out / "checkpoints")[1]["global_step"]
     assert f"from the checkpoint of step {saved}" in last
     train(setup, out, saved + 2)  # the lock was released; the run goes on from the saved step
     assert load_state(out / "checkpoints" / LAST)["global_step"] == saved + 2
+
+
+def test_ctrl_c_inside_a_checkpoint_save_finishes_the_save_and_exits_130(setup, tmp_path):
+    """A Ctrl-C that lands while torch.save is writing: a KeyboardInterrupt raised there crosses torch's C++ zip
+    writer and comes out as an unrelated RuntimeError (exit status 1, a traceback). The first Ctrl-C must instead
+    let the save finish, stop after the step, save it, and exit 130 with our line."""
+    out, marker = tmp_path / "run", tmp_path / "saving"
+    argv = cli_args(setup, out, 100_000)
+    proc = child(
+        f"""
+        import io, sys, time, torch
+        from pathlib import Path
+        marker, save = Path({str(marker)!r}), torch.save
+
+        class SlowFile(io.RawIOBase):  # the third write of the first save waits 4 s: the Ctrl-C arrives then
+            def __init__(self, f):
+                self.f, self.calls = f, 0
+            def writable(self):
+                return True
+            def write(self, data):
+                self.calls += 1
+                if self.calls == 3 and not marker.exists():
+                    marker.touch()
+                    time.sleep(4)
+                return self.f.write(data)
+
+        torch.save = lambda obj, f, *args, **kwargs: save(obj, SlowFile(f) if hasattr(f, "write") else f, *args,
+                                                          **kwargs)
+        from flowlm.cli import main
+        sys.exit(main({argv!r}))
+        """,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert status == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    saved, state = newest_readable(out / "checkpoints")
+    assert saved.name == LAST and state["global_step"] >= 2
+    last = err.strip().splitlines()[-1]
+    assert last == (f"flowlm: interrupted at step {state['global_step']}; rerun the same command to resume from "
+                    f"the checkpoint of step {state['global_step']}"), last  # fmt: skip
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):

@@ -31,6 +31,7 @@ from flowlm.methods import registry
 from flowlm.paths import require_writable_dir
 from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader
 from flowlm.training.checkpoint import provenance, recover_dir, save_model
+from flowlm.training.interrupt import GracefulInterrupt
 from flowlm.training.lock import RunLock
 from flowlm.training.module import FlowLMModule
 from flowlm.training.state import LAST, PREV, SafeCheckpointIO, clean_partials, newest_readable
@@ -341,6 +342,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
     checkpointing = Checkpointing(
         run_dir, tokenizer, cfg.train.ckpt_every, extra_meta, resumed[1]["global_step"] if resumed else None
     )
+    interrupt = GracefulInterrupt(world)
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         max_time=timedelta(minutes=cfg.train.max_minutes) if cfg.train.max_minutes else None,
@@ -355,7 +357,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
             CSVLogger(run_dir, name="logs", version=log_version),
             TensorBoardLogger(run_dir, name="logs", version=log_version, default_hp_metric=False),
         ],
-        callbacks=[checkpointing]
+        callbacks=[checkpointing, interrupt]
         + ([TQDMProgressBar(refresh_rate=max(1, cfg.train.log_every // 5))] if progress else []),
         enable_progress_bar=progress,
         enable_checkpointing=False,
@@ -391,8 +393,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
         warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
         try:
             trainer.fit(module, datamodule=Data(), ckpt_path=str(resumed[0]) if resumed else None)
-        except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after its teardown
+        except SystemExit:  # a second Ctrl-C: Lightning turns it into sys.exit(1) after its teardown
             if checkpointing.interrupted_at is None:
                 raise
             raise TrainingInterrupted(checkpointing.interrupted_at, checkpointing.last_saved) from None
+    if interrupt.requested_at is not None:  # the first Ctrl-C: stopped after a step, which was saved
+        raise TrainingInterrupted(interrupt.requested_at, checkpointing.last_saved)
     return run_dir / "model"
