@@ -67,12 +67,19 @@ def test_condition_masks():
     assert (infill.mask.sum(1) == 3).all() and not torch.equal(infill.mask[0], infill.mask[1])
     assert torch.equal(conditioning(blocks, 2, infill_frac=0.3, seed=1).mask, infill.mask)
     assert conditioning(blocks, 2) is None
+    middle = conditioning(blocks, 2, infill_middle=0.5)  # L = 10: positions 2..6 generated, 0..1 and 7..9 given
+    assert torch.equal(middle.mask[0], torch.tensor([1, 1, 0, 0, 0, 0, 0, 1, 1, 1], dtype=torch.bool))
+    assert (middle.mask == middle.mask[0]).all() and middle.description["generated_span"] == [2, 7]
+    assert "positions 2 to 6 of the 10" in middle.definition
     for kwargs, message in (
         (dict(prompt_tokens=10), "from 1 to 9"),
         (dict(prompt_tokens=0), "from 1 to 9"),
         (dict(infill_frac=1.0), "in \\(0, 1\\)"),
         (dict(infill_frac=0.01), "at least one"),
         (dict(prompt_tokens=2, infill_frac=0.5), "give one of them"),
+        (dict(infill_middle=0.99), "--infill-middle 0.99: .* at least one"),
+        (dict(infill_middle=True), "--infill-middle True"),
+        (dict(infill_frac=0.5, infill_middle=0.5), "--infill-frac and --infill-middle are different conditions"),
     ):
         with pytest.raises(ConfigError, match=message):
             conditioning(blocks, 2, **kwargs)
@@ -171,3 +178,32 @@ def test_score_rescores_conditional_samples_given_their_prompts(prompted, judge_
         assert (a["total_tokens"], a["entropy"]) == (b["total_tokens"], b["entropy"])
         assert_nll_close(a["total_nll"], b["total_nll"])  # other thread count than the module fixture: rounding
         assert a["mauve"] is None  # MAUVE needs the real texts' features: only flowlm eval computes it
+
+
+def test_middle_infill_eval_and_mauve_when_rescoring(model_dir, judge_dir, judge, tmp_path, capsys):  # noqa: F811
+    """--infill-middle generates the middle of each block; flowlm score --real rescores the samples and the data
+    line and gives each row the MAUVE that flowlm eval gave it (same judge, same texts, same features)."""
+    results, data = run_eval(model_dir, judge_dir, tmp_path / "eval", "--infill-middle", "0.5")
+    real = read_samples(tmp_path / "eval" / "data" / "samples_data.jsonl")
+    s = read_samples(tmp_path / "eval" / "samples_steps1.jsonl")
+    for c, r in zip(s.chunks, real.chunks, strict=True):  # L = 24: positions 6..17 generated
+        for row, real_row, known in zip(c.tokens, r.tokens, c.known, strict=True):
+            assert known == [*range(6), *range(18, 24)] and row[:6] == real_row[:6] and row[18:] == real_row[18:]
+    assert any(a[6:18] != b[6:18] for a, b in zip(s.tokens, real.tokens, strict=True))
+    assert "positions 6 to 17 of the 24 (the middle 0.5)" in results["definitions"]["gen_ppl"]
+    samples = [str(tmp_path / "eval" / f"samples_steps{k}.jsonl") for k in (1, 2)]
+    data_file = str(tmp_path / "eval" / "data" / "samples_data.jsonl")
+    argv = ["score", *samples, "--judge", str(judge_dir), "--judge-batch-size", "3", "--quiet"]
+    assert main([*argv, "--real", data_file, "--out", str(tmp_path / "score")]) == 0
+    rescored = json.loads((tmp_path / "score" / "results.json").read_text())
+    for before, after in zip(results["results"], rescored["results"], strict=True):
+        assert after["mauve"] == pytest.approx(before["mauve"], abs=1e-9)  # same judge: the same features and score
+        assert_nll_close(after["total_nll"], before["total_nll"])
+    real_rescored = json.loads((tmp_path / "score" / "data" / "results.json").read_text())["results"][0]
+    assert_nll_close(real_rescored["total_nll"], data["results"][0]["total_nll"])
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0  # without --real: no MAUVE column
+    assert all(row["mauve"] is None for row in json.loads((tmp_path / "plain" / "results.json").read_text())["results"])
+    other = tmp_path / "other"
+    run_eval(model_dir, judge_dir, other, "--infill-frac", "0.5")
+    assert main([*argv, "--real", str(other / "data" / "samples_data.jsonl"), "--out", str(tmp_path / "x")]) == 2
+    assert "not the data line of the evaluation that wrote these samples" in capsys.readouterr().err

@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="conditional: give a random share F of the positions of held-out blocks (seeded) and generate the others",
     )
+    ev.add_argument(
+        "--infill-middle",
+        type=float,
+        metavar="F",
+        help="conditional: generate the middle share F of the positions of held-out blocks, given the rest (e.g. 0.5: "
+        "the middle half)",
+    )
     ev.add_argument("--data", help="conditional: corpus spec or text file of the blocks (default: the model's corpus)")
     ev.add_argument("--split", default="validation", help="conditional: split of the blocks (default validation)")
     ev.add_argument("--cache-dir", help="conditional: token cache folder (default: flowlm's cache)")
@@ -193,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(results.json, results.md, plots) to --out. Under torchrun the batches are spread over the ranks.",
     )
     sc.add_argument("samples", nargs="+", help="samples_*.jsonl files of one flowlm eval run")
+    sc.add_argument(
+        "--real",
+        metavar="FILE",
+        help="conditional samples: the data line of the same flowlm eval (OUT/data/samples_data.jsonl); rescored too "
+        "(written to --out/data), and every row gets MAUVE against it under this judge",
+    )
     add_judge_options(sc)
 
     rf = sub.add_parser(
@@ -481,8 +494,8 @@ def run_eval(args: argparse.Namespace) -> None:
         results = evaluate(
             model, judge, steps, args.out, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
             judge_batch_size=args.judge_batch_size, seq_len=args.seq_len, progress=not args.quiet,
-            prompt_tokens=args.prompt_tokens, infill_frac=args.infill_frac, data=args.data, split=args.split,
-            cache_dir=args.cache_dir, **given_options(args),
+            prompt_tokens=args.prompt_tokens, infill_frac=args.infill_frac, infill_middle=args.infill_middle,
+            data=args.data, split=args.split, cache_dir=args.cache_dir, **given_options(args),
         )  # fmt: skip
     finally:
         distributed.finish()
@@ -491,17 +504,21 @@ def run_eval(args: argparse.Namespace) -> None:
 
 def run_score(args: argparse.Namespace) -> None:
     from flowlm.eval import distributed, load_judge, plots
-    from flowlm.eval.run import load_sample_files, score_files
+    from flowlm.eval.run import check_real_line, load_sample_files, score_files
+    from flowlm.eval.samples import read_samples
 
     check_args(args)
     require_writable_dir(args.out, "--out")
     plots.require_matplotlib()
     sample_sets = load_sample_files(args.samples)  # bad files fail before the judge is loaded
+    real = None if args.real is None else read_samples(args.real)
+    if real is not None:
+        check_real_line(real, sample_sets[0])
     device = distributed.init_from_env(args.device)
     try:
         judge = load_judge(args.judge, device=device)
         results = score_files(
-            sample_sets, judge, args.out, judge_batch_size=args.judge_batch_size, progress=not args.quiet
+            sample_sets, judge, args.out, judge_batch_size=args.judge_batch_size, progress=not args.quiet, real=real
         )
     finally:
         distributed.finish()

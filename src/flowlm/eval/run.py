@@ -68,6 +68,12 @@ INFILL_DEFINITION = (
     "and generated tokens alike: a causal judge cannot condition a position on the text after it), so the gap to "
     "the data line, which scores the real blocks the same way, comes from the generated positions"
 )
+MIDDLE_DEFINITION = (
+    "conditional: held-out blocks of the corpus, positions {start} to {end} of the {length} (the middle {share:g}) "
+    "generated and the others given; the judge scores the whole infilled block (given and generated tokens alike: a "
+    "causal judge cannot condition a position on the text after it), so the gap to the data line, which scores the "
+    "real blocks the same way, comes from the middle and from how the given end follows it"
+)
 TIMING_DEFINITION = (
     "wall-clock seconds (time.perf_counter) of the sampling calls, which return the ids "
     "on the CPU so device work is finished, summed over ranks and divided by the number of samples; each rank "
@@ -235,19 +241,41 @@ class Conditioning:
         return Chunk(j, rows, texts, ended, contexts=contexts, known=known)
 
 
+def share_of(value: Any, length: int, option: str, purpose: str) -> int:
+    """``round(value · length)``, checked to be a share in (0, 1) that keeps and generates at least one position."""
+    count = round(float(value) * length) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if count is None or not 0 < value < 1 or not 1 <= count < length:
+        raise ConfigError(
+            f"{option} {value!r}: give the share of each block's {length} positions {purpose}, in (0, 1), keeping at "
+            f"least one position and generating at least one (e.g. 0.5)"
+        )
+    return count
+
+
 def conditioning(
     blocks: torch.Tensor, batch_size: int, *, prompt_tokens: int | None = None, infill_frac: float | None = None,
-    seed: int = 0,
+    infill_middle: float | None = None, seed: int = 0,
 ) -> Conditioning | None:  # fmt: skip
-    """The condition of ``flowlm eval --prompt-tokens k`` (the first k ids of each block given) or ``--infill-frac f``
+    """The condition of ``flowlm eval --prompt-tokens k`` (the first k ids of each block given), ``--infill-frac f``
     (``round(f·L)`` positions of each block given, a uniformly random subset per block drawn from torch seed
-    ``seed``), on held-out ``blocks`` [N, L]; None when neither is given."""
-    if prompt_tokens is None and infill_frac is None:
+    ``seed``) or ``--infill-middle f`` (the middle ``round(f·L)`` positions generated, from ``(L − round(f·L)) // 2``
+    on, the others given), on held-out ``blocks`` [N, L]; None when none is given."""
+    given_options = {"--prompt-tokens": prompt_tokens, "--infill-frac": infill_frac, "--infill-middle": infill_middle}
+    named = [name for name, value in given_options.items() if value is not None]
+    if not named:
         return None
-    if prompt_tokens is not None and infill_frac is not None:
-        raise ConfigError("--prompt-tokens and --infill-frac are two conditions: give one of them")
+    if len(named) > 1:
+        raise ConfigError(f"{' and '.join(named)} are different conditions: give one of them")
     count, length = blocks.shape
     mask = torch.zeros(count, length, dtype=torch.bool)
+    if infill_middle is not None:
+        generated = share_of(infill_middle, length, "--infill-middle", "to generate in its middle")
+        start, end = (length - generated) // 2, (length - generated) // 2 + generated
+        mask[:] = True
+        mask[:, start:end] = False
+        description = {"kind": "infill", "infill_middle": float(infill_middle), "generated_span": [start, end]}
+        definition = MIDDLE_DEFINITION.format(start=start, end=end - 1, length=length, share=infill_middle)
+        return Conditioning(blocks, mask, batch_size, description, definition)
     if prompt_tokens is not None:
         if isinstance(prompt_tokens, bool) or int(prompt_tokens) != prompt_tokens or not 1 <= prompt_tokens < length:
             raise ConfigError(
@@ -257,12 +285,7 @@ def conditioning(
         mask[:, : int(prompt_tokens)] = True
         description = {"kind": "prompt", "prompt_tokens": int(prompt_tokens)}
         return Conditioning(blocks, mask, batch_size, description, PROMPT_DEFINITION.format(k=int(prompt_tokens)))
-    given = round(float(infill_frac) * length) if isinstance(infill_frac, int | float) else None
-    if isinstance(infill_frac, bool) or given is None or not 0 < infill_frac < 1 or not 1 <= given < length:
-        raise ConfigError(
-            f"--infill-frac {infill_frac!r}: give the share of each block's {length} positions to keep, in (0, 1), "
-            f"keeping at least one position and generating at least one (e.g. 0.5)"
-        )
+    given = share_of(infill_frac, length, "--infill-frac", "to keep")
     order = torch.rand(count, length, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)
     mask.scatter_(1, order[:, :given], True)
     description = {"kind": "infill", "infill_frac": float(infill_frac), "given_per_block": given, "mask_seed": seed}
@@ -412,6 +435,7 @@ def evaluate(
     progress: bool = True,
     prompt_tokens: int | None = None,
     infill_frac: float | None = None,
+    infill_middle: float | None = None,
     data: str | None = None,
     split: str = "validation",
     cache_dir: str | Path | None = None,
@@ -424,9 +448,10 @@ def evaluate(
     ``steps=None`` whatever ``steps`` says. ``gamma``, ``guidance`` and other ``options`` go to the sampler
     (None: not given). Returns the results dict written to ``results.json``.
 
-    Conditional evaluation: with ``prompt_tokens`` k (or ``infill_frac`` f), ``num_samples`` held-out blocks are drawn
-    from ``split`` of the model's corpus (or ``data``) as :func:`reference` draws them, their first k ids (or a random
-    share f of their positions, :func:`conditioning`) are given and the rest is generated. Gen PPL is then the judge's
+    Conditional evaluation: with ``prompt_tokens`` k (or ``infill_frac`` f, or ``infill_middle`` f), ``num_samples``
+    held-out blocks are drawn from ``split`` of the model's corpus (or ``data``) as :func:`reference` draws them, their
+    first k ids (or a random share f of their positions, or all but their middle share f: :func:`conditioning`) are
+    given and the rest is generated. Gen PPL is then the judge's
     NLL of the continuation given the prompt's text (infilling: of the whole block), entropy that of the generated
     positions, and each row gets MAUVE between the generated and the real texts' judge features
     (:mod:`flowlm.eval.mauve`). The real blocks, decoded and scored the same way, are written as the data line to
@@ -442,11 +467,12 @@ def evaluate(
     sampling = sampling_provenance(model, seed=seed, options=options, seq_len=seq_len, batch_size=batch_size)
     n_batches = math.ceil(num_samples / batch_size)
     condition = None
-    if prompt_tokens is not None or infill_frac is not None:
+    if prompt_tokens is not None or infill_frac is not None or infill_middle is not None:
         if seq_len != model.seq_len:
             raise ConfigError(f"--seq-len {seq_len}: a conditional evaluation samples whole blocks of {model.seq_len}")
         blocks, corpus = draw_blocks(model, data, split, num_samples, seed, cache_dir, progress, "--num-samples")
-        condition = conditioning(blocks, batch_size, prompt_tokens=prompt_tokens, infill_frac=infill_frac, seed=seed)
+        condition = conditioning(blocks, batch_size, prompt_tokens=prompt_tokens, infill_frac=infill_frac,
+                                 infill_middle=infill_middle, seed=seed)  # fmt: skip
         registry.of_model(model).check_condition(Condition(condition.blocks, condition.mask))
         sampling["condition"] = {**condition.description, "corpus": corpus, "split": split,
                                  "definition": condition.definition}  # fmt: skip
@@ -603,25 +629,63 @@ def score_files(
     *,
     judge_batch_size: int = 8,
     progress: bool = True,
+    real: str | Path | SampleSet | None = None,
 ) -> dict:
     """Rescore sample files written by :func:`evaluate` (paths, or :func:`load_sample_files` output) with
     ``judge``; writes the same outputs as :func:`evaluate`, without resampling. The files must come from
-    one model and sampling setup. Sharded like :func:`evaluate` when ``torch.distributed`` is initialized."""
+    one model and sampling setup. Sharded like :func:`evaluate` when ``torch.distributed`` is initialized.
+
+    Conditional samples are scored given their prompts. With ``real``, the data line of the same conditional
+    evaluation (``<eval out>/data/samples_data.jsonl``), the real texts are rescored too (written to ``out/data``)
+    and every row gets MAUVE between its texts and the real ones under this judge's features, as :func:`evaluate`
+    computes it."""
     plots.require_matplotlib()
     if all(isinstance(s, SampleSet) for s in samples) and samples:
         sample_sets = list(samples)
     else:
         sample_sets = load_sample_files(samples)
     sample_sets.sort(key=lambda s: (s.steps is None, s.steps or 0))  # rows by step count, whatever the file order
-    for s in sample_sets:
+    sampling = sample_sets[0].header["provenance"]
+    real_set = None if real is None else real if isinstance(real, SampleSet) else read_samples(real)
+    if real_set is not None:
+        check_real_line(real_set, sample_sets[0])
+    for s in [*sample_sets, *([real_set] if real_set is not None else [])]:
         mine = set(my_batches(len(s.chunks)))
         local = [c for c in s.chunks if c.batch in mine]
         score_chunks(judge, local, batch_size=judge_batch_size, progress=progress)
+        if real_set is not None:
+            featurize_chunks(judge, local, judge_batch_size)
         s.chunks = gather_chunks(local, len(s.chunks))
     out = Path(out)
-    sampling = sample_sets[0].header["provenance"]
-    condition = (sampling.get("condition") or {}).get("definition")  # rescored given their prompts; MAUVE is not
-    return write_outputs(build_results(sample_sets, judge_info(judge), sampling, judge.device, out, condition), out)
+    condition = (sampling.get("condition") or {}).get("definition")  # rescored given their prompts
+    scores = None
+    if real_set is not None:
+        from flowlm.eval.mauve import mauve
+
+        real_features = features_of(real_set)
+        scores = [mauve(real_features, features_of(s)).score for s in sample_sets]
+        real_sampling = real_set.header["provenance"]
+        write_outputs(build_results([real_set], judge_info(judge), real_sampling, judge.device, out / "data",
+                                    condition), out / "data")  # fmt: skip
+    results = build_results(sample_sets, judge_info(judge), sampling, judge.device, out, condition, scores)
+    return write_outputs(results, out)
+
+
+def check_real_line(real: SampleSet, first: SampleSet) -> None:
+    """``real`` must be the data line of the conditional evaluation that wrote the sample set ``first``."""
+    sampling = first.header["provenance"]
+    if sampling.get("condition") is None:
+        raise ConfigError(
+            "--real gives the real texts of a conditional evaluation, for MAUVE; these samples are unconditional "
+            "(flowlm eval without --prompt-tokens / --infill-frac / --infill-middle): drop --real"
+        )
+    given = {k: v for k, v in _comparable(real.header.get("provenance", {})).items() if k not in ("label", "method")}
+    wanted = {k: v for k, v in _comparable(sampling).items() if k not in ("label", "method")}
+    if real.header.get("provenance", {}).get("method") != "data" or given != wanted:
+        raise ConfigError(
+            f"{real.path}: not the data line of the evaluation that wrote these samples (its model, condition or "
+            "seed differ): pass the samples_data.jsonl in the data/ folder of the same flowlm eval --out"
+        )
 
 
 def _comparable(sampling: dict) -> dict:

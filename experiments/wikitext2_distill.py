@@ -1,0 +1,139 @@
+"""Issue 18 on WikiText-2: one-step quality of PSD and ``lsd`` against distillation compute, from one teacher.
+
+The teacher is the FLM of ``experiments/wikitext2.py`` (run its ``train-flm`` stage first). Each recipe distils it
+with ``flowlm distill`` in stages that resume one run folder to 1/4, 1/2 and 1 x the teacher's training compute;
+after each stage the EMA student samples 64 texts at 1, 2 and 4 flow-map steps (``flowlm eval``, seed 0), scored by
+the offline judge and by the study's AR model. The teacher samples at 1,024 Euler steps the same way: the target
+is 1-step Gen PPL <= 1.25 x that, with entropy within 0.1 nats, under both judges.
+
+Compute is counted as in ``experiments/distill_study.py``, in teacher-forward equivalents (TFE) per sequence, a
+backward pass costing two forwards: the teacher's training is 2,000 steps x batch 32 x 3 = 192,000 TFE; a PSD row
+costs 4 (diagonal) or 5 (other), an ``lsd`` row 4 or 6.
+
+Runs (both at the teacher's learning rate, 1e-3, and batch 32):
+* ``psd``: the ``flowlm distill`` defaults (PSD, half diagonal pairs, 1/64 boundary pairs);
+* ``lsd``: ``--recipe lsd`` with the split tuned on the synthetic languages (a quarter diagonal, an eighth boundary).
+* ``<run>-seed1``: the same with ``train.seed=1`` (when ``--runs`` names it).
+
+Restartable like wikitext2.py (``stages.json`` in --out). Two processes can share the cores with ``--runs``:
+
+    OMP_NUM_THREADS=1 python experiments/wikitext2_distill.py --study runs/wikitext2 --runs psd
+    OMP_NUM_THREADS=1 python experiments/wikitext2_distill.py --study runs/wikitext2 --runs lsd,teacher
+    python experiments/wikitext2_distill.py --study runs/wikitext2 --report   # the table (markdown + JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wikitext2 import Stages, flowlm
+
+TEACHER_TFE = 2000 * 32 * 3
+BATCH = 32
+FRACTIONS = (0.25, 0.5, 1.0)
+STEPS = "1,2,4"
+ROW_COST = {"psd": (4, 5), "lsd": (4, 6)}  # TFE per (diagonal, other) row, as in distill_study.py
+RUNS = {
+    "psd": ("psd", 0.5, []),
+    "lsd": ("lsd", 0.25, ["--recipe", "lsd", "distill.diag_frac=0.25", "distill.boundary_frac=0.125"]),
+}
+
+
+def run_spec(name: str) -> tuple[str, float, list[str]]:
+    base, _, seed = name.partition("-seed")
+    recipe, diag, options = RUNS[base]
+    return recipe, diag, options + ([f"train.seed={seed}"] if seed else [])
+
+
+def steps_at(name: str, fraction: float) -> int:
+    recipe, diag, _ = run_spec(name)
+    diag_cost, other_cost = ROW_COST[recipe]
+    return round(fraction * TEACHER_TFE / (BATCH * (diag * diag_cost + (1 - diag) * other_cost)))
+
+
+def results(folder: Path) -> dict:
+    """steps -> (Gen PPL, interval, entropy) of one report folder."""
+    rows = json.loads((folder / "results.json").read_text())["results"]
+    return {r["steps"]: (r["gen_ppl"], r["gen_ppl_ci95"], r["entropy"]) for r in rows}
+
+
+def report(study: Path) -> None:
+    out = study / "distill"
+    teacher = {judge: results(out / "eval" / f"teacher-{judge}")[1024] for judge in ("offline", "ar")}
+    table = {"teacher_1024": teacher, "runs": {}}
+    lines = [
+        "| run | compute | PSD/lsd steps | judge | 1 step | 2 steps | 4 steps | 1-step / teacher | entropy 1 step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for folder in sorted((out / "eval").glob("*-offline")):
+        name = folder.name.removesuffix("-offline")
+        if name.startswith("teacher"):
+            continue
+        run, _, fraction = name.rpartition("-x")
+        for judge in ("offline", "ar"):
+            rows = results(out / "eval" / f"{name}-{judge}")
+            ratio = rows[1][0] / teacher[judge][0]
+            table["runs"].setdefault(name, {})[judge] = {"rows": rows, "ratio_1step": ratio}
+            cells = [f"{rows[k][0]:.0f} [{rows[k][1][0]:.0f}–{rows[k][1][1]:.0f}]" for k in (1, 2, 4)]
+            lines.append(
+                f"| {run} | {float(fraction):g}× | {steps_at(run, float(fraction))} | {judge} | {' | '.join(cells)} "
+                f"| {ratio:.2f} | {rows[1][2]:.2f} |"
+            )
+    for judge, (ppl, ci, entropy) in teacher.items():
+        cell = f"{ppl:.0f} [{ci[0]:.0f}–{ci[1]:.0f}]"
+        lines.append(f"| teacher FLM, 1,024 steps | | | {judge} | {cell} | | | 1 | {entropy:.2f} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.json").write_text(json.dumps(table, indent=1))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", default="runs/wikitext2", help="output folder of experiments/wikitext2.py")
+    parser.add_argument("--runs", default="psd,lsd,teacher", help="comma-separated: psd, lsd, <run>-seed1, teacher")
+    parser.add_argument("--judge", default="smollm2-offline", help="the general-purpose judge")
+    parser.add_argument("--report", action="store_true", help="only print and write the table of finished stages")
+    args = parser.parse_args()
+
+    study = Path(args.study)
+    if args.report:
+        report(study)
+        return
+    teacher, ar_judge = study / "flm", study / "ar" / "model"
+    for need in (teacher / "model", ar_judge):
+        if not (need / "flowlm.json").is_file():
+            sys.exit(f"no model at {need}: run experiments/wikitext2.py (train-flm, train-ar) first")
+    out = study / "distill"
+    out.mkdir(parents=True, exist_ok=True)
+    stages = Stages(out)
+    offline = ["--num-samples", "64", "--seed", "0", "--judge", args.judge, "--quiet"]
+
+    def evaluate(label: str, model: Path, steps: str) -> None:
+        report_dir = out / "eval" / f"{label}-offline"
+        stages.run(f"eval-{label}", flowlm("eval", str(model), "--steps", steps, *offline, "--out", str(report_dir)))
+        samples = sorted(str(f) for f in report_dir.glob("samples_*.jsonl"))
+        stages.run(
+            f"score-{label}-ar",
+            flowlm("score", *samples, "--judge", str(ar_judge), "--out", str(out / "eval" / f"{label}-ar"), "--quiet"),
+        )
+
+    for name in args.runs.split(","):
+        if name == "teacher":
+            evaluate("teacher", teacher / "model", "1024")
+            continue
+        _, _, options = run_spec(name)
+        for fraction in FRACTIONS:
+            steps = str(steps_at(name, fraction))
+            command = flowlm(
+                "distill", "--teacher", str(teacher), "--out", str(out / name), "--steps", steps, "--quiet",
+                *options, "train.ckpt_every=100", "train.val_every=500",
+            )  # fmt: skip
+            stages.run(f"distill-{name}-x{fraction:g}", command)
+            evaluate(f"{name}-x{fraction:g}", out / name / "model", STEPS)
+
+
+if __name__ == "__main__":
+    main()
