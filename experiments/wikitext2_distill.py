@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -103,15 +104,17 @@ def main() -> None:
         report(study)
         return
     teacher, ar_judge = study / "flm", study / "ar" / "model"
-    for need in (teacher / "model", ar_judge):
-        if not (need / "flowlm.json").is_file():
-            sys.exit(f"no model at {need}: run experiments/wikitext2.py (train-flm, train-ar) first")
+    meta = teacher / "model" / "flowlm.json"
+    if not meta.is_file() or json.loads(meta.read_text())["step"] != TEACHER_TFE // (BATCH * 3):
+        sys.exit(f"no finished teacher at {teacher}: run experiments/wikitext2.py --only train-flm first")
     out = study / "distill"
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out)
     offline = ["--num-samples", "64", "--seed", "0", "--judge", args.judge, "--quiet"]
 
     def evaluate(label: str, model: Path, steps: str) -> None:
+        if not (ar_judge / "flowlm.json").is_file():
+            sys.exit(f"no AR judge at {ar_judge}: run experiments/wikitext2.py --only train-ar, then this again")
         report_dir = out / "eval" / f"{label}-offline"
         stages.run(f"eval-{label}", flowlm("eval", str(model), "--steps", steps, *offline, "--out", str(report_dir)))
         samples = sorted(str(f) for f in report_dir.glob("samples_*.jsonl"))
@@ -120,19 +123,29 @@ def main() -> None:
             flowlm("score", *samples, "--judge", str(ar_judge), "--out", str(out / "eval" / f"{label}-ar"), "--quiet"),
         )
 
-    for name in args.runs.split(","):
+    runs = args.runs.split(",")
+    # every distillation first (each stage resumes the run folder to the next budget and keeps a copy of the model
+    # it reached), then the evaluations, which need the AR judge: the distillations need only the teacher
+    for name in (r for r in runs if r != "teacher"):
+        _, _, options = run_spec(name)
+        for fraction in FRACTIONS:
+            snapshot = out / "models" / f"{name}-x{fraction:g}"
+            command = flowlm(
+                "distill", "--teacher", str(teacher), "--out", str(out / name), "--steps",
+                str(steps_at(name, fraction)), "--quiet", *options, "train.ckpt_every=100", "train.val_every=500",
+            )  # fmt: skip
+            stages.run(f"distill-{name}-x{fraction:g}", command, before=lambda s=snapshot: shutil.rmtree(s, True))
+            if not snapshot.exists():
+                reached = json.loads((out / name / "model" / "flowlm.json").read_text())["step"]
+                if reached != steps_at(name, fraction):
+                    sys.exit(f"{out / name / 'model'} is at step {reached}, not the {fraction:g}x budget: delete it")
+                shutil.copytree(out / name / "model", snapshot)
+    for name in runs:
         if name == "teacher":
             evaluate("teacher", teacher / "model", "1024")
             continue
-        _, _, options = run_spec(name)
         for fraction in FRACTIONS:
-            steps = str(steps_at(name, fraction))
-            command = flowlm(
-                "distill", "--teacher", str(teacher), "--out", str(out / name), "--steps", steps, "--quiet",
-                *options, "train.ckpt_every=100", "train.val_every=500",
-            )  # fmt: skip
-            stages.run(f"distill-{name}-x{fraction:g}", command)
-            evaluate(f"{name}-x{fraction:g}", out / name / "model", STEPS)
+            evaluate(f"{name}-x{fraction:g}", out / "models" / f"{name}-x{fraction:g}", STEPS)
 
 
 if __name__ == "__main__":
