@@ -76,6 +76,8 @@ class Stages:
         os.replace(tmp, self.path)
 
     def run(self, name: str, command: list[str], before: Callable[[], None] | None = None) -> None:
+        if self.path.is_file():  # another process (--only) may have finished this stage since we started
+            self.state.update({k: v for k, v in json.loads(self.path.read_text()).items() if v.get("done")})
         entry = self.state.setdefault(name, {"command": shlex.join(command), "seconds": 0.0, "attempts": 0})
         if entry.get("done"):
             print(f"[{name}] done before ({entry['seconds']:.0f} s), skipped")
