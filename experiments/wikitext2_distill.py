@@ -96,6 +96,12 @@ def main() -> None:
     parser.add_argument("--study", default="runs/wikitext2", help="output folder of experiments/wikitext2.py")
     parser.add_argument("--runs", default="psd,lsd,teacher", help="comma-separated: psd, lsd, <run>-seed1, teacher")
     parser.add_argument("--judge", default="smollm2-offline", help="the general-purpose judge")
+    parser.add_argument(
+        "--fractions",
+        default=",".join(f"{f:g}" for f in FRACTIONS),
+        help="budgets as multiples of the teacher's training compute (default 0.25,0.5,1; the runs of docs/results.md "
+        "extended psd with 2)",
+    )
     parser.add_argument("--report", action="store_true", help="only print and write the table of finished stages")
     args = parser.parse_args()
 
@@ -124,11 +130,12 @@ def main() -> None:
         )
 
     runs = args.runs.split(",")
+    fractions = [float(f) for f in args.fractions.split(",")]
     # every distillation first (each stage resumes the run folder to the next budget and keeps a copy of the model
     # it reached), then the evaluations, which need the AR judge: the distillations need only the teacher
     for name in (r for r in runs if r != "teacher"):
         _, _, options = run_spec(name)
-        for fraction in FRACTIONS:
+        for fraction in fractions:
             snapshot = out / "models" / f"{name}-x{fraction:g}"
             command = flowlm(
                 "distill", "--teacher", str(teacher), "--out", str(out / name), "--steps",
@@ -144,7 +151,7 @@ def main() -> None:
         if name == "teacher":
             evaluate("teacher", teacher / "model", "1024")
             continue
-        for fraction in FRACTIONS:
+        for fraction in fractions:
             evaluate(f"{name}-x{fraction:g}", out / "models" / f"{name}-x{fraction:g}", STEPS)
 
 

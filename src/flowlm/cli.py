@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument(
         "--recipe",
         default="psd",
-        help="psd (SPEC §3, default), lsd (Lagrangian targets on the simplex, docs/results.md) or the paper's v1 "
-        "two-stage recipe (SPEC §4): v1-stage1, v1-stage2",
+        help="psd (SPEC §3, default), lsd (Lagrangian targets on the simplex; experimental: better than psd on small "
+        "synthetic vocabularies, but its 1-step map collapses to one repeated token on WikiText-2, docs/results.md) "
+        "or the paper's v1 two-stage recipe (SPEC §4): v1-stage1, v1-stage2",
     )
     di.add_argument("--stage1", help="v1-stage2 only: the v1-stage1 model folder to regress onto")
     add_run_options(di, "runs/fmlm-<recipe>-<teacher run name>")
