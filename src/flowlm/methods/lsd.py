@@ -17,6 +17,13 @@ keep the teacher's ``D_s(x_s)`` (c = 0 there, and the condition reduces to it). 
 quotient in t of two student calls at end times ``τ_t`` and ``τ' = τ_t − η`` (``η`` a fixed share of the jump in τ,
 at least ``LSD_MIN_TAU_STEP``, never past ``τ_s``) divided by ``t − T⁻¹(τ')``, so the clock of the derivative is t
 whatever the network's clock. No JVP: three forward passes per off-diagonal target (two student, one teacher).
+
+Known failure (docs/results.md, distillation study): on WikiText-2 (V = 4,096, d = 128) the 1-step map collapses
+to one repeated token from the first quarter of the budget on. For a jump that ends near t = 1 the coefficient c
+vanishes and ``X_{s,t}(x)`` is nearly the student's own output ``δ``, so the target is about ``D_t(δ)``: the teacher,
+which treats a state near t = 1 as almost clean, sharpens whatever distribution the student writes, and a student
+that writes the most frequent token everywhere is a fixed point. On the small synthetic languages (V = 8) it is not
+reached and ``lsd`` beats PSD; PSD's semigroup target has no such fixed point.
 """
 
 from __future__ import annotations
