@@ -23,7 +23,8 @@ to one repeated token from the first quarter of the budget on. For a jump that e
 vanishes and ``X_{s,t}(x)`` is nearly the student's own output ``δ``, so the target is about ``D_t(δ)``: the teacher,
 which treats a state near t = 1 as almost clean, sharpens whatever distribution the student writes, and a student
 that writes the most frequent token everywhere is a fixed point. On the small synthetic languages (V = 8) it is not
-reached and ``lsd`` beats PSD; PSD's semigroup target has no such fixed point.
+reached and ``lsd`` beats PSD. PSD, whose off-diagonal targets compose the student's own shorter jumps (tied to the
+teacher by the diagonal rows) instead of asking the teacher at the landing point, does not collapse there.
 """
 
 from __future__ import annotations
