@@ -88,7 +88,39 @@ def report(study: Path) -> None:
         lines.append(f"| teacher FLM, 1,024 steps | | | {judge} | {cell} | | | 1 | {entropy:.2f} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(table, indent=1))
+    plot(table, out / "report.png")
     print("\n".join(lines))
+
+
+def plot(table: dict, path: Path) -> None:
+    """1-step Gen PPL / the teacher's (both judges) and 1-step entropy against compute, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    runs: dict[str, list] = {}
+    for name, judged in table["runs"].items():
+        run, _, fraction = name.rpartition("-x")
+        runs.setdefault(run, []).append((float(fraction), judged))
+    for run, points in sorted(runs.items()):
+        points.sort(key=lambda p: p[0])
+        xs = [f for f, _ in points]
+        for ax, judge in zip(axes[:2], ("ar", "offline"), strict=True):
+            ax.plot(xs, [j[judge]["ratio_1step"] for _, j in points], "o-", label=run)
+        axes[2].plot(xs, [j["offline"]["rows"][1][2] for _, j in points], "o-", label=run)
+    for ax, title in zip(axes, ("1-step Gen PPL / teacher's 1,024-step, AR judge", "the same, offline judge",
+                                "1-step entropy (nats)"), strict=True):  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("distillation compute / teacher's training compute")
+        ax.set_title(title, fontsize=9)
+    for ax in axes[:2]:
+        ax.axhline(1.25, color="grey", ls="--", lw=0.8)
+    axes[2].axhline(table["teacher_1024"]["offline"][2], color="grey", ls="--", lw=0.8, label="teacher, 1,024 steps")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
