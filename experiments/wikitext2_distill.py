@@ -10,9 +10,10 @@ Compute is counted as in ``experiments/distill_study.py``, in teacher-forward eq
 backward pass costing two forwards: the teacher's training is 2,000 steps x batch 32 x 3 = 192,000 TFE; a PSD row
 costs 4 (diagonal) or 5 (other), an ``lsd`` row 4 or 6.
 
-Runs (both at the teacher's learning rate, 1e-3, and batch 32):
+Runs (at the teacher's learning rate, 1e-3, unless said otherwise; batch 32):
 * ``psd``: the ``flowlm distill`` defaults (PSD, half diagonal pairs, 1/64 boundary pairs);
 * ``lsd``: ``--recipe lsd`` with the split tuned on the synthetic languages (a quarter diagonal, an eighth boundary).
+* ``psd-lr3e-4``: PSD at lr 3e-4, the ``flowlm distill`` default before the synthetic study (checks that change).
 * ``<run>-seed1``: the same with ``train.seed=1`` (when ``--runs`` names it).
 
 Restartable like wikitext2.py (``stages.json`` in --out). Two processes can share the cores with ``--runs``:
@@ -40,6 +41,7 @@ ROW_COST = {"psd": (4, 5), "lsd": (4, 6)}  # TFE per (diagonal, other) row, as i
 RUNS = {
     "psd": ("psd", 0.5, []),
     "lsd": ("lsd", 0.25, ["--recipe", "lsd", "distill.diag_frac=0.25", "distill.boundary_frac=0.125"]),
+    "psd-lr3e-4": ("psd", 0.5, ["train.lr=3e-4"]),  # the learning rate flowlm distill used before issue 18
 }
 
 
