@@ -7,9 +7,14 @@ is the one-process gradient. The fast tests check that slicing on the loss funct
 """
 
 import csv
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +233,51 @@ def test_multi_process_checkpoint_with_per_rank_noise_is_refused(runs, tmp_path)
     proc = flowlm("train", args, 2, check=False)
     assert proc.returncode != 0
     assert "drew the training noise per rank" in proc.stderr
+
+
+def workers_of(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the processes a torchrun launcher started (their parent is the launcher)."""
+    ranks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != launcher_pid:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        rank = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+        if rank:
+            ranks[int(rank[0])] = int(stat.parent.name)
+    return ranks
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker ranks through /proc")
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(runs, tmp_path):
+    """SIGINT reaches rank 1 only: the ranks agree (an all-reduce per optimizer step) to stop after the same step,
+    which is saved; without the agreement rank 0 would wait for rank 1's gradients until gloo's timeout."""
+    out = tmp_path / "run"
+    cache = f"data.cache_dir={runs / 'cache'}"
+    args = [*TINY, *SCHEDULE, *TWO, cache, "train.micro_batch_size=2", "--steps", "100000", "--out", str(out)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.Popen([*launcher, "-m", "flowlm.cli", "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "last.ckpt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+        ranks = workers_of(proc.pid)
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[1], signal.SIGINT)
+        proc.wait(timeout=180)
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    steps = [int(m) for m in re.findall(r"flowlm: interrupted at step (\d+);", err)]
+    assert len(steps) == 2 and steps[0] == steps[1], err[-3000:]
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == steps[0]
+    assert f"resume from the checkpoint of step {steps[0]}" in err
