@@ -10,7 +10,9 @@ at the teacher's training compute from ``experiments/wikitext2_distill.py``). Ev
   under the in-domain judge).
 * ``middle``: ``flowlm eval --infill-middle 0.5``: the same blocks with their middle half (positions 16-47)
   generated and the rest given; FLM, FMLM and MDLM (an AR model cannot infill).
-* ``nll``: ``flowlm nll -n 32`` on held-out blocks: AR exact, MDLM its NELBO, FLM and FMLM the ODE bound (defaults).
+* ``nll``: ``flowlm nll -n 32`` on held-out blocks: AR exact, MDLM its NELBO, FLM and FMLM the ODE bound (defaults,
+  and the FLM's at ``--tau-max`` 0.1 and 0.5); and the unconditional Gen PPL of MDLM (64 and 256 steps) and AR, to
+  put beside them.
 
 Restartable like wikitext2.py (``stages.json`` in ``<study>/conditional``); ``--only`` picks stages so two processes
 can share the cores, ``--report`` prints the tables.
@@ -115,6 +117,16 @@ def main() -> None:
                 command = flowlm("nll", str(paths["flm"]), "-n", str(NLL_BLOCKS), "--tau-max", tau, "--quiet",
                                  "--out", str(out / f"nll-flm-tau{tau}.json"))  # fmt: skip
                 stages.run(f"nll-flm-tau{tau}", command)
+            # unconditional Gen PPL of the MDLM and AR models, to put beside their bits per token (FLM and FMLM have
+            # theirs in wikitext2_distill.py's report)
+            for name, steps in (("mdlm", ["--steps", "64,256"]), ("ar", [])):
+                report_dir = out / f"uncond-{name}-offline"
+                stages.run(f"eval-uncond-{name}", flowlm("eval", str(paths[name]), *steps, *offline,
+                                                         "--out", str(report_dir)))  # fmt: skip
+                samples = sorted(str(f) for f in report_dir.glob("samples_*.jsonl"))
+                ar_out = ["--out", str(out / f"uncond-{name}-ar")]
+                stages.run(f"score-uncond-{name}-ar", flowlm("score", *samples, "--judge", str(paths["ar"]), *ar_out,
+                                                             "--quiet"))  # fmt: skip
             continue
         for name, path in paths.items():
             if name == "ar" and part != "prompt16":
