@@ -67,6 +67,14 @@ def child(script: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, preexec_fn=restore, **popen)
 
 
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until the child ``proc`` has made ``path``; fail with its stderr if it exits or times out first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+
+
 def same_weights(a: Path, b: Path) -> bool:
     x, y = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
@@ -263,10 +271,7 @@ def test_second_writer_is_refused_and_ctrl_c_exits_130_and_resumes(setup, tmp_pa
         text=True,
     )
     try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoints" / LAST).exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-            time.sleep(0.2)
+        wait_for(out / "checkpoints" / LAST, proc)
         one_line_error(capsys, cli_args(setup, out, 8), f"pid {proc.pid} on", "another --out")
         proc.send_signal(signal.SIGINT)
         status = proc.wait(timeout=120)
@@ -316,10 +321,7 @@ def test_ctrl_c_inside_a_checkpoint_save_finishes_the_save_and_exits_130(setup, 
         text=True,
     )
     try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-            time.sleep(0.05)
+        wait_for(marker, proc)
         proc.send_signal(signal.SIGINT)
         status = proc.wait(timeout=120)
     finally:
