@@ -225,7 +225,7 @@ def validation_loss(run_dir: Path, weights: dict, batches: int = 8) -> float:
     with torch.no_grad():
         for i in range(batches):
             generator = torch.Generator().manual_seed(i)
-            total += float(module.method_loss(module.net, data[i], generator)[module.metric_key])
+            total += float(module.method_loss(module.net, data[i][1], generator)[module.metric_key])
     return total / batches
 
 

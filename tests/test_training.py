@@ -6,7 +6,7 @@ from known_warnings import TORCH_INDUCTOR_JIT
 
 from flowlm.config import apply_overrides, load_preset
 from flowlm.errors import ConfigError
-from flowlm.training.batches import StepBatches
+from flowlm.training.batches import StepBatches, StepSampler
 from flowlm.training.module import FlowLMModule, step_seed
 from flowlm.training.run import batch_split
 
@@ -16,15 +16,26 @@ def test_rank_slices_of_a_global_micro_batch_equal_the_single_process_batch():
     single = StepBatches(blocks, micro_batch=8, seed=3, length=100)
     ranks = [StepBatches(blocks, micro_batch=4, seed=3, rank=r, world_size=2, length=100) for r in (0, 1)]
     for k in range(7):  # crosses several epochs of 25 blocks
-        torch.testing.assert_close(torch.cat([ranks[0][k], ranks[1][k]]), single[k])
+        assert ranks[0][k][0] == ranks[1][k][0] == single[k][0] == k  # each batch carries its global index
+        torch.testing.assert_close(torch.cat([ranks[0][k][1], ranks[1][k][1]]), single[k][1])
 
 
 def test_every_block_is_seen_once_per_epoch():
     blocks = torch.arange(24).view(12, 2)
     data = StepBatches(blocks, micro_batch=4, seed=0, length=6)
-    epoch = torch.cat([data[k] for k in range(3)])[:, 0] // 2
-    assert sorted(epoch.tolist()) == list(range(12))
-    assert not torch.equal(torch.cat([data[k] for k in range(3, 6)]), torch.cat([data[k] for k in range(3)]))
+    rows = lambda ks: torch.cat([data[k][1] for k in ks])  # noqa: E731
+    assert sorted((rows(range(3))[:, 0] // 2).tolist()) == list(range(12))
+    assert not torch.equal(rows(range(3, 6)), rows(range(3)))
+
+
+def test_the_step_sampler_starts_where_it_is_told_when_iteration_starts():
+    position = [3]
+    sampler = StepSampler(lambda: position[0])
+    position[0] = 7  # read at iter(), not at construction: the restored step is known only then
+    it = iter(sampler)
+    assert [next(it) for _ in range(4)] == [7, 8, 9, 10]
+    with pytest.raises(TypeError):  # no length: Lightning treats the loader as endless, max_steps ends the run
+        len(sampler)
 
 
 def test_batch_split_and_its_errors():

@@ -124,15 +124,20 @@ class FlowLMModule(L.LightningModule):
             self.trainer.world_size,
         )
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[int, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        index, batch = batch
+        step, micro = divmod(int(index), self.accumulate)
+        if step != self.global_step:  # the data position must follow the optimizer step, whatever Lightning counts
+            raise RuntimeError(
+                f"flowlm internal error: micro-batch {index} arrived at optimizer step {self.global_step} "
+                f"(accumulation {self.accumulate}); please report it"
+            )
         # DDP averages the per-rank mean losses: that is the global mean only if every rank holds B rows.
         if batch.shape[0] * self.trainer.world_size * self.accumulate != self.cfg.train.batch_size:
             raise ValueError(
                 f"micro-batch of {batch.shape[0]} rows x {self.trainer.world_size} processes x {self.accumulate} "
                 f"accumulation != train.batch_size={self.cfg.train.batch_size}"
             )
-        micro = batch_idx % self.accumulate
-        index = self.global_step * self.accumulate + micro
         out = self.method_loss(self.train_net, batch, **self.global_draws(batch, self.global_step, micro, 1, index))
         loss = out["loss"]
         bad = ~torch.isfinite(loss.detach())
@@ -198,8 +203,9 @@ class FlowLMModule(L.LightningModule):
                 self.log("train/tokens_per_s", self._tokens / max(now - self._clock, 1e-9), prog_bar=True)
                 self._tokens, self._clock = 0, now
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        out = self.method_loss(self.net, batch, **self.global_draws(batch, 0, batch_idx, 0, batch_idx))
+    def validation_step(self, batch: tuple[int, torch.Tensor], batch_idx: int) -> None:
+        index, batch = batch
+        out = self.method_loss(self.net, batch, **self.global_draws(batch, 0, index, 0, index))
         self.log(f"val/{self.metric_name}", out[self.metric_key], prog_bar=True, sync_dist=True)
         value = out[self.metric_key].double()
         self._val_sum = value if self._val_sum is None else self._val_sum + value

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -26,15 +27,15 @@ from flowlm.checks import check_accelerator
 from flowlm.config import RunConfig, apply_overrides, device_count, load_preset
 from flowlm.data import prepare_blocks, prepare_tokenizer
 from flowlm.data.cache import default_cache_dir
-from flowlm.errors import ConfigError, TrainingInterrupted
+from flowlm.errors import CheckpointError, ConfigError, TrainingInterrupted
 from flowlm.methods import registry
 from flowlm.paths import require_writable_dir
-from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader
+from flowlm.training.batches import RangeSampler, StepBatches, StepDataLoader, StepSampler
 from flowlm.training.checkpoint import provenance, recover_dir, save_model
 from flowlm.training.interrupt import GracefulInterrupt
 from flowlm.training.lock import RunLock
 from flowlm.training.module import FlowLMModule
-from flowlm.training.state import LAST, PREV, SafeCheckpointIO, clean_partials, newest_readable
+from flowlm.training.state import LAST, PREV, SafeCheckpointIO, newest_readable, os_error, recover_partials
 from flowlm.training.warm_start import source_provenance, warm_start
 
 
@@ -51,8 +52,17 @@ _NO_ADVERTS = _NoAdverts()
 class Checkpointing(Callback):
     """Every ``ckpt_every`` optimizer steps and at the end: save the training state and export the model."""
 
-    def __init__(self, run_dir: Path, tokenizer, every: int, extra_meta: dict, resumed_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        tokenizer,
+        every: int,
+        extra_meta: dict,
+        interrupt: GracefulInterrupt,
+        resumed_step: int | None = None,
+    ):
         self.run_dir = run_dir
+        self.interrupt = interrupt
         self.tokenizer = tokenizer
         self.every = every
         self.extra_meta = extra_meta
@@ -74,12 +84,26 @@ class Checkpointing(Callback):
             self.save(trainer, module)
 
     def save(self, trainer, module: FlowLMModule) -> None:
+        """Export the model, then the training state. In that order a training state is never newer than the
+        exported model: a run stopped between the two writes retrains up to that step (exactly) and exports again,
+        where the other order would leave a run that reached ``max_steps`` with an older model folder."""
         module.check_finite()
         self._saved_step = trainer.global_step
-        trainer.save_checkpoint(self.run_dir / "checkpoints" / LAST, weights_only=False)
-        self.last_saved = trainer.global_step
-        if trainer.is_global_zero:
-            export_model(self.run_dir / "model", module, self.tokenizer, trainer.global_step, self.extra_meta)
+        with self.interrupt.saving():
+            if trainer.is_global_zero:
+                model_dir = self.run_dir / "model"
+                try:
+                    export_model(model_dir, module, self.tokenizer, trainer.global_step, self.extra_meta)
+                except Exception as err:
+                    if os_error(err) is None:
+                        raise
+                    raise CheckpointError(
+                        f"could not export the model to {model_dir} ({os_error(err).strerror or os_error(err)}): "
+                        "the checkpoints are intact; free space (or fix the folder) and rerun the same command to "
+                        "resume"
+                    ) from None
+            trainer.save_checkpoint(self.run_dir / "checkpoints" / LAST, weights_only=False)
+            self.last_saved = trainer.global_step
 
 
 def export_model(directory: Path, module: FlowLMModule, tokenizer, step: int, extra_meta: dict) -> Path:
@@ -296,10 +320,27 @@ def resume_point(run_dir: Path, cfg: RunConfig, resume: bool) -> tuple[Path, dic
     return found
 
 
+def check_state_fits(module: FlowLMModule, path: Path, state: dict) -> None:
+    """CheckpointError unless the training state in ``path`` holds exactly the tensors (names and shapes) of
+    ``module``, before Lightning would fail deep inside ``load_state_dict``."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.get("state_dict", {}).items() if isinstance(v, torch.Tensor)}
+    if found == expected:
+        return
+    key = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
+    shown = f"{key[0]}: {list(found[key[0]]) if key[0] in found else 'absent'} in the file, " + (
+        f"{list(expected[key[0]])} in this run's config" if key[0] in expected else "absent in this run's config"
+    )
+    raise CheckpointError(
+        f"{path} holds a model of another shape ({shown}), so it is not a checkpoint of this run: start afresh with "
+        "--no-resume or train into a new --out folder"
+    )
+
+
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
     if launching_process():
         recover_dir(run_dir / "model")
-        clean_partials(run_dir / "checkpoints")
+        recover_partials(run_dir / "checkpoints")
     resumed = resume_point(run_dir, cfg, resume)
     teacher, stage1, teacher_meta = load_frozen(cfg)
     tokenizer = prepare_tokenizer(cfg.data.tokenizer, cfg.data.corpus, cache_dir=cfg.data.cache_dir)
@@ -317,6 +358,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
     micro, accumulate = batch_split(cfg, world)
     L.seed_everything(cfg.train.seed, verbose=False)
     module = FlowLMModule(cfg, tokenizer.vocab_size, accumulate, teacher=teacher, stage1=stage1)
+    if resumed is not None:
+        check_state_fits(module, *resumed)
     if resumed is None and launching_process():
         # Starting afresh (--no-resume): an earlier run's state must not become this run's prev.ckpt, which a
         # crash during this run's first save would then resume from.
@@ -339,10 +382,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
     # logger would otherwise overwrite the metrics of the interrupted launch.
     log_version = f"session-{len(list((run_dir / 'logs').glob('session-*')))}"
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTS)  # a set: added once
-    checkpointing = Checkpointing(
-        run_dir, tokenizer, cfg.train.ckpt_every, extra_meta, resumed[1]["global_step"] if resumed else None
-    )
     interrupt = GracefulInterrupt(world)
+    checkpointing = Checkpointing(
+        run_dir, tokenizer, cfg.train.ckpt_every, extra_meta, interrupt, resumed[1]["global_step"] if resumed else None
+    )
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         max_time=timedelta(minutes=cfg.train.max_minutes) if cfg.train.max_minutes else None,
@@ -371,16 +414,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
         default_root_dir=run_dir,
         plugins=[SafeCheckpointIO(resumed)],
     )
-    total = cfg.train.max_steps * accumulate
 
     class Data(L.LightningDataModule):
         # Built after the processes are launched, when each knows its rank.
         def train_dataloader(self):
-            start = trainer.global_step * accumulate
-            dataset = StepBatches(train_blocks, micro, cfg.train.seed, *rank_and_world(trainer, world), length=total)
-            return StepDataLoader(
-                dataset, batch_size=None, sampler=RangeSampler(start, total), num_workers=cfg.train.num_workers
-            )
+            dataset = StepBatches(train_blocks, micro, cfg.train.seed, *rank_and_world(trainer, world))
+            sampler = StepSampler(lambda: trainer.global_step * accumulate)
+            return StepDataLoader(dataset, batch_size=None, sampler=sampler, num_workers=cfg.train.num_workers)
 
         def val_dataloader(self):
             rank = rank_and_world(trainer, world)
@@ -396,7 +436,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool) -> Path:
         except SystemExit:  # a second Ctrl-C: Lightning turns it into sys.exit(1) after its teardown
             if checkpointing.interrupted_at is None:
                 raise
-            raise TrainingInterrupted(checkpointing.interrupted_at, checkpointing.last_saved) from None
-    if interrupt.requested_at is not None:  # the first Ctrl-C: stopped after a step, which was saved
-        raise TrainingInterrupted(interrupt.requested_at, checkpointing.last_saved)
+            signum = interrupt.received or signal.SIGINT
+            raise TrainingInterrupted(checkpointing.interrupted_at, checkpointing.last_saved, signum) from None
+    if interrupt.requested_at is not None:  # the first Ctrl-C or SIGTERM: stopped after a step, which was saved
+        raise TrainingInterrupted(interrupt.requested_at, checkpointing.last_saved, interrupt.signum)
     return run_dir / "model"
