@@ -194,8 +194,8 @@ def runs(tmp_path_factory):
     # Accumulation 2 in both: 1 process x micro 4 x 2 = 2 processes x micro 2 x 2 = the global batch of 8.
     args = [*TINY, *SCHEDULE, *fast, cache, "train.micro_batch_size=4"]
     flowlm("train", [*args, "--steps", "4", "--out", str(one)], 1)
-    # The 2-process run stops at step 2 and is resumed to step 4.
-    for steps in (2, 4):
+    # The 2-process run stops at step 1 (before half-way, after an end-of-training save) and is resumed to step 4.
+    for steps in (1, 4):
         args = [*TINY, *SCHEDULE, *fast, *TWO, cache, "train.micro_batch_size=2"]
         flowlm("train", [*args, "--steps", str(steps), "--out", str(two)], 2)
     return root
@@ -254,9 +254,11 @@ def workers_of(launcher_pid: int) -> dict[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker ranks through /proc")
-def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(runs, tmp_path):
-    """SIGINT reaches rank 1 only: the ranks agree (an all-reduce per optimizer step) to stop after the same step,
-    which is saved; without the agreement rank 0 would wait for rank 1's gradients until gloo's timeout."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(runs, tmp_path, signum):
+    """SIGINT or SIGTERM reaches rank 1 only: the ranks agree (an all-reduce per optimizer step) to stop after the
+    same step, which is saved; without the agreement rank 0 would wait for rank 1's gradients until gloo's
+    timeout."""
     out = tmp_path / "run"
     cache = f"data.cache_dir={runs / 'cache'}"
     args = [*TINY, *SCHEDULE, *TWO, cache, "train.micro_batch_size=2", "--steps", "100000", "--out", str(out)]
@@ -271,12 +273,13 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(runs, tmp_path):
             time.sleep(0.2)
         ranks = workers_of(proc.pid)
         assert sorted(ranks) == [0, 1], ranks
-        os.kill(ranks[1], signal.SIGINT)
+        os.kill(ranks[1], signum)
         proc.wait(timeout=180)
     finally:
         proc.kill()
     err = proc.stderr.read()
-    steps = [int(m) for m in re.findall(r"flowlm: interrupted at step (\d+);", err)]
+    how = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    steps = [int(m) for m in re.findall(rf"flowlm: {how} at step (\d+);", err)]
     assert len(steps) == 2 and steps[0] == steps[1], err[-3000:]
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == steps[0]

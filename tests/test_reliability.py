@@ -5,15 +5,19 @@ Each fault is injected where it hurts (a child process killed with ``os._exit`` 
 publishes a file, or the rename patched to fail) and the test checks what a rerun does.
 """
 
+import errno
+import io
 import json
 import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,7 @@ from flowlm.cli import main
 from flowlm.errors import CheckpointError, ConfigError
 from flowlm.training.checkpoint import atomic_write_dir, resolve_model_dir
 from flowlm.training.lock import RunLock
-from flowlm.training.state import LAST, PREV, load_state, newest_readable, save_state
+from flowlm.training.state import LAST, PREV, load_state, newest_readable, recover_partials, save_state
 
 TEXT = "\n\n".join(f"the cat {i % 7} sat on the mat {i % 5} and looked at the dog {i % 3}." for i in range(400))
 OVERRIDES = [
@@ -106,7 +110,7 @@ def test_a_failed_rename_always_leaves_a_readable_checkpoint(tmp_path, monkeypat
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", flaky)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(CheckpointError, match="injected"):  # one line for the user, naming the cause
         save_state({"global_step": 3}, tmp_path)
     monkeypatch.setattr(os, "replace", real)
     path, state = newest_readable(tmp_path)
@@ -114,20 +118,22 @@ def test_a_failed_rename_always_leaves_a_readable_checkpoint(tmp_path, monkeypat
     assert not list(tmp_path.glob(".partial-*"))
 
 
-def test_kill_during_checkpoint_publish_then_rerun_resumes_exactly(setup, tmp_path):
-    """A child training process is killed (os._exit, no cleanup) inside the rename that publishes the step-4
-    checkpoint, after last.ckpt became prev.ckpt: the rerun resumes from prev.ckpt (step 2) and ends with the
-    same weights as an uninterrupted run."""
+@pytest.mark.parametrize("kill_at", [1, 2])
+def test_kill_during_checkpoint_publish_then_rerun_resumes_exactly(setup, tmp_path, kill_at):
+    """A child training process is killed (os._exit, no cleanup) inside the rename that publishes a checkpoint:
+    the step-2 one (the first save: no readable checkpoint is left, only the complete temporary file) or the step-4
+    one (after last.ckpt became prev.ckpt). The rerun publishes the complete temporary file instead of deleting it
+    and ends with the same weights as an uninterrupted run."""
     root, overrides = setup
     out, corpus = tmp_path / "run", root / "corpus.txt"
     proc = child(
         f"""
         import os, flowlm
         real, published = os.replace, []
-        def replace(src, dst):  # saves: step 2 publishes last.ckpt; step 4 moves it to prev.ckpt, then dies
+        def replace(src, dst):  # saves: step 2 publishes last.ckpt; step 4 moves it to prev.ckpt, then publishes
             if str(dst).endswith("last.ckpt"):
                 published.append(dst)
-                if len(published) == 2:
+                if len(published) == {kill_at}:
                     os._exit(9)
             return real(src, dst)
         os.replace = replace
@@ -138,13 +144,18 @@ def test_kill_during_checkpoint_publish_then_rerun_resumes_exactly(setup, tmp_pa
         stderr=subprocess.PIPE,
     )
     assert proc.wait(timeout=300) == 9, proc.stderr.read().decode()[-2000:]
-    assert not (out / "checkpoints" / LAST).exists() and (out / "checkpoints" / PREV).exists()
-    assert list((out / "checkpoints").glob(".partial-*")), "the kill should leave the unpublished file behind"
-    train(setup, out, 4)
-    assert load_state(out / "checkpoints" / LAST)["global_step"] == 4
-    assert not list((out / "checkpoints").glob(".partial-*"))
-    assert (out / "logs" / "session-1").is_dir()  # a second launch trained ...
-    assert same_weights(out, root / "straight")  # ... from step 2, exactly
+    ckpts = out / "checkpoints"
+    assert not (ckpts / LAST).exists() and (ckpts / PREV).exists() == (kill_at == 2)
+    assert list(ckpts.glob(".partial-*")), "the kill should leave the unpublished file behind"
+    if kill_at == 1:
+        train(setup, out, 4)  # resumes from the recovered step-2 file and trains steps 3 and 4
+        assert (out / "logs" / "session-1").is_dir()
+    else:  # the step-4 file is recovered: the run is complete, and its model (exported before the state) too
+        with pytest.raises(ConfigError, match="already at step 4"):
+            train(setup, out, 4)
+    assert load_state(ckpts / LAST)["global_step"] == 4
+    assert not list(ckpts.glob(".partial-*"))
+    assert same_weights(out, root / "straight")
 
 
 # --- 3. safe resume --------------------------------------------------------------------------------------
@@ -191,6 +202,115 @@ def test_damaged_last_falls_back_to_prev_and_both_damaged_names_no_resume(setup,
     assert main([*cli_args(setup, out, 2), "--no-resume"]) == 0
     assert load_state(ckpts / LAST)["global_step"] == 2
     assert not (ckpts / PREV).exists()  # the earlier run's state is gone, not kept as this run's fallback
+
+
+def flip_a_tensor_bit(path: Path) -> None:
+    """Flip one bit inside the data of a tensor record of the zip archive ``path`` (headers stay intact)."""
+    with zipfile.ZipFile(path) as archive:
+        record = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 8)
+    with open(path, "r+b") as f:
+        f.seek(record.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        f.seek(record.header_offset + 30 + name_len + extra_len + record.file_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_a_flipped_bit_in_a_tensor_is_caught_and_never_rotated_over_a_good_prev(tmp_path):
+    """torch.load does not check the archive's CRC-32s, so a flipped bit inside a tensor loaded silently. Now the
+    check catches it, resume falls back to prev.ckpt, and the next save replaces the damaged last.ckpt directly
+    instead of rotating it over the readable prev.ckpt."""
+    for step in (1, 2):
+        save_state({"global_step": step, "w": torch.arange(64.0) * step}, tmp_path)
+    torch.load(tmp_path / LAST, weights_only=True)  # a flip is invisible to torch ...
+    flip_a_tensor_bit(tmp_path / LAST)
+    assert not torch.equal(torch.load(tmp_path / LAST, weights_only=True)["w"], torch.arange(64.0) * 2)
+    with pytest.raises(CheckpointError, match="CRC-32"):  # ... not to the check
+        load_state(tmp_path / LAST)
+    path, state = newest_readable(tmp_path, warn=lambda message: None)
+    assert (path.name, state["global_step"]) == (PREV, 1)
+    save_state({"global_step": 3, "w": torch.zeros(64)}, tmp_path)
+    assert load_state(tmp_path / LAST)["global_step"] == 3 and load_state(tmp_path / PREV)["global_step"] == 1
+
+
+def test_a_complete_temporary_file_is_recovered_and_broken_or_older_ones_deleted(tmp_path):
+    """What a kill inside the publishing renames leaves: the complete temporary file is the newest state. The next
+    run publishes it when nothing readable is newer, and deletes temporary files that are truncated or older."""
+    folder = tmp_path
+    save_state({"global_step": 5}, folder)
+    (folder / LAST).write_bytes(b"PK\x03\x04 damaged")
+    torch.save({"global_step": 7}, folder / ".partial-11-last.ckpt")
+    torch.save({"global_step": 4}, folder / ".partial-12-last.ckpt")
+    data = bytearray((folder / ".partial-11-last.ckpt").read_bytes())
+    (folder / ".partial-13-last.ckpt").write_bytes(bytes(data[: len(data) // 2]))
+    recover_partials(folder, warn=lambda message: None)
+    assert load_state(folder / LAST)["global_step"] == 7
+    assert not (folder / PREV).exists()  # the damaged last.ckpt was not rotated into prev.ckpt
+    assert not list(folder.glob(".partial-*"))
+    torch.save({"global_step": 6}, folder / ".partial-14-last.ckpt")  # older than last.ckpt: only deleted
+    recover_partials(folder, warn=lambda message: None)
+    assert load_state(folder / LAST)["global_step"] == 7 and not list(folder.glob(".partial-*"))
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_checkpoints(setup, tmp_path, monkeypatch, capsys):
+    """ENOSPC raised inside torch's zip writer came out as a 60-line traceback ending in "unexpected pos"."""
+    root, _ = setup
+    out = tmp_path / "run"
+    shutil.copytree(root / "straight", out)
+    before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    real = os.fdopen
+
+    class FullDisk(io.RawIOBase):
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def close(self):
+            self.f.close()
+            super().close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kwargs: FullDisk(real(fd, *args, **kwargs)))
+    one_line_error(capsys, cli_args(setup, out, 6), "could not write the training state", "No space left",
+                   "rerun the same command to resume")  # fmt: skip
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == before
+
+
+def test_resume_refuses_foreign_checkpoints_and_a_broken_environment_with_one_line(setup, tmp_path, monkeypatch,
+                                                                                   capsys):  # fmt: skip
+    """A last.ckpt of a model of another size or with a non-integer step; both TORCH_FORCE_* variables set (which
+    used to be reported as two damaged checkpoints, with advice to discard a healthy run)."""
+    root, _ = setup
+    out = tmp_path / "run"
+    shutil.copytree(root / "straight", out)
+    ckpts = out / "checkpoints"
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "true")
+    err = one_line_error(capsys, cli_args(setup, out, 6), "are both set", "unset one")
+    assert "damaged" not in err and "--no-resume" not in err
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    state = load_state(ckpts / LAST)
+    key = next(k for k, v in state["state_dict"].items() if v.dim() == 2)
+    state["state_dict"][key] = torch.zeros(state["state_dict"][key].shape[0] * 2, state["state_dict"][key].shape[1])
+    torch.save(state, ckpts / LAST)
+    one_line_error(capsys, cli_args(setup, out, 6), "holds a model of another shape", key, "--no-resume")
+    state = load_state(ckpts / PREV)
+    state["global_step"] = 2.5
+    torch.save(state, ckpts / LAST)
+    (ckpts / PREV).unlink()
+    one_line_error(capsys, cli_args(setup, out, 6), "global_step is 2.5, not a whole number", "--no-resume")
 
 
 # --- 5. the model folder swap ----------------------------------------------------------------------------
@@ -334,6 +454,82 @@ def test_ctrl_c_inside_a_checkpoint_save_finishes_the_save_and_exits_130(setup, 
     last = err.strip().splitlines()[-1]
     assert last == (f"flowlm: interrupted at step {state['global_step']}; rerun the same command to resume from "
                     f"the checkpoint of step {state['global_step']}"), last  # fmt: skip
+
+
+def test_sigterm_saves_the_step_in_progress_exits_143_and_resumes_exactly(setup, tmp_path):
+    """SIGTERM (docker stop, timeout, systemd, SLURM preemption) at whatever step the child has reached: it used to
+    exit 0 without saving the step in progress. Now: the step is saved, the exit status is 143 (128 + 15) with our
+    line, and the rerun continues to the same weights as a run that was never stopped."""
+    out = tmp_path / "run"
+    proc = child(
+        f"import sys; from flowlm.cli import main; sys.exit(main({cli_args(setup, out, 100_000)!r}))",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(out / "checkpoints" / LAST, proc)
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert status == 143, err[-3000:]
+    step = load_state(out / "checkpoints" / LAST)["global_step"]
+    assert err.strip().splitlines()[-1] == (f"flowlm: stopped by SIGTERM at step {step}; rerun the same command to "
+                                            f"resume from the checkpoint of step {step}")  # fmt: skip
+    train(setup, out, step + 3)
+    train(setup, tmp_path / "straight", step + 3)
+    assert same_weights(out, tmp_path / "straight")
+
+
+def test_a_second_ctrl_c_during_the_final_save_waits_for_it_and_exits_130(setup, tmp_path):
+    """The first Ctrl-C asks for a stop; the save of that step is slow, and a second Ctrl-C lands inside it (it used
+    to give exit status 1 and torch's "unexpected pos" traceback). Now the save completes, then the process stops."""
+    out, markers = tmp_path / "run", tmp_path / "markers"
+    markers.mkdir()
+    proc = child(
+        f"""
+        import io, sys, time, torch
+        from pathlib import Path
+        markers, save, saves = Path({str(markers)!r}), torch.save, []
+
+        class SlowFile(io.RawIOBase):  # the third write of every save waits 3 s, after leaving a marker
+            def __init__(self, f):
+                self.f, self.calls = f, 0
+                saves.append(self)
+            def writable(self):
+                return True
+            def write(self, data):
+                self.calls += 1
+                if self.calls == 3:
+                    (markers / f"save-{{len(saves)}}").touch()
+                    time.sleep(3)
+                return self.f.write(data)
+
+        torch.save = lambda obj, f, *args, **kwargs: save(obj, SlowFile(f) if hasattr(f, "write") else f, *args,
+                                                          **kwargs)
+        from flowlm.cli import main
+        sys.exit(main({cli_args(setup, out, 100_000)!r}))
+        """,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(out / "checkpoints" / LAST, proc)  # the first save is complete
+        proc.send_signal(signal.SIGINT)  # a request to stop after the step in progress
+        wait_for(markers / "save-2", proc)  # the save of that step
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert status == 130 and "Traceback" not in err and "unexpected pos" not in err, err[-3000:]
+    assert not list((out / "checkpoints").glob(".partial-*"))
+    step = load_state(out / "checkpoints" / LAST)["global_step"]
+    assert err.strip().splitlines()[-1] == (f"flowlm: interrupted at step {step}; rerun the same command to resume "
+                                            f"from the checkpoint of step {step}")  # fmt: skip
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):

@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrainingInterrupted as err:
         print(f"flowlm: {err}", file=sys.stderr)
-        return 130
+        return err.exit_status
     except KeyboardInterrupt:
         print("flowlm: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
