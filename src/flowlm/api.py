@@ -19,7 +19,7 @@ from flowlm.methods.condition import make_condition
 from flowlm.methods.lowrank import check_input_noise
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.prompts import layout
-from flowlm.training.checkpoint import META, TOKENIZER, load_state_strict, read_meta, read_weights, resolve_model_dir
+from flowlm.training.checkpoint import META, TOKENIZER, load_state_strict, read_consistent, read_weights
 
 DEFAULT_STEPS = 64  # sampling steps when none are given (every method that takes steps)
 
@@ -220,24 +220,10 @@ class FlowLM:
         return self.decode(tokens[:, : plan.end])
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None) -> FlowLM:
-    """Load a model folder written by ``flowlm train`` (or the run folder holding it), a Hugging Face Hub
-    repository ``owner/name`` holding one (downloaded once into the Hub cache; ``revision`` picks a branch,
-    tag or commit), or a shipped demo model ``"demo:fmlm"`` / ``"demo:flm"`` (:mod:`flowlm.demo`). Strict."""
-    from flowlm.hub import download, is_hub_id
-
-    check_device(device, "device")
-    if str(path).startswith(PREFIX):
-        path = demo_path(str(path))
-    if is_hub_id(str(path)):
-        directory = download(str(path), revision=revision)
-        if not (directory / META).is_file():  # a released reference model: converted once, then cached
-            from flowlm.interop.released import cached_conversion
-
-            directory = cached_conversion(directory, str(path), revision)
-    else:
-        directory = resolve_model_dir(path)
-    meta = read_meta(directory)
+def read_model(directory: Path, meta: dict) -> tuple[DiTConfig, Tokenizer, Method, dict[str, torch.Tensor]]:
+    """The network config, tokenizer, method and weights (verified against ``meta``'s hash) of the model folder
+    ``directory`` whose ``flowlm.json`` is ``meta``, checked against each other. :func:`load` calls it through
+    :func:`flowlm.training.checkpoint.read_consistent`, so that all of them come from one export."""
     try:
         config = DiTConfig(**meta["model"])
     except (KeyError, TypeError) as err:
@@ -248,9 +234,27 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: 
             f"the tokenizer in {directory} has {tokenizer.vocab_size} tokens but the model expects "
             f"{config.vocab_size}: the checkpoint was assembled from mismatched parts; re-export it"
         )
-    method = registry.for_meta(meta, where=str(directory))
+    return config, tokenizer, registry.for_meta(meta, where=str(directory)), read_weights(directory, meta)
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None) -> FlowLM:
+    """Load a model folder written by ``flowlm train`` (or the run folder holding it), a Hugging Face Hub
+    repository ``owner/name`` holding one (downloaded once into the Hub cache; ``revision`` picks a branch,
+    tag or commit), or a shipped demo model ``"demo:fmlm"`` / ``"demo:flm"`` (:mod:`flowlm.demo`). Strict."""
+    from flowlm.hub import download, is_hub_id
+
+    check_device(device, "device")
+    if str(path).startswith(PREFIX):
+        path = demo_path(str(path))
+    if is_hub_id(str(path)):
+        hub_id, path = str(path), download(str(path), revision=revision)
+        if not (path / META).is_file():  # a released reference model: converted once, then cached
+            from flowlm.interop.released import cached_conversion
+
+            path = cached_conversion(path, hub_id, revision)
+    directory, meta, (config, tokenizer, method, weights) = read_consistent(path, read_model)
     net = DiT(config)
-    load_state_strict(net, read_weights(directory, meta), str(directory))
+    load_state_strict(net, weights, str(directory))
     teacher = None
     if method.samples_with_teacher:
         # E.g. the v1 stage-1 map adds g to the teacher's velocity: it samples with its (verified) teacher.

@@ -17,7 +17,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +33,9 @@ WEIGHTS = "model.safetensors"
 META = "flowlm.json"
 TOKENIZER = "tokenizer"
 CARD = "README.md"
+READ_ATTEMPTS = 50  # reads of a model folder, each spoiled by a new export, before giving up
+
+T = TypeVar("T")
 
 
 def code_version() -> str:
@@ -159,6 +164,8 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 
 
 def read_meta(directory: Path) -> dict:
+    """The checked ``flowlm.json`` of the model folder ``directory``. Alone it may race a writer: see
+    :func:`read_consistent`."""
     try:
         meta = json.loads((directory / META).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -177,7 +184,8 @@ def read_meta(directory: Path) -> dict:
 
 
 def read_weights(directory: Path, meta: dict) -> dict[str, torch.Tensor]:
-    """Load the weights, verifying the recorded SHA-256 first."""
+    """Load the weights, verifying the recorded SHA-256 first. Alone it may race a writer (the file hashed and
+    the file loaded may then be two exports'): see :func:`read_consistent`."""
     weights = directory / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing: the checkpoint is incomplete; re-export it")
@@ -188,6 +196,49 @@ def read_weights(directory: Path, meta: dict) -> dict[str, torch.Tensor]:
         return load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights} cannot be read ({err}): the file is corrupt; re-export it") from None
+
+
+def _export_seen(path: Path) -> tuple | None:
+    """Which export ``path`` shows now: the folder it resolves to, that folder's device, inode and change time,
+    and its ``flowlm.json`` bytes; None when no readable model folder is there."""
+    try:
+        directory = resolve_model_dir(path)
+        info = directory.stat()
+        return directory, info.st_dev, info.st_ino, info.st_ctime_ns, (directory / META).read_bytes()
+    except (CheckpointError, OSError):
+        return None
+
+
+def read_consistent(
+    path: str | os.PathLike, read: Callable[[Path, dict], T] = lambda directory, meta: None
+) -> tuple[Path, dict, T]:
+    """``(directory, meta, read(directory, meta))`` for the model folder at ``path`` (a model folder or a run
+    folder, as :func:`resolve_model_dir`), all of one export, even while a writer exports into it.
+
+    :func:`atomic_write_dir` replaces the whole folder, so a reader that takes ``flowlm.json`` from one export
+    and the weights or tokenizer from the next (or finds a file gone) has raced a writer. Each attempt notes
+    which export ``path`` shows (folder, inode, change time, ``flowlm.json`` bytes) before and after reading;
+    a replaced export never returns, so an unchanged note means the read saw one export only. A read that
+    raced a writer is retried, up to :data:`READ_ATTEMPTS` times; an error while nothing changed (a corrupt
+    or missing file) is raised at once.
+    """
+    path = Path(path)
+    for _ in range(READ_ATTEMPTS):
+        before = _export_seen(path)
+        try:
+            directory = resolve_model_dir(path)
+            meta = read_meta(directory)
+            result = read(directory, meta)
+        except Exception:
+            if _export_seen(path) == before:
+                raise
+            continue
+        if _export_seen(path) == before:
+            return directory, meta, result
+    raise CheckpointError(
+        f"{path} was replaced by a new export {READ_ATTEMPTS} times while being read: read it again, or when "
+        "its training run has stopped"
+    )
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -9,11 +9,13 @@ Resuming wins: a run folder that holds a checkpoint ignores ``init_from``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from flowlm.errors import ConfigError
 from flowlm.nn.dit import DiTConfig
-from flowlm.training.checkpoint import load_state_strict, read_meta, read_weights, resolve_model_dir
+from flowlm.training.checkpoint import load_state_strict, read_consistent, read_weights
 
 # DiT options a warm start may change: they alter no weight's meaning.
 FREE_OPTIONS = ("dropout", "attn_backend")
@@ -26,7 +28,7 @@ def warm_start(net: torch.nn.Module, ema, path: str) -> dict:
     The source's DiT config must equal ``net.config`` except for :data:`FREE_OPTIONS`, so a model of another
     kind (causal AR, masked MDLM, two-time flow map) or size is refused with a ConfigError.
     """
-    directory, meta = resolve_model_dir(path), read_meta(resolve_model_dir(path))
+    directory, meta, weights = read_consistent(path, read_weights)  # weights and provenance of one export
     source = DiTConfig(**meta["model"]).to_dict()
     target = net.config.to_dict()
     diffs = sorted(k for k in target if k not in FREE_OPTIONS and source.get(k) != target[k])
@@ -37,14 +39,16 @@ def warm_start(net: torch.nn.Module, ema, path: str) -> dict:
             "of the same kind and size, or drop train.init_from"
         )
     own = net.state_dict()
-    weights = read_weights(directory, meta)
     load_state_strict(net, {k: v.to(own[k].dtype) if k in own else v for k, v in weights.items()}, str(directory))
     ema.load_state_dict({name: p.detach() for name, p in ema.named_params()})
-    return source_provenance(path)
+    return provenance_of(directory, meta)
 
 
 def source_provenance(path: str) -> dict:
     """Path, training step and weights hash of the model folder a run was warm-started from."""
-    directory = resolve_model_dir(path)
-    meta = read_meta(directory)
+    return provenance_of(*read_consistent(path)[:2])
+
+
+def provenance_of(directory: Path, meta: dict) -> dict:
+    """Path, training step and weights hash of the model folder ``directory`` whose ``flowlm.json`` is ``meta``."""
     return {"path": str(directory), "step": meta.get("step"), "weights_sha256": meta.get("weights_sha256")}
