@@ -111,6 +111,23 @@ def test_vocabulary_mismatch_and_strict_loading(trained, tmp_path):
         flowlm.load(bigger)
 
 
+@pytest.mark.parametrize(
+    ("source", "method", "detail"),
+    [("flm", "fmlm", "time_inputs=1"), ("flm", "mdlm", "mask_input=False"), ("flm", "ar", "causal=False"),
+     ("fmlm", "flm", "time_inputs=2")],
+)  # fmt: skip
+def test_a_flowlm_json_naming_another_method_is_refused_at_load(capsys, tmp_path, source, method, detail):
+    from flowlm.demo_models import demo_path
+
+    folder = tmp_path / "relabelled"
+    shutil.copytree(demo_path(source), folder)
+    meta = json.loads((folder / "flowlm.json").read_text())
+    (folder / "flowlm.json").write_text(json.dumps({**meta, "method": method}))
+    one_line_error(capsys, ["sample", str(folder), "-n", "1"], "its flowlm.json does not match its weights", detail)
+    with pytest.raises(CheckpointError, match=f"names method '{method}'"):
+        flowlm.load(folder)
+
+
 def test_sequence_longer_than_model(capsys, trained):
     one_line_error(capsys, ["sample", str(trained[0]), "--seq-len", "25", "--steps", "1"], "exceeds the model's 24")
 

@@ -3,6 +3,7 @@ has a row), CLI options, devices, outputs that cannot be written, files of the w
 names without network (in seconds, not after the libraries' retries)."""
 
 import os
+import shutil
 import socket
 import time
 
@@ -67,6 +68,10 @@ BAD_CONFIG = [
     ("train.strategy=fsdp", "train.strategy=fsdp is not supported"),
     ("distill.diag_frac=2", "distill.diag_frac"),
     ("distill.recipe=x", "distill.recipe='x'"),
+    ("train.max_minutes=.inf", "train.max_minutes=inf: use a finite number"),
+    ("train.max_minutes=1e12", "train.max_minutes=1000000000000.0: give a positive number of minutes"),
+    ("train.max_steps=99999999999999999999", "train.max_steps=99999999999999999999: use a whole number of at most"),
+    ("train.batch_size=1.0e+30", "train.batch_size=1000000000000000019884624838656: use a whole number of at most"),
 ]
 
 
@@ -87,6 +92,36 @@ def test_a_bad_config_fails_before_the_run_folder_exists(capsys, tmp_path):
     assert main(["train", "--out", str(tmp_path / "run"), "train.lr=-1"]) == 2
     assert "train.lr=-1.0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), "--steps", "99999999999999999999"],
+                   "train.max_steps=99999999999999999999: use a whole number of at most 2147483647")  # fmt: skip
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), "train.max_minutes=inf"], "train.max_minutes=inf")
+    assert not (tmp_path / "run").exists()
+
+
+def _options(kind: str) -> list[str]:
+    """Every run-config option whose type holds a ``kind`` (float or int), as section.key."""
+    from dataclasses import fields
+
+    from flowlm.config import RunConfig
+
+    cfg = RunConfig()
+    return [f"{section.name}.{spec.name}" for section in fields(cfg) for spec in fields(getattr(cfg, section.name))
+            if kind in str(spec.type) and "tuple" not in str(spec.type)]  # fmt: skip
+
+
+@pytest.mark.parametrize("option", _options("float"))
+def test_every_float_option_refuses_nan_and_infinity(option):
+    for value in (".nan", ".inf", "-.inf"):
+        with pytest.raises(ConfigError, match=f"^{option}=") as err:
+            apply_overrides(load_preset("tiny"), [f"{option}={value}"])
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("option", _options("int"))
+def test_every_whole_number_option_is_bounded(option):
+    with pytest.raises(ConfigError, match=f"^{option}=") as err:
+        apply_overrides(load_preset("tiny"), [f"{option}={2**32}"])
+    assert "at most" in str(err.value) or "[0, 4294967295]" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -101,10 +136,59 @@ def test_a_bad_config_fails_before_the_run_folder_exists(capsys, tmp_path):
         (["demo", "--device", "nonsense"], "--device 'nonsense'"),
         (["eval", "demo:flm", "--out", "x", "--judge-batch-size", "0"], "--judge-batch-size 0"),
         (["eval", "demo:flm", "--out", "x", "--device", "nonsense"], "--device 'nonsense'"),
+        (["sample", "demo:flm", "-n", "99999999999999999999"], "--num-samples 99999999999999999999: use a whole"),
+        (["eval", "demo:flm", "--out", "x", "--infill-frac", "nan"], "--infill-frac nan: give the share"),
     ],
 )
 def test_bad_cli_options(capsys, argv, message):
     one_line_error(capsys, argv, message)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """flowlm.load and the judge loader fail the test: a bad option must be refused before either runs."""
+    monkeypatch.setattr(flowlm, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("flowlm.eval.load_judge", lambda *a, **k: pytest.fail("the judge was loaded"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--infill-frac", "nan"], "--infill-frac nan: give the share of each block's 128 positions to keep"),
+        (["--infill-middle", "1.5"], "--infill-middle 1.5"),
+        (["--prompt-tokens", "0"], "--prompt-tokens 0: give a whole number from 1 to 127"),
+        (["--prompt-tokens", "128"], "--prompt-tokens 128"),
+        (["--prompt-tokens", "4", "--infill-frac", "0.5"], "give one of them"),
+        (["--prompt-tokens", "4", "--split", "nonsense"], "unknown split 'nonsense'"),
+        (["--prompt-tokens", "4", "--data", "/no/such/corpus.txt"], "unknown corpus '/no/such/corpus.txt'"),
+        (["--prompt-tokens", "4", "--data", "shakespeare", "--split", "test"], "has no test split"),
+        (["--prompt-tokens", "4", "--data", "shakespeare", "--seq-len", "64"], "whole blocks of 128"),
+        (["--seq-len", "500"], "--seq-len 500 exceeds the model's 128"),
+        (["--gamma", "0.5"], "gamma"),
+    ],
+)
+def test_eval_checks_its_options_before_loading_the_model_or_judge(capsys, tmp_path, no_loading, flags, message):
+    start = time.perf_counter()
+    one_line_error(capsys, ["eval", "demo:flm", "--out", str(tmp_path / "e"), "--quiet", *flags], message)
+    assert time.perf_counter() - start < 5 and not (tmp_path / "e").exists()
+
+
+def test_a_template_does_not_drop_a_prompt_or_suffix(capsys, no_loading):
+    template = "The [BLANK:3] sat."
+    one_line_error(capsys, ["sample", "demo:flm", "--template", template, "--prompt", "Once"],
+                   "--template places all the given text itself, so --prompt would be dropped")  # fmt: skip
+    one_line_error(capsys, ["sample", "demo:flm", "--template", template, "--suffix", "End."], "--suffix")
+
+
+def test_nll_refuses_a_folder_as_its_out_file_before_any_work(capsys, tmp_path, no_loading):
+    message = f"--out '{tmp_path}' is a folder: name a file, e.g. '{tmp_path / 'nll.json'}'"
+    one_line_error(capsys, ["nll", "demo:flm", "--out", str(tmp_path)], message)
+
+
+def test_compare_refuses_a_binary_file(capsys, tmp_path):
+    binary = tmp_path / "results.json"
+    binary.write_bytes(bytes(range(256)) * 8)
+    one_line_error(capsys, ["compare", str(binary), "--out", str(tmp_path / "c")], "is not a text file")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -237,3 +321,190 @@ def test_eval_writes_the_samples_before_the_judge_runs(tmp_path):
     with pytest.raises(RuntimeError, match="judge crashed"):
         evaluate(flowlm.load("demo:flm"), BrokenJudge(), [1], tmp_path, num_samples=3, batch_size=2, progress=False)
     assert len((tmp_path / "samples_steps1.jsonl").read_text().splitlines()) == 1 + 3  # header + every sample
+
+
+# --- training: what a distillation takes from its teacher, outputs apart from it, memory ------------------------
+
+
+@pytest.fixture
+def teacher_run(tmp_path):
+    """A run folder (config.json, model/) holding a copy of the shipped demo FLM as its model."""
+    from flowlm.demo_models import demo_path
+
+    run = tmp_path / "teacher"
+    shutil.copytree(demo_path("flm"), run / "model")
+    (run / "config.json").write_text("{}")
+    return run
+
+
+def folder_state(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("teacher", "out", "message"),
+    [
+        ("teacher", "teacher", "is the teacher's folder"),
+        ("teacher/model", "teacher", "is the teacher's folder"),
+        ("teacher", "teacher/model", "lies inside the teacher's folder"),
+        ("teacher/model", "teacher/fmlm", "lies inside the teacher's folder"),
+        ("teacher", ".", "holds the teacher"),
+    ],
+)
+def test_distill_never_writes_over_its_teacher(capsys, tmp_path, teacher_run, teacher, out, message):
+    before = folder_state(teacher_run)
+    argv = ["distill", "--teacher", str(tmp_path / teacher), "--out", str(tmp_path / out), "--no-resume", "--quiet"]
+    one_line_error(capsys, argv, message, "choose an --out")
+    assert folder_state(teacher_run) == before
+
+
+def test_a_model_folder_outside_a_run_is_guarded_itself(teacher_run, tmp_path):
+    from flowlm.training.preflight import check_out_apart
+    from flowlm.training.run import distill_config
+
+    standalone = tmp_path / "models" / "flm"
+    shutil.copytree(teacher_run / "model", standalone)
+    cfg = distill_config(str(standalone))
+    for out, message in ((standalone, "is the teacher's folder"), (standalone.parent, "holds the teacher")):
+        with pytest.raises(ConfigError, match=message):
+            check_out_apart(out, cfg)
+    check_out_apart(tmp_path / "models" / "fmlm", cfg)  # a sibling is fine
+    check_out_apart(tmp_path / "fmlm", distill_config(str(teacher_run)))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.hidden_size=64", "a distilled student is a copy of the teacher's network"),
+        ("model.dropout=0.2", "so model.dropout cannot be changed: drop it"),
+        ("data.seq_len=32", "so data.seq_len cannot be changed"),
+        ("data.tokenizer=char", "data.tokenizer"),
+        ("train.method=ar", "flowlm distill trains a flow map (FMLM) from its teacher: drop train.method"),
+        ("distill.recipe=lsd", "give it as flowlm distill --recipe"),
+        ("distill.teacher=elsewhere", "--teacher"),
+        ("distill.stage1=elsewhere", "--stage1"),
+    ],
+)
+def test_distill_refuses_options_its_teacher_fixes(capsys, tmp_path, teacher_run, override, message):
+    argv = ["distill", "--teacher", str(teacher_run), "--out", str(tmp_path / "fmlm"), "--quiet", override]
+    one_line_error(capsys, argv, override, message)
+    assert not (tmp_path / "fmlm").exists()
+
+
+def test_train_refuses_a_distillation_built_from_overrides(capsys, tmp_path, teacher_run):
+    argv = ["train", "--out", str(tmp_path / "x"), "train.method=fmlm", f"distill.teacher={teacher_run / 'model'}"]
+    one_line_error(capsys, argv, "use flowlm distill --teacher")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_sequence_length_that_cannot_fit_in_memory_is_refused(capsys, tmp_path):
+    err = one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), "data.seq_len=1000000"],
+                         "data.seq_len=1000000 tokens needs at least", "GiB", "lower data.seq_len")  # fmt: skip
+    assert "attention scores" in err or "the GPU has" in err
+    assert not (tmp_path / "run").exists()
+
+
+GB24 = 24 * 10**9
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "on_gpu"),
+    [
+        ("tiny", [], False),
+        ("demo", [], False),
+        ("lm1b-small", [], True),  # one GPU: micro-batches of 512 x 128 tokens
+        ("lm1b-small", ["train.devices=8"], True),  # docs/scaling.md: 64 per GPU
+        ("owt-small", ["train.devices=8", "train.micro_batch_size=16"], True),  # docs/scaling.md
+    ],
+)
+def test_the_memory_bound_passes_the_presets_on_24_gb(preset, overrides, on_gpu):
+    from flowlm.training.preflight import training_bytes
+    from flowlm.training.run import batch_split
+
+    cfg = apply_overrides(load_preset(preset), overrides)
+    micro, _ = batch_split(cfg, 8 if "train.devices=8" in overrides else 1)
+    assert sum(training_bytes(cfg, micro, on_gpu).values()) < GB24
+
+
+def test_owt_small_needs_its_micro_batch_size_on_one_gpu():
+    """Its shipped batch of 512 x 1024 tokens in one pass needs more than a 24 GB GPU even by the lower bound;
+    docs/scaling.md launches it with train.micro_batch_size=16."""
+    from flowlm.training.preflight import training_bytes
+
+    assert sum(training_bytes(load_preset("owt-small"), 512, on_gpu=True).values()) > GB24
+
+
+def test_a_gpu_run_is_judged_against_the_gpu_memory(monkeypatch):
+    from types import SimpleNamespace
+
+    from flowlm.training import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=GB24))
+    monkeypatch.setattr(preflight, "memory_bytes", lambda on_gpu: GB24 if on_gpu else pytest.fail("judged on RAM"))
+    preflight.check_memory(load_preset("lm1b-small"), 512, 1)
+    with pytest.raises(ConfigError, match=r"needs at least 24.4 GiB \(parameters .* GiB, activations 24.4 GiB\) but "
+                                          r"the GPU has 22.4 GiB: lower data.seq_len"):  # fmt: skip
+        preflight.check_memory(apply_overrides(load_preset("tiny"), ["data.seq_len=100000"]), 32, 1)
+    monkeypatch.setattr(preflight, "memory_bytes", lambda on_gpu: 2**30 if not on_gpu else pytest.fail("on GPU"))
+    cpu = apply_overrides(load_preset("tiny"), ["train.accelerator=cpu", "data.seq_len=1024"])
+    with pytest.raises(ConfigError, match=r"5.03 GiB \(.*attention scores 2 GiB; for each of 2 processes on this "
+                                          r"machine\) but 1 GiB of memory is available"):  # fmt: skip
+        preflight.check_memory(cpu, 32, 2)
+
+
+# --- a failing HTTPS proxy: one line naming the repository and the fix ----------------------------------------
+
+PROXY_RUN = """
+import contextlib, io, json, sys
+from flowlm.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("reply", [b"", b"\x00\xffgarbage\r\n\r\n"], ids=["closes", "garbage"])
+def test_a_failing_proxy_gives_one_line_for_hub_ids(tmp_path, reply):
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def answer():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                if reply:
+                    conn.recv(4096)
+                    conn.sendall(reply)
+
+    threading.Thread(target=answer, daemon=True).start()
+    proxy = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                                                                   "HF_DATASETS_OFFLINE", "NO_PROXY")}  # fmt: skip
+    env.update(HTTPS_PROXY=proxy, https_proxy=proxy, HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
+    repo = "flowlm-test/no-such-model"
+    commands = [["sample", repo], ["nll", repo], ["import-reference", repo, "--out", str(tmp_path / "m")]]
+    try:
+        proc = subprocess.run([sys.executable, "-c", PROXY_RUN, json.dumps(commands)], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for code, err in json.loads(proc.stdout.splitlines()[-1]):
+        err = err.strip()
+        assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+        assert f"'{repo}' from the Hugging Face Hub failed (" in err and "HF_HUB_OFFLINE=1" in err, err

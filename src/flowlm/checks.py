@@ -1,4 +1,5 @@
-"""Checks of user-given values that are not run-config fields: device names and sampling counts."""
+"""Checks of user-given values that are not run-config fields: device names and sampling counts; a model's
+``flowlm.json`` read before the model is loaded, to check options against it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numbers
 
 import torch
 
+from flowlm.config import MAX_WHOLE, device_count
 from flowlm.errors import ConfigError
 
 DEVICES = "cpu, cuda, cuda:N or mps"
@@ -37,8 +39,6 @@ def check_device(device: str | torch.device, option: str = "--device") -> torch.
 
 def check_accelerator(accelerator: str, devices) -> None:
     """``train.accelerator`` names hardware that exists (``auto`` always does)."""
-    from flowlm.config import device_count
-
     if accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
@@ -55,10 +55,27 @@ def check_accelerator(accelerator: str, devices) -> None:
 
 
 def check_whole(name: str, value, minimum: int = 1, *, optional: bool = False) -> None:
-    """``value`` is a whole number >= ``minimum`` (or None when ``optional``)."""
+    """``value`` is a whole number from ``minimum`` to :data:`MAX_WHOLE` (or None when ``optional``)."""
     if optional and value is None:
         return
     real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    given = f"{name} {value!r}" if name.startswith("--") else f"{name}={value!r}"  # CLI option or argument
     if not real or int(value) != value or value < minimum:
-        given = f"{name} {value!r}" if name.startswith("--") else f"{name}={value!r}"  # CLI option or argument
         raise ConfigError(f"{given}: use a whole number >= {minimum}")
+    if value > MAX_WHOLE:
+        raise ConfigError(f"{given}: use a whole number of at most {MAX_WHOLE} (2**31 - 1)")
+
+
+def recorded_meta(checkpoint: str) -> dict | None:
+    """The ``flowlm.json`` of a local model folder, run folder or demo model, read without loading the weights, so
+    that options can be checked against it before any work; None for a Hub id (known only once downloaded) or a
+    local folder of a released reference model (known only once converted, :func:`flowlm.load`)."""
+    from flowlm.demo_models import PREFIX, demo_path
+    from flowlm.hub import is_hub_id
+    from flowlm.interop.released import is_released_folder
+    from flowlm.training.checkpoint import read_meta, resolve_model_dir
+
+    name = str(checkpoint)
+    if name.startswith(PREFIX):
+        return read_meta(demo_path(name))
+    return None if is_hub_id(name) or is_released_folder(name) else read_meta(resolve_model_dir(name))

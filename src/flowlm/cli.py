@@ -377,9 +377,10 @@ def run_sample(args: argparse.Namespace) -> None:
     check_args(args)
     if args.out is not None:
         require_writable_file(args.out, "--out")
+    prompts = condition_texts(args)
     model = flowlm.load(args.checkpoint, device=args.device)
     options = given_options(args)
-    prompts, known = conditions(args, model)
+    known = conditions(args, model, prompts)
     start = time.perf_counter()
     tokens = model.sample_tokens(
         len(known["plans"]) if known else args.num_samples,
@@ -429,14 +430,9 @@ def run_sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(texts)} samples to {out}")
 
 
-def conditions(args: argparse.Namespace, model) -> tuple[list, dict]:
-    """(the prompt of each sample, {"ids", "mask", "plans"}) from --prompt/--suffix/--template/--prompts;
-    ([], {}) when none is given."""
-    import torch
-
-    from flowlm.prompts import layout
-
-    seq_len = args.seq_len or model.seq_len
+def condition_texts(args: argparse.Namespace) -> list[str]:
+    """The prompt (or template) of each sample from --prompt/--suffix/--template/--prompts, checked before the model
+    is loaded; [] when none is given."""
     if args.prompts is not None:
         if args.prompt is not None or args.template is not None:
             raise ConfigError("--prompts gives one prompt per line: leave --prompt and --template unset")
@@ -453,11 +449,31 @@ def conditions(args: argparse.Namespace, model) -> tuple[list, dict]:
             raise ConfigError(f"--prompts {args.prompts} holds no prompt: write one per line")
         if args.out is None:
             raise ConfigError("--prompts writes JSONL (prompt and continuation apart): give --out FILE")
-        prompts = [line for line in lines for _ in range(args.num_samples)]
-    elif args.prompt is not None or args.suffix is not None or args.template is not None:
-        prompts = [args.prompt if args.template is None else args.template] * args.num_samples
-    else:
-        return [], {}
+        return [line for line in lines for _ in range(args.num_samples)]
+    if args.template is not None:
+        given = {"--prompt": args.prompt, "--suffix": args.suffix}
+        dropped = " and ".join(name for name, value in given.items() if value is not None)
+        if dropped:
+            raise ConfigError(
+                f"--template places all the given text itself, so {dropped} would be dropped: write that text into "
+                "the template ('Once upon a time [BLANK:20]'), or leave --template out"
+            )
+        return [args.template] * args.num_samples
+    if args.prompt is not None or args.suffix is not None:
+        return [args.prompt] * args.num_samples
+    return []
+
+
+def conditions(args: argparse.Namespace, model, prompts: list[str]) -> dict:
+    """{"ids", "mask", "plans"}: the known positions of each sample's prompt or template (:func:`condition_texts`);
+    {} when none is given."""
+    import torch
+
+    from flowlm.prompts import layout
+
+    if not prompts:
+        return {}
+    seq_len = args.seq_len or model.seq_len
     plans, cache = [], {}
     for prompt in prompts:
         if prompt not in cache:
@@ -466,7 +482,7 @@ def conditions(args: argparse.Namespace, model) -> tuple[list, dict]:
         plans.append(cache[prompt])
     ids = torch.tensor([plan.ids for plan in plans])
     mask = torch.tensor([plan.mask for plan in plans])
-    return prompts, {"ids": ids, "mask": mask, "plans": plans}
+    return {"ids": ids, "mask": mask, "plans": plans}
 
 
 def _print_report(results: dict, out: str) -> None:
@@ -484,6 +500,7 @@ def run_eval(args: argparse.Namespace) -> None:
 
     steps = parse_steps(args.steps or DEFAULT_EVAL_STEPS)
     check_args(args)
+    check_eval_args(args)
     require_writable_dir(args.out, "--out")
     plots.require_matplotlib()
     device = distributed.init_from_env(args.device)
@@ -501,6 +518,34 @@ def run_eval(args: argparse.Namespace) -> None:
     finally:
         distributed.finish()
     _print_report(results, args.out)
+
+
+def check_eval_args(args: argparse.Namespace) -> None:
+    """The options of flowlm eval that need neither the model nor the judge, checked before either is loaded: the
+    condition, its corpus and split, and (from the model's flowlm.json, read without loading it) the length and
+    the sampler options."""
+    from flowlm.api import sampler_options
+    from flowlm.checks import recorded_meta
+    from flowlm.data import load_corpus
+    from flowlm.data.corpus import normalize_split
+    from flowlm.eval.run import check_condition
+    from flowlm.methods import registry
+
+    meta = recorded_meta(args.checkpoint) or {}
+    length = (meta.get("model") or {}).get("seq_len")
+    if length is not None and args.seq_len is not None and args.seq_len > length:
+        raise ConfigError(f"--seq-len {args.seq_len} exceeds the model's {length}: ask for at most {length} tokens")
+    if check_condition(args.prompt_tokens, args.infill_frac, args.infill_middle, length):
+        if length is not None and args.seq_len not in (None, length):
+            raise ConfigError(f"--seq-len {args.seq_len}: a conditional evaluation samples whole blocks of {length}")
+        corpus = args.data or ((meta.get("run") or {}).get("data") or {}).get("corpus")
+        if corpus:  # a spec is read lazily: this checks the name, the split and that a file exists, nothing more
+            load_corpus(corpus, args.split)
+        else:
+            normalize_split(args.split)
+    if meta:
+        method = registry.for_meta(meta, where=str(args.checkpoint))
+        sampler_options(method, meta.get("sampler_defaults"), **given_options(args))
 
 
 def run_score(args: argparse.Namespace) -> None:
@@ -551,6 +596,7 @@ def run_reference(args: argparse.Namespace) -> None:
 def run_nll(args: argparse.Namespace) -> None:
     from flowlm.eval.likelihood import format_nll, nll
 
+    check_args(args)
     result = nll(
         args.checkpoint, args.data, split=args.split, num_blocks=args.num_blocks, batch_size=args.batch_size,
         draws=args.draws, t_max=args.t_max, tau_max=args.tau_max, ode_steps=args.ode_steps, solver=args.solver,

@@ -98,7 +98,9 @@ class DistillConfig:
     student passes that build the off-diagonal targets run with dropout, as in the reference (default), or
     without (eval mode). ``pairs`` (psd): how off-diagonal jumps τ_t − τ_s are drawn: ``uniform`` (SPEC §3),
     ``stratified`` over each micro-batch, or ``curriculum`` (short jumps first, the full clock after the first
-    ``curriculum_frac`` of ``train.max_steps``; see ``flowlm.methods.fmlm.pair_times``).
+    ``curriculum_frac`` of ``train.max_steps``; see ``flowlm.methods.fmlm.pair_times``). ``end_stretch``: the
+    student gets a third time embedding, of its end time on a clock that resolves t → 1
+    (``flowlm.nn.dit.end_stretch_clock``; recorded as ``model.end_stretch`` in the distilled model).
     """
 
     teacher: str | None = None
@@ -109,6 +111,7 @@ class DistillConfig:
     target_dropout: bool = True
     pairs: str = "uniform"
     curriculum_frac: float = 0.5
+    end_stretch: bool = False
 
     def resolved_diag_frac(self) -> float:
         if self.diag_frac is not None:
@@ -265,6 +268,8 @@ POSITIVE = ("train.lr", "train.eps", "model.input_std", "model.attn_softcap", "m
 NON_NEGATIVE = ("train.weight_decay", "train.grad_clip")
 BELOW_ONE = ("model.dropout", "train.ema_decay")  # in [0, 1)
 MAX_SEED = 2**32 - 1  # what torch/numpy seeding accepts
+MAX_WHOLE = 2**31 - 1  # the largest count, size or length flowlm accepts (a product of two still fits in int64)
+MAX_MINUTES = 1e9  # train.max_minutes: ~1,900 years, far inside what datetime.timedelta holds
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "64", "64-true")
 
@@ -274,8 +279,18 @@ def _get(cfg: RunConfig, dotted: str):
     return getattr(getattr(cfg, section), key)
 
 
+def _numbers(cfg: RunConfig):
+    """``(section.key, value)`` of every option that holds a number now (true/false excluded)."""
+    for section in fields(cfg):
+        for spec in fields(getattr(cfg, section.name)):
+            value = getattr(getattr(cfg, section.name), spec.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield f"{section.name}.{spec.name}", value
+
+
 def validate_ranges(cfg: RunConfig) -> None:
-    """Each numeric option within its range, with a one-line ConfigError naming the option and the range."""
+    """Each numeric option within its range, with a one-line ConfigError naming the option and the range; no
+    option holds an infinite or NaN number, and no whole number exceeds :data:`MAX_WHOLE`."""
     for name, low in WHOLE_AT_LEAST.items():
         value = _get(cfg, name)
         if value is not None and value < low:
@@ -302,6 +317,11 @@ def validate_ranges(cfg: RunConfig) -> None:
     for name in ("data.corpus", "data.tokenizer"):
         if not str(_get(cfg, name)).strip():
             raise ConfigError(f"{name} is empty: name a corpus / tokenizer (see flowlm train --help)")
+    for name, value in _numbers(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}={value}: use a finite number")
+        if isinstance(value, int) and name != "train.seed" and abs(value) > MAX_WHOLE:
+            raise ConfigError(f"{name}={value}: use a whole number of at most {MAX_WHOLE} (2**31 - 1)")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -311,9 +331,11 @@ def validate(cfg: RunConfig) -> None:
     if d.recipe not in registry.distillation_recipes():
         raise ConfigError(f"distill.recipe={d.recipe!r}: choose one of {', '.join(registry.distillation_recipes())}")
     method = registry.for_config(cfg)
-    if t.max_minutes is not None and not (isinstance(t.max_minutes, (int, float)) and t.max_minutes > 0):
+    minutes = t.max_minutes
+    if minutes is not None and not (isinstance(minutes, (int, float)) and 0 < minutes <= MAX_MINUTES):
         raise ConfigError(
-            f"train.max_minutes={t.max_minutes!r}: give a positive number of minutes of training, or null for none"
+            f"train.max_minutes={t.max_minutes!r}: give a positive number of minutes of training (at most "
+            f"{MAX_MINUTES:g}), or null for none"
         )
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision={t.precision!r}: use one of {', '.join(PRECISIONS)}")

@@ -73,7 +73,27 @@ def snapshot(repo_id: str, revision: str | None, token: str | bool | None, patte
         ) from None
     except HfHubHTTPError as err:
         raise CheckpointError(f"downloading {repo_id!r} from the Hub failed ({err}): retry later") from None
+    except _connection_errors() as err:
+        summary = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        raise CheckpointError(
+            f"downloading {repo_id!r} from the Hugging Face Hub failed ({summary}): check the network and any HTTPS "
+            "proxy (HTTPS_PROXY / https_proxy), or set HF_HUB_OFFLINE=1 to use the local cache"
+        ) from None
     return Path(folder)
+
+
+def _connection_errors() -> tuple[type[Exception], ...]:
+    """What a failed connection (refused, reset, a proxy answering garbage) raises inside huggingface_hub: the base
+    error of its HTTP client, which ``huggingface_hub.errors`` re-exports (httpx's since huggingface_hub 1.0, covering
+    connection, proxy and protocol errors), and requests' RequestException where requests is installed (the client
+    of huggingface_hub 0.x, whose ProxyError and ConnectionError are no HTTPError)."""
+    from huggingface_hub import errors
+
+    try:
+        from requests import RequestException
+    except ImportError:
+        return (errors.HTTPError,)
+    return errors.HTTPError, RequestException
 
 
 def save_pretrained(model, directory: str | Path, license: str | None = None, card_name: str | None = None) -> Path:

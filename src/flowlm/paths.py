@@ -27,11 +27,12 @@ def require_writable_dir(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
-def require_writable_file(path: str | os.PathLike, option: str) -> Path:
-    """Check that file ``path`` can be written (its folder is created); an existing file must be writable."""
+def require_writable_file(path: str | os.PathLike, option: str, example: str = "samples.jsonl") -> Path:
+    """Check that file ``path`` can be written (its folder is created); an existing file must be writable, and a
+    folder is refused with ``example`` as the file name to give instead."""
     path = Path(path).expanduser()
     if path.is_dir():
-        raise ConfigError(f"{option} {str(path)!r} is a folder: name a file, e.g. {str(path / 'samples.jsonl')!r}")
+        raise ConfigError(f"{option} {str(path)!r} is a folder: name a file, e.g. {str(path / example)!r}")
     require_writable_dir(path.parent, option)
     if path.exists():
         try:

@@ -112,8 +112,11 @@ def nll(
     the Monte-Carlo standard error, the options used, per-block values and timing.
     """
     from flowlm.api import batch_seed, load
+    from flowlm.paths import require_writable_file
 
     check_blocks(num_blocks, batch_size)
+    if out is not None:  # a file (an existing folder is refused), checked before any work
+        out = require_writable_file(out, "--out", "nll.json")
     if not hasattr(model, "method_def"):
         model = load(model, device=device)
     method = registry.of_model(model)
@@ -176,9 +179,7 @@ def nll(
         "per_block_nats": table.mean(axis=1).tolist(),
     }
     if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        out.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -48,6 +48,8 @@ def read_results(path: str | Path) -> dict:
         results = json.loads(path.read_text(encoding="utf-8"))
     except OSError:
         raise DataError(f"cannot read {str(path)!r}: pass a results.json written by flowlm eval") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a text file: pass a results.json written by flowlm eval") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is not JSON ({err}): pass results.json written by flowlm eval") from None
     if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:

@@ -241,15 +241,43 @@ class Conditioning:
         return Chunk(j, rows, texts, ended, contexts=contexts, known=known)
 
 
-def share_of(value: Any, length: int, option: str, purpose: str) -> int:
-    """``round(value · length)``, checked to be a share in (0, 1) that keeps and generates at least one position."""
-    count = round(float(value) * length) if isinstance(value, int | float) and not isinstance(value, bool) else None
-    if count is None or not 0 < value < 1 or not 1 <= count < length:
+def check_share(value: Any, option: str, purpose: str, length: int | None = None) -> None:
+    """``value`` is a finite share in (0, 1); with the blocks' ``length`` known, ``round(value · length)`` keeps and
+    generates at least one position."""
+    share = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1  # NaN fails too
+    if not share or (length is not None and not 1 <= round(value * length) < length):
+        positions = "positions" if length is None else f"{length} positions"
         raise ConfigError(
-            f"{option} {value!r}: give the share of each block's {length} positions {purpose}, in (0, 1), keeping at "
+            f"{option} {value!r}: give the share of each block's {positions} {purpose}, in (0, 1), keeping at "
             f"least one position and generating at least one (e.g. 0.5)"
         )
-    return count
+
+
+def check_condition(
+    prompt_tokens: Any = None, infill_frac: Any = None, infill_middle: Any = None, length: int | None = None
+) -> list[str]:
+    """The options of a conditional evaluation (:func:`conditioning`) checked: at most one given, each in its range,
+    against blocks of ``length`` tokens when known (None: before the model, which fixes it, is loaded). Returns the
+    options given."""
+    given_options = {"--prompt-tokens": prompt_tokens, "--infill-frac": infill_frac, "--infill-middle": infill_middle}
+    named = [name for name, value in given_options.items() if value is not None]
+    if len(named) > 1:
+        raise ConfigError(f"{' and '.join(named)} are different conditions: give one of them")
+    if prompt_tokens is not None:
+        whole = isinstance(prompt_tokens, int | float) and not isinstance(prompt_tokens, bool)
+        if not (whole and math.isfinite(prompt_tokens) and int(prompt_tokens) == prompt_tokens and prompt_tokens >= 1
+                and (length is None or prompt_tokens < length)):  # fmt: skip
+            upto = "" if length is None else f" to {length - 1}"
+            why = "less than the model's length" if length is None else f"the model's blocks hold {length} tokens"
+            raise ConfigError(
+                f"--prompt-tokens {prompt_tokens!r}: give a whole number from 1{upto} ({why} and at least one must "
+                "be generated)"
+            )
+    if infill_middle is not None:
+        check_share(infill_middle, "--infill-middle", "to generate in its middle", length)
+    if infill_frac is not None:
+        check_share(infill_frac, "--infill-frac", "to keep", length)
+    return named
 
 
 def conditioning(
@@ -260,16 +288,12 @@ def conditioning(
     (``round(f·L)`` positions of each block given, a uniformly random subset per block drawn from torch seed
     ``seed``) or ``--infill-middle f`` (the middle ``round(f·L)`` positions generated, from ``(L − round(f·L)) // 2``
     on, the others given), on held-out ``blocks`` [N, L]; None when none is given."""
-    given_options = {"--prompt-tokens": prompt_tokens, "--infill-frac": infill_frac, "--infill-middle": infill_middle}
-    named = [name for name, value in given_options.items() if value is not None]
-    if not named:
-        return None
-    if len(named) > 1:
-        raise ConfigError(f"{' and '.join(named)} are different conditions: give one of them")
     count, length = blocks.shape
+    if not check_condition(prompt_tokens, infill_frac, infill_middle, length):
+        return None
     mask = torch.zeros(count, length, dtype=torch.bool)
     if infill_middle is not None:
-        generated = share_of(infill_middle, length, "--infill-middle", "to generate in its middle")
+        generated = round(infill_middle * length)
         start, end = (length - generated) // 2, (length - generated) // 2 + generated
         mask[:] = True
         mask[:, start:end] = False
@@ -277,15 +301,10 @@ def conditioning(
         definition = MIDDLE_DEFINITION.format(start=start, end=end - 1, length=length, share=infill_middle)
         return Conditioning(blocks, mask, batch_size, description, definition)
     if prompt_tokens is not None:
-        if isinstance(prompt_tokens, bool) or int(prompt_tokens) != prompt_tokens or not 1 <= prompt_tokens < length:
-            raise ConfigError(
-                f"--prompt-tokens {prompt_tokens!r}: give a whole number from 1 to {length - 1} (the model's blocks "
-                f"hold {length} tokens and at least one must be generated)"
-            )
         mask[:, : int(prompt_tokens)] = True
         description = {"kind": "prompt", "prompt_tokens": int(prompt_tokens)}
         return Conditioning(blocks, mask, batch_size, description, PROMPT_DEFINITION.format(k=int(prompt_tokens)))
-    given = share_of(infill_frac, length, "--infill-frac", "to keep")
+    given = round(infill_frac * length)
     order = torch.rand(count, length, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)
     mask.scatter_(1, order[:, :given], True)
     description = {"kind": "infill", "infill_frac": float(infill_frac), "given_per_block": given, "mask_seed": seed}
@@ -467,7 +486,7 @@ def evaluate(
     sampling = sampling_provenance(model, seed=seed, options=options, seq_len=seq_len, batch_size=batch_size)
     n_batches = math.ceil(num_samples / batch_size)
     condition = None
-    if prompt_tokens is not None or infill_frac is not None or infill_middle is not None:
+    if check_condition(prompt_tokens, infill_frac, infill_middle, model.seq_len):
         if seq_len != model.seq_len:
             raise ConfigError(f"--seq-len {seq_len}: a conditional evaluation samples whole blocks of {model.seq_len}")
         blocks, corpus = draw_blocks(model, data, split, num_samples, seed, cache_dir, progress, "--num-samples")

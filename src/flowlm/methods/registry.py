@@ -9,6 +9,7 @@ module about a method instead of comparing names.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from flowlm.errors import CheckpointError, ConfigError
@@ -107,9 +108,29 @@ def for_recorded(name: str | None, recipe: str | None = None, where: str = "this
     return next((m for m in candidates if recipe is not None and m.recipe == recipe), candidates[0])
 
 
+# DiT options that decide what a network computes: a network built for one method cannot run as another's
+STRUCTURE = ("causal", "mask_input", "time_inputs")
+
+
 def for_meta(meta: Mapping[str, Any], where: str = "this model") -> Method:
-    """:func:`for_recorded` of a ``flowlm.json`` document."""
-    return for_recorded(meta.get("method"), meta.get("recipe"), where)
+    """:func:`for_recorded` of a ``flowlm.json`` document, whose model config must be that method's network (its
+    :data:`STRUCTURE` options as the method sets them), else the document was edited or mixed up with another's."""
+    method = for_recorded(meta.get("method"), meta.get("recipe"), where)
+    model = meta.get("model")
+    if isinstance(model, Mapping):
+        from flowlm.nn.dit import DiTConfig
+
+        defaults = {f.name: f.default for f in fields(DiTConfig)}
+        wanted = {**defaults, **method.dit_options, "time_inputs": method.time_inputs}
+        wrong = [f"{key}={model.get(key, defaults[key])!r}" for key in STRUCTURE
+                 if model.get(key, defaults[key]) != wanted[key]]  # fmt: skip
+        if wrong:
+            raise CheckpointError(
+                f"{where}: its flowlm.json does not match its weights: it names method {meta.get('method')!r}, but "
+                f"its model ({', '.join(wrong)}) is no {method.title} network; restore the flowlm.json written with "
+                "these weights"
+            )
+    return method
 
 
 def of_model(model) -> Method:

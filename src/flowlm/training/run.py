@@ -35,6 +35,7 @@ from flowlm.training.checkpoint import provenance, recover_dir, save_model
 from flowlm.training.interrupt import GracefulInterrupt
 from flowlm.training.lock import RunLock
 from flowlm.training.module import FlowLMModule
+from flowlm.training.preflight import check_distill_overrides, check_memory, check_out_apart
 from flowlm.training.state import LAST, PREV, SafeCheckpointIO, newest_readable, os_error, recover_partials
 from flowlm.training.warm_start import source_provenance, warm_start
 
@@ -241,9 +242,11 @@ def distill_config(
     and ``train.condition``: a teacher trained with clean context gets a student trained with the same), PSD defaults
     (SPEC §3: AdamW β₂ 0.95), the teacher's own learning rate (3e-4 for the paper's presets, as SPEC §3; 1e-3 for the
     tiny one, where the distillation study of docs/results.md measured it better than 3e-4), then the user's
-    overrides."""
+    overrides, which may not change what the student takes from the teacher (its network: every ``model.*`` option;
+    its tokenizer and length) or from the arguments (:func:`~flowlm.training.preflight.check_distill_overrides`)."""
     from flowlm.training.checkpoint import TOKENIZER, read_meta, resolve_model_dir
 
+    check_distill_overrides(preset_overrides)
     directory = resolve_model_dir(teacher)
     meta = read_meta(directory)
     check_teacher_method(str(directory), meta)
@@ -283,12 +286,29 @@ def train(
     ``<out>/checkpoints/last.ckpt`` / ``prev.ckpt`` is continued exactly; a run already at ``max_steps``
     raises ConfigError and changes nothing. One process at a time may train into ``out`` (a second one
     gets a ConfigError naming the holder's pid); Ctrl-C raises :class:`flowlm.errors.TrainingInterrupted`.
+
+    Before the run folder is created (:mod:`flowlm.training.preflight`): a distillation (``config`` from
+    :func:`distill_config`) refuses overrides of what it takes from its teacher, ``out`` must not overlap the
+    teacher's (or stage-1 model's) folder, and a micro-batch must fit the memory it trains in.
     """
     shortcuts = {"train.method": method, "data.corpus": data, "data.tokenizer": tokenizer, "train.max_steps": steps}
     overrides = list(overrides) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
-    cfg = apply_overrides(config if config is not None else load_preset(preset), overrides)
+    base = config if config is not None else load_preset(preset)
+    distilling = registry.for_config(base).distills
+    if distilling:  # a config of distill_config: what it took from the teacher stays
+        check_distill_overrides(overrides)
+    cfg = apply_overrides(base, overrides)
+    if registry.for_config(cfg).distills and not distilling:
+        raise ConfigError(
+            f"train.method={cfg.train.method} distills a teacher, from which the run takes its network, tokenizer and "
+            "length: use flowlm distill --teacher CKPT (in Python: train(config=distill_config(CKPT)))"
+        )
     check_accelerator(cfg.train.accelerator, cfg.train.devices)
-    run_dir = require_writable_dir(out or f"runs/{preset}-{cfg.train.method}", "--out")
+    out = out or f"runs/{preset}-{cfg.train.method}"
+    check_out_apart(out, cfg)
+    world = world_size(cfg)
+    check_memory(cfg, batch_split(cfg, world)[0], world // cfg.train.num_nodes)
+    run_dir = require_writable_dir(out, "--out")
     require_writable_dir(cfg.data.cache_dir or default_cache_dir(), "data.cache_dir")
     with RunLock(run_dir) if launching_process() else contextlib.nullcontext():
         return _train(cfg, run_dir, resume, progress)
