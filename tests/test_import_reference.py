@@ -406,3 +406,38 @@ def test_cli_import_reference_of_a_released_folder(tmp_path, char_tokenizer):
     assert main([*args, "--logit-cap", "none", "--gamma", "0.3"]) == 0
     meta = flowlm.load(tmp_path / "m").meta
     assert meta["model"]["logit_cap"] is None and meta["sampler_defaults"] == {"gamma": 0.3}
+
+
+def test_load_of_a_local_released_folder_converts_it_once(tmp_path, char_tokenizer, monkeypatch):
+    """``flowlm.load(FOLDER)`` on the released Hub layout loads it as a Hub id does (before: "no flowlm.json");
+    a config that leaves a setting open is one line naming ``flowlm import-reference FOLDER``."""
+    import flowlm.interop.released as rel
+    from flowlm.checks import recorded_meta
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    weights = loud_head(random_reference_weights(2, seed=25, llw=False))
+    config = reference_config("fmlm", double_temb=True, tokenizer=char_tokenizer)
+    folder = save_released(tmp_path / "FMLM-B-LM1B", weights, config)
+    model = flowlm.load(folder)
+    assert model.method == "fmlm" and model.meta["sampler_defaults"] == {"gamma": 0.8}
+    assert model.path.parent == tmp_path / "xdg" / "flowlm" / "released" / "local--FMLM-B-LM1B"
+    source = model.meta["imported_from"]
+    assert source["path"] == str(folder.resolve())
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert source["sha256"]["model.safetensors"] == digest
+    x, s, t = state_input(6)
+    assert_close_up_to_rounding(model.net(x, s, t), reference_forward(weights, x, s, t, cap=30.0), FORWARD_PRODUCTS)
+    with monkeypatch.context() as m:
+        m.setattr(rel, "convert", lambda *a, **k: pytest.fail("converted twice"))
+        assert flowlm.load(folder).path == model.path
+    assert recorded_meta(str(folder)) is None  # flowlm eval's early checks: known once converted, as a Hub id
+
+    body = json.loads((folder / "config.json").read_text())
+    body["config"]["algo"]["name"] = "flm"  # a name both code versions use, and no sampling.gamma: cap unsettled
+    del body["config"]["sampling"]
+    (folder / "config.json").write_text(json.dumps(body))  # a changed file is a new conversion, not the cached one
+    with pytest.raises(CheckpointError) as err:
+        flowlm.load(folder)
+    message = str(err.value)
+    assert f"flowlm import-reference {folder} --out DIR" in message and "--logit-cap" in message
+    assert "\n" not in message

@@ -240,7 +240,9 @@ def read_model(directory: Path, meta: dict) -> tuple[DiTConfig, Tokenizer, Metho
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None) -> FlowLM:
     """Load a model folder written by ``flowlm train`` (or the run folder holding it), a Hugging Face Hub
     repository ``owner/name`` holding one (downloaded once into the Hub cache; ``revision`` picks a branch,
-    tag or commit), or a shipped demo model ``"demo:fmlm"`` / ``"demo:flm"`` (:mod:`flowlm.demo`). Strict."""
+    tag or commit), or a shipped demo model ``"demo:fmlm"`` / ``"demo:flm"`` (:mod:`flowlm.demo`). A released
+    reference model (``config.json`` + ``model.safetensors``, by Hub id or as a local folder) is converted once into
+    the flowlm cache (:func:`flowlm.interop.released.cached_conversion`). Strict."""
     from flowlm.hub import download, is_hub_id
 
     check_device(device, "device")
@@ -252,6 +254,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", revision: 
             from flowlm.interop.released import cached_conversion
 
             path = cached_conversion(path, hub_id, revision)
+    else:
+        from flowlm.interop.released import cached_conversion, is_released_folder
+
+        if is_released_folder(Path(path)):  # the same files in a local folder: converted once, then cached
+            path = cached_conversion(Path(path), None)
     directory, meta, (config, tokenizer, method, weights) = read_consistent(path, read_model)
     net = DiT(config)
     load_state_strict(net, weights, str(directory))

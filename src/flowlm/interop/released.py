@@ -10,12 +10,15 @@ of weights, as published, so there is no raw/EMA choice.
 
 :func:`read_checkpoint` takes a ``.ckpt``, such a folder or a Hub id; :func:`cached_conversion` turns a downloaded
 Hub snapshot into a flowlm model folder once (under ``<cache>/released/<owner>--<name>/<commit>``), recording the
-repository, revision, commit and the SHA-256 of both files in ``imported_from``.
+repository, revision, commit and the SHA-256 of both files in ``imported_from``; a local folder in this format the
+same way (under ``<cache>/released/local--<folder name>/<hash of both files>``, recording its path).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
 from collections import OrderedDict
 from pathlib import Path
 
@@ -109,21 +112,31 @@ def read_checkpoint(checkpoint: str | Path, revision: str | None = None) -> Refe
     return read_released(folder, snapshot_source(folder, str(checkpoint), revision))
 
 
-def cached_conversion(folder: Path, repo_id: str, revision: str | None) -> Path:
-    """The flowlm model folder converted from the Hub snapshot ``folder`` of ``repo_id``, converting it the first
-    time. Settings are inferred from its config; one it does not settle is an error naming the import option."""
+def cached_conversion(folder: Path, repo_id: str | None, revision: str | None = None) -> Path:
+    """The flowlm model folder converted from the released-format ``folder``, converting it the first time: the Hub
+    snapshot of ``repo_id`` (cached per commit), or with ``repo_id`` None a local folder (cached per SHA-256 of its
+    two files, so a changed file is converted anew; provenance: the folder's path and those hashes). Settings are
+    inferred from its config; one it does not settle is an error naming the import option."""
     from flowlm.data.cache import default_cache_dir, slug
 
-    source = snapshot_source(folder, repo_id, revision)
-    key = source["commit"] or sha256_file(folder / WEIGHTS)[:16]
-    target = default_cache_dir() / "released" / slug(repo_id.replace("/", "--")) / slug(key)
+    folder = Path(folder)
+    if repo_id is None:
+        source = {"path": str(folder.resolve())}
+        digest = "".join(sha256_file(folder / name) for name in (CONFIG, WEIGHTS))
+        key = hashlib.sha256(digest.encode()).hexdigest()[:16]
+        name, command = f"local--{folder.resolve().name}", shlex.quote(str(folder))
+    else:
+        source = snapshot_source(folder, repo_id, revision)
+        key = source["commit"] or sha256_file(folder / WEIGHTS)[:16]
+        name, command = repo_id.replace("/", "--"), repo_id
+    target = default_cache_dir() / "released" / slug(name) / slug(key)
     if (target / META).is_file():
         return target
     try:
         return convert(read_released(folder, source), target)
     except CheckpointError as err:
         raise CheckpointError(
-            f"{err} (convert it once with: flowlm import-reference {repo_id} --out DIR and that option, then load DIR)"
+            f"{err} (convert it once with: flowlm import-reference {command} --out DIR and that option, then load DIR)"
         ) from None
 
 

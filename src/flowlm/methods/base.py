@@ -128,7 +128,9 @@ class Method:
     learnable_weighting: bool = True
     conditional_training: bool = False  # train.condition_frac > 0 allowed (clean context in the loss)
     always_weighted: bool = False
-    weighting_times: int = 1  # times the learnable loss weighting reads (2: τ_s and τ_t)
+    # times the learnable loss weighting reads; 2 (τ_s and τ_t) is flowlm's variant for flow maps, where the reference
+    # reads τ_s only (common.LossWeighting)
+    weighting_times: int = 1
     draws_noise: bool = True
     needs: tuple[str, ...] = ()
     default_boundary_frac: float | None = None

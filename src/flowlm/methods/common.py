@@ -136,7 +136,13 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 class LossWeighting(nn.Module):
     """Learnable time weighting ``exp(−w)·ℓ + w`` (SPEC §2, §4); zero-initialized so w = 0 at start.
 
-    ``forward(tau [B], tau_end [B] | None) -> w [B]``.
+    ``forward(tau [B], tau_end [B] | None) -> w [B]``. The reference's weighting reads one time: τ for FLM, τ_s
+    for its flow maps. ``two_times=True`` is flowlm's variant for the flow-map losses (methods with
+    ``weighting_times = 2``: PSD and ``lsd`` call ``w(τ_s, τ_t)``, a second time embedding of τ_t added to τ_s's),
+    so a pair's weight can depend on its end time; it is what ``train.loss_weighting=true`` trains for those recipes,
+    and the existing runs and checkpoints of it hold the second embedder. The v1 recipe keeps the reference's
+    ``w(τ_s)`` (SPEC §7): stage 1 builds a one-time weighting, stage 2 passes no end time (its second embedder,
+    built because it is a flow map, stays unused).
     """
 
     def __init__(self, cond_dim: int = 128, hidden: int = 128, two_times: bool = False):
