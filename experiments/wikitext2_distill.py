@@ -14,6 +14,8 @@ Runs (at the teacher's learning rate, 1e-3, unless said otherwise; batch 32):
 * ``psd``: the ``flowlm distill`` defaults (PSD, half diagonal pairs, 1/64 boundary pairs);
 * ``lsd``: ``--recipe lsd`` with the split tuned on the synthetic languages (a quarter diagonal, an eighth boundary).
 * ``psd-lr3e-4``: PSD at lr 3e-4, the ``flowlm distill`` default before the synthetic study (checks that change).
+* ``psd-stretch``, ``psd-stretch-boundary-0.125`` (issue 24): PSD with ``distill.end_stretch=true``, and with an eighth
+  boundary pairs too. Every flow map also gets ``flowlm fit-report`` (64 validation blocks, seed 0) beside its eval.
 * ``<run>-seed1``: the same with ``train.seed=1`` (when ``--runs`` names it).
 
 Restartable like wikitext2.py (``stages.json`` in --out). Two processes can share the cores with ``--runs``:
@@ -42,6 +44,9 @@ RUNS = {
     "psd": ("psd", 0.5, []),
     "lsd": ("lsd", 0.25, ["--recipe", "lsd", "distill.diag_frac=0.25", "distill.boundary_frac=0.125"]),
     "psd-lr3e-4": ("psd", 0.5, ["train.lr=3e-4"]),  # the learning rate flowlm distill used before issue 18
+    # issue 24: the end time also embedded on a clock that resolves t -> 1; and with an eighth boundary pairs
+    "psd-stretch": ("psd", 0.5, ["distill.end_stretch=true"]),
+    "psd-stretch-boundary-0.125": ("psd", 0.5, ["distill.end_stretch=true", "distill.boundary_frac=0.125"]),
 }
 
 
@@ -186,7 +191,11 @@ def main() -> None:
             evaluate("teacher", teacher / "model", "1024")
             continue
         for fraction in fractions:
-            evaluate(f"{name}-x{fraction:g}", out / "models" / f"{name}-x{fraction:g}", STEPS)
+            label, model = f"{name}-x{fraction:g}", out / "models" / f"{name}-x{fraction:g}"
+            (out / "fit").mkdir(exist_ok=True)
+            fit = ["--teacher", str(teacher / "model"), "--blocks", "64", "--quiet", "--out"]
+            stages.run(f"fit-{label}", flowlm("fit-report", str(model), *fit, str(out / "fit" / f"{label}.json")))
+            evaluate(label, model, STEPS)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,26 @@ def test_distill_resumes_exactly_and_records_its_teacher(distilled):
     assert len(ckpt["state_dict"]) == len(student_keys)
 
 
+def test_end_stretch_student_distills_records_and_reports_its_fit(distilled, tmp_path):
+    """distill.end_stretch=true: the student gets the third time embedding (recorded as model.end_stretch, loaded
+    back with it), samples in one step, and flowlm fit-report reads it with its recorded teacher."""
+    root = distilled
+    out = tmp_path / "stretch"
+    cli("distill", "--teacher", str(root / "resumed"), *DISTILL, "distill.end_stretch=true", "--steps", "2",
+        "--out", str(out))  # fmt: skip
+    model = flowlm.load(out)
+    assert model.meta["model"]["end_stretch"] is True and model.meta["run"]["distill"]["end_stretch"] is True
+    assert any(k.startswith("end_map.") for k in model.net.state_dict())
+    assert len(model.generate(2, steps=1, seed=0)) == 2
+    report = tmp_path / "fit.json"
+    proc = cli("fit-report", str(out), "--blocks", "4", "--pairs", "0:1,0.5:0.5", "--out", str(report), "--quiet")
+    assert "KL at (0, 1)" in proc.stdout
+    fit = json.loads(report.read_text())
+    assert [(r["tau_s"], r["tau_t"]) for r in fit["pairs"]] == [(0.0, 1.0), (0.5, 0.5)]
+    assert fit["provenance"]["teacher_is_recorded"] and fit["provenance"]["end_stretch"]
+    assert all(r["kl"]["mean"] >= 0 for r in fit["pairs"])
+
+
 def test_fmlm_samples_in_one_step_through_cli_and_api(distilled, tmp_path):
     root = distilled
     out = tmp_path / "one.jsonl"

@@ -611,3 +611,36 @@ def test_bad_step_counts_raise(steps):
         fmlm_sample(Spy(5, 2), 1, 2, 5, steps)
     with pytest.raises(ConfigError, match="steps"):
         v1_stage1_sample(Zero(), Spy(5, 2), 1, 2, 5, steps)
+
+
+# --- the end-time stretch (issue 24) -------------------------------------------------------------------
+
+
+def test_end_stretch_clock_resolves_the_end_of_the_clock():
+    """τ = 0.9999 is t ≈ 0.886 at V = 8,192: on the τ clock the last 1e-4 holds t ∈ (0.886, 1]; the stretched clock
+    gives that stretch most of its range, is monotone, and maps τ = 1 (t = 1) to 1 and τ = 0 to 0."""
+    from flowlm.nn.dit import END_STRETCH_FLOOR, end_stretch_clock
+
+    tau = torch.tensor([0.0, 0.25, 0.5, 0.9, 0.99, 0.9999, 1.0])
+    clock = end_stretch_clock(tau, 8192)
+    assert clock[0] == 0 and clock[-1] == 1 and bool((clock[1:] > clock[:-1]).all())
+    t = t_from_tau(tau.double(), 8192)
+    expected = torch.clamp(-torch.log1p(-t), max=-math.log(END_STRETCH_FLOOR)) / -math.log(END_STRETCH_FLOOR)
+    torch.testing.assert_close(clock.double(), expected, rtol=0, atol=1e-6)  # float32 log of values ≤ 9.2
+    assert clock[-1] - clock[-2] > 0.7  # the broad-to-sharp change now spans most of the embedding's input
+
+
+def test_an_end_stretch_student_starts_as_its_teacher_for_every_end_time():
+    torch.manual_seed(0)
+    teacher = DiT(DiTConfig(vocab_size=16, seq_len=6, hidden_size=32, n_blocks=1, n_heads=2, cond_dim=16)).eval()
+    for weight in teacher.parameters():  # a trained-looking teacher: the zero-initialized output layer is not zero
+        weight.data.normal_(0, 0.3)
+    student = init_student(teacher, end_stretch=True).eval()
+    assert student.config.end_stretch and student.end_map is not None
+    x, tau = torch.randn(4, 6, 16), torch.rand(4)
+    ends = torch.tensor([0.3, 0.9999, 1.0, 1.0])
+    assert torch.equal(student(x, tau, ends), teacher(x, tau))  # both extra embeddings start at zero output
+    student.end_map.mlp[2].bias.data.fill_(0.5)  # once trained, the end time reaches the network through it
+    assert not torch.equal(student(x, tau, ends), teacher(x, tau))
+    with pytest.raises(ConfigError, match="end_stretch"):
+        DiTConfig(vocab_size=16, end_stretch=True)  # an FLM has no end time

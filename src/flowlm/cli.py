@@ -253,6 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     nl.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     nl.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    fi = sub.add_parser(
+        "fit-report",
+        help="how well a flow map fits its distillation target, pair of times by pair of times",
+        description="Draw --blocks held-out blocks (seeded) and print, for each pair (tau_s, tau_t), the KL from the "
+        "PSD target to the flow map (teacher denoiser on the diagonal, the map's own midpoint composition off it; at "
+        "(0, 1) that is its own 2-step output), both entropies and the arg-max agreement, in nats per token with "
+        "95%% intervals over blocks (docs/results.md, issue 24).",
+    )
+    fi.add_argument("checkpoint", help="flow-map model folder (flowlm distill), Hub id or demo:fmlm")
+    fi.add_argument("--teacher", help="the FLM teacher (default: the one recorded in its flowlm.json)")
+    fi.add_argument("--pairs", help="tau_s:tau_t,... (default: 11 pairs from (0, 1) to the diagonal)")
+    fi.add_argument("--data", help="corpus spec or text file (default: the model's corpus)")
+    fi.add_argument("--split", default="validation", help="split to draw from (default validation)")
+    fi.add_argument("--blocks", type=int, default=64, help="held-out blocks (default 64)")
+    fi.add_argument("--batch-size", type=int, default=16, help="blocks per batch (default 16)")
+    fi.add_argument("--seed", type=int, default=0, help="seed of the block draw and the noise")
+    fi.add_argument("--out", help="write the report as JSON to this file")
+    fi.add_argument("--cache-dir", help="token cache folder (default: flowlm's cache)")
+    fi.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    fi.add_argument("--quiet", action="store_true", help="no progress bar")
+
     co = sub.add_parser(
         "compare",
         help="merge several models' results.json into one table and one pair of plots",
@@ -608,6 +629,27 @@ def run_nll(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def run_fit_report(args: argparse.Namespace) -> None:
+    from flowlm.checks import check_whole
+    from flowlm.eval.flow_map_fit import DEFAULT_PAIRS, format_report, model_fit_report, parse_pairs
+    from flowlm.paths import require_writable_file
+
+    check_args(args)
+    check_whole("--blocks", args.blocks)
+    pairs = parse_pairs(args.pairs) if args.pairs else DEFAULT_PAIRS
+    if args.out:
+        require_writable_file(args.out, "--out", "fit.json")
+    report = model_fit_report(
+        args.checkpoint, teacher=args.teacher, data=args.data, split=args.split, blocks=args.blocks, pairs=pairs,
+        seed=args.seed, batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )  # fmt: skip
+    print(format_report(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.out}")
+
+
 def run_compare(args: argparse.Namespace) -> None:
     from flowlm.eval.report import comparison_markdown
     from flowlm.eval.run import compare_results
@@ -628,6 +670,7 @@ COMMANDS = {
     "reference": run_reference,
     "nll": run_nll,
     "compare": run_compare,
+    "fit-report": run_fit_report,
     "import-reference": run_import_reference,
     "demo": run_demo,
 }

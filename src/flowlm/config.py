@@ -40,9 +40,10 @@ def _dit(self, vocab_size: int, seq_len: int, options: dict | None = None) -> Di
     return DiTConfig(vocab_size=vocab_size, seq_len=seq_len, **{**asdict(self), **(options or {})})
 
 
-# The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len) and
-# without the method's options, derived from DiTConfig so the two can never drift apart.
-_NOT_USER_OPTIONS = ("vocab_size", "seq_len", "causal", "mask_input")
+# The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len), without the
+# method's options and without ``end_stretch`` (a flow-map student's, set by distill.end_stretch), derived from
+# DiTConfig so the two can never drift apart.
+_NOT_USER_OPTIONS = ("vocab_size", "seq_len", "causal", "mask_input", "end_stretch")
 ModelConfig = dataclasses.make_dataclass(
     "ModelConfig",
     [(f.name, f.type, field(default=f.default)) for f in fields(DiTConfig) if f.name not in _NOT_USER_OPTIONS],

@@ -157,7 +157,7 @@ def _two_time_copy(teacher: DiT, **overrides) -> DiT:
     ref = next(teacher.parameters())
     net = DiT(cfg).to(device=ref.device, dtype=ref.dtype)
     missing, unexpected = net.load_state_dict(teacher.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("sigma_map_prime.") for k in missing):
+    if unexpected or any(not k.startswith(("sigma_map_prime.", "end_map.")) for k in missing):
         raise ConfigError(f"teacher weights do not fit a flow-map DiT (missing {missing}, unexpected {unexpected})")
     with torch.no_grad():
         # Second time embedder: first layer copied from the first embedder (so the copy is fully
@@ -168,23 +168,24 @@ def _two_time_copy(teacher: DiT, **overrides) -> DiT:
     return net
 
 
-def init_student(teacher: DiT) -> DiT:
+def init_student(teacher: DiT, end_stretch: bool = False) -> DiT:
     """Flow-map student (SPEC §3): a DiT with ``time_inputs=2`` holding a copy of the teacher's weights.
 
     Pass the teacher with its EMA weights loaded. The second time embedder's last layer is zero, so at
     initialization ``student(x, τ_s, τ_t) == teacher(x, τ_s)`` for every τ_t, i.e. ``δ̂_{s,t} = D_s``.
-    The copy shares no storage with the teacher and lives on its device and dtype.
+    The copy shares no storage with the teacher and lives on its device and dtype. ``end_stretch``: add the third
+    time embedding of :func:`flowlm.nn.dit.end_stretch_clock` (its last layer zero too, so the identity above holds).
     """
-    return _two_time_copy(teacher)
+    return _two_time_copy(teacher, end_stretch=end_stretch)
 
 
-def init_stage1(teacher: DiT) -> DiT:
+def init_stage1(teacher: DiT, end_stretch: bool = False) -> DiT:
     """Raw-output network ``g(x, τ_s, τ_t)`` of the v1 recipe (SPEC §4), initialized from the teacher.
 
     Same as :func:`init_student` but without the logit soft-cap (``logit_cap=None``) and with the output
     linear layer zeroed, so ``g ≡ 0`` at initialization.
     """
-    net = _two_time_copy(teacher, logit_cap=None)
+    net = _two_time_copy(teacher, logit_cap=None, end_stretch=end_stretch)
     with torch.no_grad():
         nn.init.zeros_(net.output_layer.linear.weight)
         nn.init.zeros_(net.output_layer.linear.bias)

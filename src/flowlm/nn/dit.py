@@ -53,6 +53,7 @@ class DiTConfig:
     attn_backend: str = "auto"
     causal: bool = False
     mask_input: bool = False
+    end_stretch: bool = False
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -66,6 +67,8 @@ class DiTConfig:
             raise ConfigError("rotary embeddings need an even head size: change model.hidden_size or n_heads")
         if self.time_inputs not in (1, 2):
             raise ConfigError(f"model.time_inputs={self.time_inputs}: use 1 (FLM) or 2 (flow map)")
+        if self.end_stretch and self.time_inputs != 2:
+            raise ConfigError("model.end_stretch embeds a flow map's end time: it needs time_inputs=2")
         if self.attn_backend not in ATTENTION_BACKENDS:
             raise ConfigError(f"model.attn_backend={self.attn_backend!r}: use one of {ATTENTION_BACKENDS}")
         for name in ("attn_softcap", "logit_cap"):
@@ -165,6 +168,24 @@ class TimestepEmbedder(nn.Module):
         args = tau.float()[:, None] * freqs[None]
         features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+END_STRETCH_FLOOR = 1e-4  # 1 − t at which the stretched end clock reaches 1
+
+
+def end_stretch_clock(tau_end: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The end time on a clock that resolves t → 1: ``min(−log(1 − t), −log ε) / −log ε`` with ``t = T_V^{-1}(τ)``
+    and ε = :data:`END_STRETCH_FLOOR`; ``[B] -> [B]`` in [0, 1].
+
+    Why: on the τ clock the target of a long jump, δ_{s,t}, changes from broad to one-hot between t ≈ 0.89 and
+    t = 1, which is τ ∈ (0.9999, 1] at V = 8,192 (SPEC §8), and the sinusoidal embedding's features move by at
+    most ~1e-4 there. On this clock the same change spans 0.24 → 1 (V = 8,192).
+    """
+    from flowlm.schedule import get_schedule
+
+    t = get_schedule(vocab_size, tau_end.device).t_from_tau(tau_end.float())
+    top = -math.log(END_STRETCH_FLOOR)
+    return torch.clamp(-torch.log1p(-torch.clamp(t, max=1.0)), max=top) / top
 
 
 class Rotary(nn.Module):
@@ -416,6 +437,10 @@ class DiT(nn.Module):
         self.sigma_map_prime = TimestepEmbedder(cfg.cond_dim) if cfg.time_inputs == 2 else None
         if self.sigma_map_prime is not None:
             zero_last_time_layer(self.sigma_map_prime)
+        # Flow maps with end_stretch: a third embedding, of the end time on the clock of end_stretch_clock.
+        self.end_map = TimestepEmbedder(cfg.cond_dim) if cfg.end_stretch else None
+        if self.end_map is not None:
+            zero_last_time_layer(self.end_map)
         self.rotary_emb = Rotary(cfg.head_dim)
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.n_blocks))
         self.output_layer = FinalLayer(cfg)
@@ -438,12 +463,14 @@ class DiT(nn.Module):
             )
 
     def conditioning(self, tau: torch.Tensor, tau_end: torch.Tensor | None) -> torch.Tensor:
-        """``silu(emb(tau) [+ emb'(tau_end)])`` of shape [B, cond_dim]."""
+        """``silu(emb(tau) [+ emb'(tau_end) [+ emb''(stretch(tau_end))]])`` of shape [B, cond_dim]."""
         emb = self.sigma_map(tau)
         if tau_end is not None:
             if self.sigma_map_prime is None:
                 raise ConfigError("this model has one time input: tau_end needs a flow-map model (time_inputs=2)")
             emb = emb + self.sigma_map_prime(tau_end)
+            if self.end_map is not None:
+                emb = emb + self.end_map(end_stretch_clock(tau_end, self.config.vocab_size))
         return F.silu(emb)
 
     def new_cache(self) -> KVCache:

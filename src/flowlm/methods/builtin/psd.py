@@ -48,7 +48,7 @@ class FlowMap(Method):
 
     def build_network(self, cfg, vocab_size, frozen=()):
         # A copy of the (eval-mode) teacher in train mode, so the student uses its dropout like the teacher did.
-        return init_student(frozen[0]).train()
+        return init_student(frozen[0], end_stretch=cfg.distill.end_stretch).train()
 
     def sample(self, request):
         churn = {"gamma": request.options["gamma"], "gamma_mode": request.options["gamma_mode"]}

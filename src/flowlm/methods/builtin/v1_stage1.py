@@ -32,7 +32,7 @@ class V1Stage1(Method):
     )
 
     def build_network(self, cfg, vocab_size, frozen=()):
-        return init_stage1(frozen[0]).train()
+        return init_stage1(frozen[0], end_stretch=cfg.distill.end_stretch).train()
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         arguments = distill_arguments(ctx, generator, sample_offset, rows, tokens)
