@@ -75,6 +75,7 @@ import demo_corpus  # noqa: E402
 from wikitext2 import Stages, flowlm  # noqa: E402
 
 from flowlm.errors import FlowLMError  # noqa: E402
+from flowlm.training.preflight import fixed_by_teacher  # noqa: E402
 
 STATE = HERE / "demo_state"
 CORPUS_FILE = "demo-english.txt"
@@ -257,6 +258,8 @@ def training_command(args, state: Path, phase: str, k: int, steps: int) -> list[
     timed = [f"train.max_minutes={args.minutes[phase]}"] if phase in args.minutes else []
     phase_sets = [o.split(":", 1)[1] for o in args.set if o.startswith(f"{phase}:")]
     common_sets = [o for o in args.set if not o.startswith(tuple(f"{p}:" for p in PHASES))]
+    if phase == "fmlm":  # the student copies its teacher's network and length: a common model.* set is the teacher's
+        common_sets = [o for o in common_sets if not fixed_by_teacher(o.partition("=")[0].strip())]
     overrides = [f"train.seed={k - 1}", *PHASE_OVERRIDES.get(phase, []), *profile.get("all", []),
                  *profile.get(phase, []), *warm, *timed, *common_sets, *phase_sets]  # fmt: skip
     corpus = str(Path(args.out) / "corpus" / CORPUS_FILE)  # relative to the repository root, as --out is

@@ -25,13 +25,19 @@ COMPARED = ("steps", "num_samples", "gen_ppl", "total_nll", "total_tokens", "ent
 
 
 def _run(model_dir, judge_folder, out) -> None:
+    """One intra-op thread, as in each spawned rank; the caller's thread count is restored (it ran in the test's
+    own process once and left every later test of the suite on one thread)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model = flowlm.load(model_dir)
-    judge = load_judge(str(judge_folder))
-    evaluate(model, judge, STEPS, out / "eval", num_samples=NUM_SAMPLES, seed=SEED, batch_size=BATCH,
-             judge_batch_size=3, progress=False)  # fmt: skip
-    files = [out / "eval" / f"samples_steps{s}.jsonl" for s in STEPS]
-    score_files(files, judge, out / "score", judge_batch_size=3, progress=False)
+    try:
+        model = flowlm.load(model_dir)
+        judge = load_judge(str(judge_folder))
+        evaluate(model, judge, STEPS, out / "eval", num_samples=NUM_SAMPLES, seed=SEED, batch_size=BATCH,
+                 judge_batch_size=3, progress=False)  # fmt: skip
+        files = [out / "eval" / f"samples_steps{s}.jsonl" for s in STEPS]
+        score_files(files, judge, out / "score", judge_batch_size=3, progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _worker(rank: int, world: int, init_file: str, model_dir, judge_folder, out) -> None:

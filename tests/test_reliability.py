@@ -68,7 +68,10 @@ def child(script: str, **popen) -> subprocess.Popen:
     never see the Ctrl-C these tests send."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, preexec_fn=restore, **popen)
+    # the child trains on this process's intra-op thread count: its weights are compared bit for bit with runs
+    # made here, and a thread count changes how reductions are split
+    script = f"import torch; torch.set_num_threads({torch.get_num_threads()})\n" + textwrap.dedent(script)
+    return subprocess.Popen([sys.executable, "-c", script], env=env, preexec_fn=restore, **popen)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:

@@ -34,11 +34,16 @@ FROM_TEACHER = ("data.tokenizer", "data.seq_len")
 FLAGS = {"distill.teacher": "--teacher", "distill.recipe": "--recipe", "distill.stage1": "--stage1"}
 
 
+def fixed_by_teacher(key: str) -> bool:
+    """Whether a distillation takes the option ``key`` (e.g. ``model.hidden_size``) from its teacher."""
+    return key.startswith("model.") or key in FROM_TEACHER
+
+
 def check_distill_overrides(overrides: list[str] | tuple[str, ...]) -> None:
     """Refuse the overrides of a distillation that would change what it takes from the teacher or from its flags."""
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key.startswith("model.") or key in FROM_TEACHER:
+        if fixed_by_teacher(key):
             raise ConfigError(
                 f"{item}: a distilled student is a copy of the teacher's network and works on its tokenizer and "
                 f"length, so {key} cannot be changed: drop it (distill a teacher trained with it instead)"
