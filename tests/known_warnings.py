@@ -10,3 +10,8 @@ UNCOMPILED_FLEX = pytest.mark.filterwarnings("ignore:flex_attention called witho
 # torch.compile's inductor imports torch.utils.mkldnn, which (torch 2.13) still decorates methods with
 # torch.jit.script_method and so warns once per process: torch's own code, not flowlm's.
 TORCH_INDUCTOR_JIT = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+# The first forward-mode AD of a process (torch.func.jvp, forward_ad.make_dual) loads torch's JVP decompositions,
+# which (torch 2.13) still register themselves through torch.jit.script and so warn once per decomposition: torch's
+# own code, not flowlm's.
+TORCH_FORWARD_AD_JIT = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

@@ -25,6 +25,17 @@ which treats a state near t = 1 as almost clean, sharpens whatever distribution 
 that writes the most frequent token everywhere is a fixed point. On the small synthetic languages (V = 8) it is not
 reached and ``lsd`` beats PSD. PSD, whose off-diagonal targets compose the student's own shorter jumps (tied to the
 teacher by the diagonal rows) instead of asking the teacher at the landing point, does not collapse there.
+
+This is not the reference code's LSD (its ``algo.py``, ``distillation_method: LSD``), which flowlm now has as the
+``lsd-ref`` recipe (:mod:`flowlm.methods.lsd_reference`). Both use the same Lagrangian identity; they differ in how
+its three ingredients are obtained. The landing-point denoiser ``D_t(X_{s,t})``: here the frozen teacher's, there
+the student's own diagonal ``δ̂_{t,t}`` (``use_teacher_for_D_t_lsd: False``). The derivative ``∂_t δ``: here a
+backward difference quotient of two student calls in eval mode, there one forward-mode JVP along ``τ_t`` (tangent
+1, times ``dτ/dt`` at t) of the prediction pass itself, in train mode. The projection: here negative entries clipped
+and the row renormalized, there sparsemax (the Euclidean projection onto the simplex). The split: here a quarter
+diagonal and an eighth boundary rows by default, there the reference's half and 1/64. Dropout: here every pass that
+builds the target runs in eval mode; there the derivative comes from the (train-mode) prediction pass and the landing
+pass keeps dropout too.
 """
 
 from __future__ import annotations
