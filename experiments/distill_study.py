@@ -61,7 +61,8 @@ LONG_GRID = (*GRID, 2.0, 4.0)
 SAMPLES = 1000
 STEPS = (1, 2, 4)
 # teacher-forward equivalents per (diagonal, off-diagonal) row of a distillation step, by recipe
-ROW_COST = {"psd": (4, 5), "lsd": (4, 6)}
+# (lsd-ref: its forward-mode pass counted as three forwards, its backward two, its landing pass one)
+ROW_COST = {"psd": (4, 5), "lsd": (4, 6), "lsd-ref": (4, 6)}
 
 # The ``flowlm distill`` defaults for a tiny-preset teacher (training/run.py: distill_config): lr 3e-4, betas
 # (0.9, 0.95), the preset's batch 32, EMA 0.995 with warm-up, 100 warm-up steps; PSD pairs as SPEC §3.
@@ -130,6 +131,9 @@ RUNS = {
     "i24-stretch-boundary-0.125-seed1": {"train.lr": 1e-3, "distill.end_stretch": True, "distill.boundary_frac": 0.125,
                                          "seed": 1},  # fmt: skip
     "lsd-lr-1e-3-long": {"distill.recipe": "lsd", "train.lr": 1e-3, "grid": LONG_GRID},
+    # issue 24 item 3: the reference's LSD (its own split: half diagonal, 1/64 boundary, as the defaults)
+    "i24-lsd-ref": {"distill.recipe": "lsd-ref", "train.lr": 1e-3},
+    "i24-lsd-ref-seed1": {"distill.recipe": "lsd-ref", "train.lr": 1e-3, "seed": 1},
 }
 
 

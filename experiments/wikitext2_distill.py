@@ -16,6 +16,7 @@ Runs (at the teacher's learning rate, 1e-3, unless said otherwise; batch 32):
 * ``psd-lr3e-4``: PSD at lr 3e-4, the ``flowlm distill`` default before the synthetic study (checks that change).
 * ``psd-stretch``, ``psd-stretch-boundary-0.125`` (issue 24): PSD with ``distill.end_stretch=true``, and with an eighth
   boundary pairs too. Every flow map also gets ``flowlm fit-report`` (64 validation blocks, seed 0) beside its eval.
+* ``psd-boundary-0.25``: PSD with a quarter boundary pairs; ``lsd-ref``: the reference's LSD (``--recipe lsd-ref``).
 * ``<run>-seed1``: the same with ``train.seed=1`` (when ``--runs`` names it).
 
 Restartable like wikitext2.py (``stages.json`` in --out). Two processes can share the cores with ``--runs``:
@@ -39,7 +40,7 @@ TEACHER_TFE = 2000 * 32 * 3
 BATCH = 32
 FRACTIONS = (0.25, 0.5, 1.0)
 STEPS = "1,2,4"
-ROW_COST = {"psd": (4, 5), "lsd": (4, 6)}  # TFE per (diagonal, other) row, as in distill_study.py
+ROW_COST = {"psd": (4, 5), "lsd": (4, 6), "lsd-ref": (4, 6)}  # TFE per (diagonal, other) row, as in distill_study.py
 RUNS = {
     "psd": ("psd", 0.5, []),
     "lsd": ("lsd", 0.25, ["--recipe", "lsd", "distill.diag_frac=0.25", "distill.boundary_frac=0.125"]),
@@ -47,6 +48,8 @@ RUNS = {
     # issue 24: the end time also embedded on a clock that resolves t -> 1; and with an eighth boundary pairs
     "psd-stretch": ("psd", 0.5, ["distill.end_stretch=true"]),
     "psd-stretch-boundary-0.125": ("psd", 0.5, ["distill.end_stretch=true", "distill.boundary_frac=0.125"]),
+    "psd-boundary-0.25": ("psd", 0.5, ["distill.boundary_frac=0.25"]),  # a quarter boundary pairs
+    "lsd-ref": ("lsd-ref", 0.5, ["--recipe", "lsd-ref"]),  # the reference's LSD, its own split (as PSD's)
 }
 
 

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from flowlm.errors import ConfigError
-from flowlm.eval.flow_map_fit import fit_report, format_report, parse_pairs
+from flowlm.eval.flow_map_fit import fit_report, format_report, parse_pairs, teacher_endpoint
+from flowlm.methods.flm import flm_sample
+from flowlm.methods.lowrank import NaiveInputs
+from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.schedule import t_from_tau
 
 V, L = 5, 3
@@ -91,3 +94,45 @@ def test_pairs_parse_and_bad_pairs_are_one_line():
     for bad in ("0-1", "0.5:0.25", "0:1.5", "a:b"):
         with pytest.raises(ConfigError, match="--pairs entry"):
             parse_pairs(bad)
+
+
+def test_pairs_ending_at_one_are_anchored_to_the_teachers_sampler(maps):
+    """A map can meet its own composition target exactly at (0, 1) and still be wrong there (the collapse of
+    end_stretch): the anchor is the teacher's own sampler. The teacher here is a constant denoiser f_T, so its sampler
+    writes arg-max f_T from any start at any step count, and the anchor's numbers are closed forms of f_T and f_S(1)."""
+    student, teacher, tokens = maps
+    pairs = ((0.0, 1.0), (0.5, 1.0), (0.0, 0.5), (0.5, 0.5))
+    report = fit_report(student, teacher, tokens, V, pairs=pairs, batch_size=4, input_noise="naive", ode_steps=3)
+    rows = {(r["tau_s"], r["tau_t"]): r for r in report["pairs"]}
+    f_t, f_s = teacher.f(0.0).detach(), student.f(1.0).detach()
+    written = f_t.argmax(-1, keepdim=True)  # [L, 1]
+    agreement = float((f_s.argmax(-1, keepdim=True) == written).float().mean())
+    cross_entropy = float(-f_s.gather(-1, written).log().mean())
+    assert agreement < 1 and cross_entropy > 0.5  # the map is far from its teacher at t = 1 ...
+    assert rows[(0.0, 1.0)]["kl"]["mean"] == pytest.approx(0.0, abs=1e-5)  # ... while it fits its own target there
+    for pair in ((0.0, 1.0), (0.5, 1.0)):
+        ode = rows[pair]["teacher_ode"]
+        assert ode["steps"] == 3 and ode["agreement"]["mean"] == pytest.approx(agreement, abs=1e-6)
+        assert ode["cross_entropy"]["mean"] == pytest.approx(cross_entropy, abs=1e-5)
+        assert ode["entropy_teacher"]["mean"] == pytest.approx(float(-(f_t * f_t.log()).sum(-1).mean()), abs=1e-5)
+    assert "teacher_ode" not in rows[(0.0, 0.5)] and "teacher_ode" not in rows[(0.5, 0.5)]
+    assert report["summary"]["cross_entropy_teacher_ode"] == pytest.approx(cross_entropy, abs=1e-5)
+    assert "teacher 3-step tokens" in format_report(report)
+    off = fit_report(student, teacher, tokens, V, pairs=pairs, input_noise="naive", ode_steps=0)
+    assert all("teacher_ode" not in r for r in off["pairs"]) and "agreement_teacher_ode" not in off["summary"]
+
+
+def test_the_anchor_from_pure_noise_is_the_flm_sampler():
+    """From τ_s = 0 the anchor's arg-max is flm_sample's output for the same noise and step count (same grid, same
+    Euler steps, same last jump), for a network whose denoiser depends on its state and time."""
+    torch.manual_seed(0)
+    cfg = DiTConfig(vocab_size=7, seq_len=6, hidden_size=16, n_blocks=1, n_heads=2, cond_dim=8, dropout=0.0)
+    net = DiT(cfg).eval()
+    for p in net.parameters():  # a DiT starts with zeroed output layers: give every weight a value
+        torch.nn.init.normal_(p, std=0.3)
+    x0 = torch.randn(5, 6, 7, generator=torch.Generator().manual_seed(1))
+    for steps in (1, 2, 5):
+        tokens = flm_sample(net, 5, 6, 7, steps, x0=x0, input_noise="naive")
+        endpoint = teacher_endpoint(net, x0, 0.0, 7, steps, NaiveInputs())
+        assert torch.equal(endpoint.argmax(-1), tokens), steps
+        assert torch.allclose(endpoint.sum(-1), torch.ones(5, 6), atol=1e-5)

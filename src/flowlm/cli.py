@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw --blocks held-out blocks (seeded) and print, for each pair (tau_s, tau_t), the KL from the "
         "PSD target to the flow map (teacher denoiser on the diagonal, the map's own midpoint composition off it; at "
         "(0, 1) that is its own 2-step output), both entropies and the arg-max agreement, in nats per token with "
-        "95%% intervals over blocks (docs/results.md, issue 24).",
+        "95%% intervals over blocks; pairs ending at tau_t = 1 also against the teacher's own --ode-steps sampler "
+        "(docs/results.md, issue 24).",
     )
     fi.add_argument("checkpoint", help="flow-map model folder (flowlm distill), Hub id or demo:fmlm")
     fi.add_argument("--teacher", help="the FLM teacher (default: the one recorded in its flowlm.json)")
@@ -269,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--blocks", type=int, default=64, help="held-out blocks (default 64)")
     fi.add_argument("--batch-size", type=int, default=16, help="blocks per batch (default 16)")
     fi.add_argument("--seed", type=int, default=0, help="seed of the block draw and the noise")
+    fi.add_argument(
+        "--ode-steps", type=int, default=64,
+        help="steps of the teacher's sampler that anchors the pairs ending at tau_t = 1 (default 64; 0: none)",
+    )  # fmt: skip
     fi.add_argument("--out", help="write the report as JSON to this file")
     fi.add_argument("--cache-dir", help="token cache folder (default: flowlm's cache)")
     fi.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
@@ -636,13 +641,14 @@ def run_fit_report(args: argparse.Namespace) -> None:
 
     check_args(args)
     check_whole("--blocks", args.blocks)
+    check_whole("--ode-steps", args.ode_steps, minimum=0)
     pairs = parse_pairs(args.pairs) if args.pairs else DEFAULT_PAIRS
     if args.out:
         require_writable_file(args.out, "--out", "fit.json")
     report = model_fit_report(
         args.checkpoint, teacher=args.teacher, data=args.data, split=args.split, blocks=args.blocks, pairs=pairs,
         seed=args.seed, batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir,
-        progress=not args.quiet,
+        progress=not args.quiet, ode_steps=args.ode_steps,
     )  # fmt: skip
     print(format_report(report))
     if args.out:
