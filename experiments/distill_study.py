@@ -134,6 +134,13 @@ RUNS = {
     # issue 24 item 3: the reference's LSD (its own split: half diagonal, 1/64 boundary, as the defaults)
     "i24-lsd-ref": {"distill.recipe": "lsd-ref", "train.lr": 1e-3},
     "i24-lsd-ref-seed1": {"distill.recipe": "lsd-ref", "train.lr": 1e-3, "seed": 1},
+    # the boundary pairs anchored to the teacher's 16-step sampler (distill.boundary_teacher_steps), alone, with an
+    # eighth boundary pairs, and with end_stretch (whose collapse the anchor should prevent)
+    "i24-anchor-16": {"train.lr": 1e-3, "distill.boundary_teacher_steps": 16},
+    "i24-anchor-16-boundary-0.125": {"train.lr": 1e-3, "distill.boundary_teacher_steps": 16,
+                                     "distill.boundary_frac": 0.125},  # fmt: skip
+    "i24-anchor-16-stretch": {"train.lr": 1e-3, "distill.boundary_teacher_steps": 16, "distill.end_stretch": True},
+    "i24-anchor-16-seed1": {"train.lr": 1e-3, "distill.boundary_teacher_steps": 16, "seed": 1},
 }
 
 
@@ -268,10 +275,13 @@ def run_config(settings: dict, steps: int) -> RunConfig:
 
 
 def step_cost(cfg: RunConfig) -> float:
-    """Teacher-forward equivalents of one distillation step (per the batch's expected split)."""
+    """Teacher-forward equivalents of one distillation step (per the batch's expected split). A boundary row anchored
+    to the teacher's N-step sampler (distill.boundary_teacher_steps) costs N + 3 instead of the composition's 5."""
     diag_cost, off_cost = ROW_COST[cfg.distill.recipe]
     diag = cfg.distill.resolved_diag_frac()
-    return cfg.train.batch_size * (diag * diag_cost + (1 - diag) * off_cost)
+    anchor = cfg.distill.boundary_teacher_steps
+    extra = cfg.distill.resolved_boundary_frac() * (anchor + 3 - off_cost) if anchor else 0.0
+    return cfg.train.batch_size * (diag * diag_cost + (1 - diag) * off_cost + extra)
 
 
 def evaluate(student: DiT, ema: EMA, language) -> dict:

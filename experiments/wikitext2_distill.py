@@ -17,6 +17,8 @@ Runs (at the teacher's learning rate, 1e-3, unless said otherwise; batch 32):
 * ``psd-stretch``, ``psd-stretch-boundary-0.125`` (issue 24): PSD with ``distill.end_stretch=true``, and with an eighth
   boundary pairs too. Every flow map also gets ``flowlm fit-report`` (64 validation blocks, seed 0) beside its eval.
 * ``psd-boundary-0.25``: PSD with a quarter boundary pairs; ``lsd-ref``: the reference's LSD (``--recipe lsd-ref``).
+* ``psd-anchor-16`` (and ``-stretch``): PSD whose boundary pairs are trained toward the teacher's 16-step sampler
+  output (``distill.boundary_teacher_steps=16``; a boundary row then costs 16 + 3 TFE instead of 5).
 * ``<run>-seed1``: the same with ``train.seed=1`` (when ``--runs`` names it).
 
 Restartable like wikitext2.py (``stages.json`` in --out). Two processes can share the cores with ``--runs``:
@@ -50,6 +52,9 @@ RUNS = {
     "psd-stretch-boundary-0.125": ("psd", 0.5, ["distill.end_stretch=true", "distill.boundary_frac=0.125"]),
     "psd-boundary-0.25": ("psd", 0.5, ["distill.boundary_frac=0.25"]),  # a quarter boundary pairs
     "lsd-ref": ("lsd-ref", 0.5, ["--recipe", "lsd-ref"]),  # the reference's LSD, its own split (as PSD's)
+    # the boundary pairs anchored to the teacher's 16-step sampler; and with end_stretch, which collapsed without it
+    "psd-anchor-16": ("psd", 0.5, ["distill.boundary_teacher_steps=16"]),
+    "psd-anchor-16-stretch": ("psd", 0.5, ["distill.boundary_teacher_steps=16", "distill.end_stretch=true"]),
 }
 
 
@@ -60,9 +65,15 @@ def run_spec(name: str) -> tuple[str, float, list[str]]:
 
 
 def steps_at(name: str, fraction: float) -> int:
-    recipe, diag, _ = run_spec(name)
+    """Steps at ``fraction`` of the teacher's compute; a boundary row anchored to the teacher's N-step sampler
+    (distill.boundary_teacher_steps=N) costs N + 3 instead of 5."""
+    recipe, diag, options = run_spec(name)
     diag_cost, other_cost = ROW_COST[recipe]
-    return round(fraction * TEACHER_TFE / (BATCH * (diag * diag_cost + (1 - diag) * other_cost)))
+    settings = dict(o.split("=", 1) for o in options if "=" in o)
+    anchor = int(settings.get("distill.boundary_teacher_steps", 0))
+    boundary = float(settings.get("distill.boundary_frac", 1 / 64))
+    extra = boundary * (anchor + 3 - other_cost) if anchor else 0.0
+    return round(fraction * TEACHER_TFE / (BATCH * (diag * diag_cost + (1 - diag) * other_cost + extra)))
 
 
 def results(folder: Path) -> dict:

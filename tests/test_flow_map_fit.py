@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flowlm.errors import ConfigError
-from flowlm.eval.flow_map_fit import fit_report, format_report, parse_pairs, teacher_endpoint
-from flowlm.methods.flm import flm_sample
+from flowlm.eval.flow_map_fit import fit_report, format_report, parse_pairs
+from flowlm.methods.flm import flm_endpoint, flm_sample
 from flowlm.methods.lowrank import NaiveInputs
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.schedule import t_from_tau
@@ -133,6 +133,6 @@ def test_the_anchor_from_pure_noise_is_the_flm_sampler():
     x0 = torch.randn(5, 6, 7, generator=torch.Generator().manual_seed(1))
     for steps in (1, 2, 5):
         tokens = flm_sample(net, 5, 6, 7, steps, x0=x0, input_noise="naive")
-        endpoint = teacher_endpoint(net, x0, 0.0, 7, steps, NaiveInputs())
+        endpoint = flm_endpoint(net, x0, 0.0, 7, steps, NaiveInputs())
         assert torch.equal(endpoint.argmax(-1), tokens), steps
         assert torch.allclose(endpoint.sum(-1), torch.ones(5, 6), atol=1e-5)

@@ -102,6 +102,9 @@ class DistillConfig:
     ``curriculum_frac`` of ``train.max_steps``; see ``flowlm.methods.fmlm.pair_times``). ``end_stretch``: the
     student gets a third time embedding, of its end time on a clock that resolves t → 1
     (``flowlm.nn.dit.end_stretch_clock``; recorded as ``model.end_stretch`` in the distilled model).
+    ``boundary_teacher_steps`` (psd): 0 (default) trains the boundary pairs (0, 1) toward the student's own
+    composition; N > 0 toward the teacher's N-step sampler output from the same noise
+    (``flowlm.methods.fmlm.anchor_boundary``).
     """
 
     teacher: str | None = None
@@ -113,6 +116,7 @@ class DistillConfig:
     pairs: str = "uniform"
     curriculum_frac: float = 0.5
     end_stretch: bool = False
+    boundary_teacher_steps: int = 0
 
     def resolved_diag_frac(self) -> float:
         if self.diag_frac is not None:
@@ -368,6 +372,15 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"distill.pairs={d.pairs!r}: choose one of {', '.join(PAIR_DRAWS)}")
     if not 0.0 <= d.curriculum_frac <= 1.0:
         raise ConfigError(f"distill.curriculum_frac={d.curriculum_frac}: use the share of the run in [0, 1]")
+    steps = d.boundary_teacher_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 4096:
+        raise ConfigError(f"distill.boundary_teacher_steps={steps!r}: use a whole number of teacher steps, 0 to 4096")
+    if steps:
+        if d.recipe != "psd":
+            raise ConfigError(
+                f"distill.boundary_teacher_steps={d.boundary_teacher_steps}: only the psd recipe anchors its boundary "
+                f"pairs to the teacher's sampler, not {d.recipe}: drop it or use --recipe psd"
+            )
     diag, boundary = d.resolved_diag_frac(), d.resolved_boundary_frac()
     if not (0 <= diag and 0 <= boundary and diag + boundary <= 1):
         raise ConfigError("distill.diag_frac and distill.boundary_frac must be >= 0 and sum to at most 1")

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 from flowlm.errors import ConfigError
-from flowlm.methods.common import interpolate, velocity
-from flowlm.methods.flm import flm_denoise
+from flowlm.methods.common import interpolate
+from flowlm.methods.flm import flm_endpoint
 from flowlm.methods.fmlm import _clock, _eval_mode, _probs, psd_target
 from flowlm.methods.lowrank import input_space
 
@@ -76,21 +76,6 @@ def _interval(values: Sequence[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-@torch.no_grad()
-def teacher_endpoint(teacher, x_s: torch.Tensor, tau_s: float, vocab_size: int, steps: int, inputs) -> torch.Tensor:
-    """The teacher's ``steps``-step deterministic sampler from states ``x_s`` [B, L, V] (or [B, L, k] in the space of
-    ``inputs``) at network time ``τ_s`` to t = 1: Euler steps on ``τ_k = τ_s + k·(1 − τ_s)/N`` for k < N − 1, then
-    the denoiser at ``τ_{N−1}``. Returns that distribution [B, L, V] (float32); from ``τ_s = 0`` its arg-max is
-    :func:`flowlm.methods.flm.flm_sample`'s output for the same noise."""
-    taus = tau_s + (1.0 - tau_s) * torch.arange(steps + 1, dtype=torch.float64) / steps
-    ts = _clock(taus, vocab_size).tolist()
-    x = x_s
-    for k in range(steps - 1):
-        denoised = flm_denoise(teacher, x, float(taus[k]), None, inputs)
-        x = x + (ts[k + 1] - ts[k]) * velocity(inputs.embed(denoised).to(x.dtype), x, ts[k])
-    return flm_denoise(teacher, x, float(taus[steps - 1]), None, inputs).float()
-
-
 def _compare(target: torch.Tensor, probs: torch.Tensor) -> dict[str, torch.Tensor]:
     """KL(target ‖ probs), both entropies and arg-max agreement per position [B, L] (distributions [B, L, V])."""
     kl = (target * (torch.log(target.clamp_min(1e-30)) - torch.log(probs.clamp_min(1e-30)))).sum(-1)
@@ -110,8 +95,9 @@ def pair_fit(student, teacher, tokens: torch.Tensor, noise_seed: int, tau_s: flo
 
     Returns ``tau_s``, ``tau_t``, ``s``, ``t`` (interpolation times), ``kl`` / ``entropy_target`` /
     ``entropy_student`` / ``agreement``, each as ``{"mean", "low", "high"}`` over the N blocks; for a pair with
-    ``τ_s < τ_t = 1`` also ``teacher_ode``: ``agreement`` / ``cross_entropy`` of the student against the arg-max of
-    :func:`teacher_endpoint` (``ode_steps`` steps), ``entropy_teacher`` (of that last denoiser), ``entropy_student``.
+    ``τ_s < τ_t = 1`` also ``teacher_ode``: ``agreement`` / ``cross_entropy`` of the student against the arg-max
+    of :func:`~flowlm.methods.flm.flm_endpoint` (``ode_steps`` steps), ``entropy_teacher`` (of that last
+    denoiser), ``entropy_student``.
     """
     diagonal = tau_s == tau_t
     anchored = tau_t == 1.0 and not diagonal and ode_steps > 0
@@ -133,7 +119,7 @@ def pair_fit(student, teacher, tokens: torch.Tensor, noise_seed: int, tau_s: flo
             for name, value in _compare(target, probs).items():
                 per_block[name].extend(value.double().mean(-1).tolist())
             if anchored:
-                endpoint = teacher_endpoint(teacher, x_s, tau_s, vocab_size, ode_steps, inputs)
+                endpoint = flm_endpoint(teacher, x_s, tau_s, vocab_size, ode_steps, inputs)
                 written = endpoint.argmax(-1, keepdim=True)
                 values = {
                     "agreement": (probs.argmax(-1, keepdim=True) == written).float().squeeze(-1),

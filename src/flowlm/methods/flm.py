@@ -111,6 +111,25 @@ def time_grid(vocab_size: int, steps: int) -> tuple[list[float], list[float]]:
 
 
 @torch.no_grad()
+def flm_endpoint(model, x: torch.Tensor, tau_start: float, vocab_size: int, steps: int, inputs=None,
+                 hold=None) -> torch.Tensor:  # fmt: skip
+    """The sampler of :func:`flm_sample` started from states ``x`` [B, L, V] (or [B, L, k] in the space of ``inputs``)
+    at network time ``τ_start``: Euler steps on ``τ_k = τ_start + k·(1 − τ_start)/N`` for k < N − 1, then the
+    denoiser at ``τ_{N−1}``, whose distribution [B, L, V] (float32) is returned (its arg-max is the sampler's
+    output). From ``τ_start = 0`` and the same noise this is :func:`flm_sample`'s grid and trajectory. ``hold``: a
+    callable applied to every intermediate state (e.g. to keep clean positions clean). The model's mode is the
+    caller's."""
+    inputs = NaiveInputs() if inputs is None else inputs
+    taus = tau_start + (1.0 - tau_start) * torch.arange(steps + 1, dtype=torch.float64) / steps
+    ts = get_schedule(vocab_size, "cpu").t_from_tau(taus).tolist()
+    for k in range(steps - 1):
+        denoised = flm_denoise(model, x, float(taus[k]), None, inputs)
+        x = x + (ts[k + 1] - ts[k]) * velocity(inputs.embed(denoised).to(x.dtype), x, ts[k])
+        x = x if hold is None else hold(x)
+    return flm_denoise(model, x, float(taus[steps - 1]), None, inputs).float()
+
+
+@torch.no_grad()
 def flm_sample(
     model,
     num_samples: int,

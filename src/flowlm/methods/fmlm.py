@@ -63,7 +63,7 @@ from flowlm.methods.common import (
     token_cross_entropy,
 )
 from flowlm.methods.condition import Condition
-from flowlm.methods.flm import check_steps, time_grid
+from flowlm.methods.flm import check_steps, flm_endpoint, time_grid
 from flowlm.methods.lowrank import NaiveInputs, input_space
 from flowlm.nn.dit import DiT, zero_last_time_layer
 from flowlm.schedule import get_schedule
@@ -413,6 +413,35 @@ def psd_target(
     return target
 
 
+def _boundary_slice(batch: int, rows, sample_offset: int, diag_frac: float, boundary_frac: float) -> slice:
+    """The boundary rows ``(τ_s, τ_t) = (0, 1)`` of this call's ``batch`` rows (laid out as :func:`pair_times`
+    does them in the global micro-batch of ``rows = (first, total)``), as a slice."""
+    first, total = check_rows(rows, batch)
+    n_diag, n_boundary, _ = pair_counts(total, sample_offset, diag_frac, boundary_frac)
+    start = min(max(n_diag - first, 0), batch)
+    return slice(start, min(max(n_diag + n_boundary - first, start), batch))
+
+
+def anchor_boundary(target: torch.Tensor, teacher, x_s: torch.Tensor, edge: slice, vocab_size: int, steps: int,
+                    inputs=None, clean: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Targets [B, L, V] whose boundary rows ``edge`` (pairs (0, 1), states ``x_s = x₀``) are the teacher's own
+    ``steps``-step sampler output from the same state (:func:`~flowlm.methods.flm.flm_endpoint`, teacher in eval
+    mode, no gradient, clean positions of ``clean`` [B, L] held clean) instead of the student's composition.
+
+    Why: PSD's composition target at (s, 1) is met exactly by a map that writes one constant sequence from every
+    start (distill.end_stretch collapsed so on two of three data sets); the teacher's sampler is an anchor the
+    student cannot move. Cost: ``steps`` teacher forwards per boundary row (1/64 of the rows by default).
+    """
+    if steps <= 0 or edge.start == edge.stop:
+        return target
+    x = x_s[edge]
+    held = None if clean is None else clean[edge]
+    hold = None if held is None else (lambda state: _hold_clean(state, x, held))
+    with torch.no_grad(), _eval_mode(teacher):
+        target[edge] = flm_endpoint(teacher, x, 0.0, vocab_size, steps, inputs, hold)
+    return target
+
+
 def psd_loss(
     student,
     teacher,
@@ -430,6 +459,7 @@ def psd_loss(
     clean: torch.Tensor | None = None,
     draw: str = "uniform",
     max_jump: float = 1.0,
+    boundary_teacher_steps: int = 0,
 ) -> dict[str, torch.Tensor]:
     """PSD (semigroup self-distillation from a frozen FLM teacher, SPEC §3) on tokens [B, L].
 
@@ -444,7 +474,8 @@ def psd_loss(
     or without (:func:`psd_target`). ``draw``, ``max_jump``: how off-diagonal jumps are drawn (:func:`pair_times`).
     ``clean`` [B, L] (bool, conditional training, as :func:`~flowlm.methods.flm.flm_loss`): those positions are
     given clean (their one-hot, t = 1, no noise) to the student and to every network building the target, and
-    left out of the loss.
+    left out of the loss. ``boundary_teacher_steps`` > 0: the boundary rows' targets are the teacher's sampler
+    output with that many steps (:func:`anchor_boundary`) instead of the composition.
 
     Returns ``loss`` (to minimize), ``ce`` (unweighted cross-entropy, detached), ``ce_diag`` /
     ``ce_off`` (the same over diagonal / other rows, 0 when there are none), ``per_sequence`` [B]
@@ -457,6 +488,9 @@ def psd_loss(
     )  # fmt: skip
     logits = inputs.logits(student, x_s, tau_s, tau_t)
     target = psd_target(student, teacher, x_s, tau_s, tau_t, n_diag, vocab_size, inputs, target_dropout, clean)
+    if boundary_teacher_steps > 0:
+        edge = _boundary_slice(tokens.shape[0], rows, sample_offset, diag_frac, boundary_frac)
+        target = anchor_boundary(target, teacher, x_s, edge, vocab_size, boundary_teacher_steps, inputs, clean)
     mask = _without_clean(mask, clean)
     ce = token_cross_entropy(logits, target)
     loss, mean_ce, per_sequence = _weighted(ce, mask, weighting, tau_s, tau_t)

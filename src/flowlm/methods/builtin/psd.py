@@ -70,7 +70,8 @@ class ProgressiveSelfDistillation(FlowMap):
         d, t = ctx.cfg.distill, ctx.cfg.train
         jump = curriculum_jump(sample_offset, t.max_steps * t.batch_size, d.curriculum_frac)
         return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=d.resolved_diag_frac(),
-                        target_dropout=d.target_dropout, draw=d.pairs, max_jump=jump, **arguments)  # fmt: skip
+                        target_dropout=d.target_dropout, draw=d.pairs, max_jump=jump,
+                        boundary_teacher_steps=d.boundary_teacher_steps, **arguments)  # fmt: skip
 
 
 PSD = ProgressiveSelfDistillation()
