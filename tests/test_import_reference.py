@@ -441,3 +441,16 @@ def test_load_of_a_local_released_folder_converts_it_once(tmp_path, char_tokeniz
     message = str(err.value)
     assert f"flowlm import-reference {folder} --out DIR" in message and "--logit-cap" in message
     assert "\n" not in message
+
+
+def test_distill_from_a_released_folder_names_the_import_to_run(tmp_path, capsys):
+    """A teacher given in the released Hub layout (before: "not a flowlm checkpoint (no flowlm.json)") gets one line
+    that names the conversion command."""
+    from flowlm.cli import main
+
+    folder = save_released(tmp_path / "FLM-B-LM1B", random_reference_weights(2, seed=26, llw=False),
+                           reference_config("flm", tokenizer="bert-base-uncased"))  # fmt: skip
+    assert main(["distill", "--teacher", str(folder), "--out", str(tmp_path / "out"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "released model in its Hub layout" in err and f"flowlm import-reference {str(folder)!r}" in err
+    assert not (tmp_path / "out").exists()

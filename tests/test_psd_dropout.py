@@ -78,3 +78,20 @@ def test_psd_loss_passes_the_setting_on_and_the_config_field_exists():
     assert modes == [True, False, False]  # the graded pass in the caller's mode, the target passes in eval mode
     cfg = RunConfig.from_dict({"distill": {"target_dropout": False}})
     assert cfg.distill.target_dropout is False and RunConfig().distill.target_dropout is True
+
+
+def test_v1_stage1_target_g_calls_follow_the_setting():
+    """The v1 stage-1 target's two g calls (the half-steps through τ_u) run in train mode by default, as the
+    reference's, and in eval mode with target_dropout=False; the graded call stays in the caller's mode."""
+    from flowlm.methods.fmlm import init_stage1, v1_stage1_loss
+
+    _, teacher = nets()
+    g_net = init_stage1(teacher).eval()
+    modes = []
+    g_net.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    tokens = torch.randint(0, V, (8, L), generator=torch.Generator().manual_seed(2))
+    v1_stage1_loss(g_net, teacher, tokens, V, generator=torch.Generator().manual_seed(3))
+    assert modes == [True, True, False]
+    modes.clear()
+    v1_stage1_loss(g_net, teacher, tokens, V, generator=torch.Generator().manual_seed(3), target_dropout=False)
+    assert modes == [False, False, False] and not g_net.training

@@ -246,7 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     nl.add_argument("--solver", help="ODE bound: euler, heun or rk4 (default rk4)")
     nl.add_argument("--grid", help="ODE bound: grid uniform in tau (default) or t")
     nl.add_argument("--probes", type=int, help="ODE bound: Hutchinson probes per call, 0 = exact trace (default 1)")
-    nl.add_argument("--divergence", help="ODE bound: probe space h (L x d), v (L x V) or auto (the smaller)")
+    nl.add_argument(
+        "--divergence",
+        help="ODE bound: trace space h (L x d), v (L x V) or auto (default: the smaller space for the exact trace, "
+        "V-space for probes, whose variance measured lower; docs/likelihood.md)",
+    )  # fmt: skip
     nl.add_argument("--seed", type=int, default=0, help="seed of the block draw and the Monte-Carlo draws")
     nl.add_argument("--out", help="write the result as JSON to this file")
     nl.add_argument("--cache-dir", help="token cache folder (default: flowlm's cache)")

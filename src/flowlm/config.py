@@ -89,14 +89,14 @@ class TrainConfig:
 class DistillConfig:
     """Flow-map distillation (``train.method=fmlm``): the frozen FLM teacher, the recipe and its batch split.
 
-    ``diag_frac`` and ``boundary_frac`` default to the recipe's (psd: 1/2 and 1/64, SPEC §3; lsd: 1/4 and 1/8,
-    the distillation study's).
+    ``diag_frac`` and ``boundary_frac`` default to the recipe's (psd: 1/2 and 1/64, SPEC §3; lsd: 1/4 and 1/8, the
+    distillation study's).
 
-    ``recipe``: ``psd`` (SPEC §3, the main recipe), ``v1-stage1`` (SPEC §4: the raw second-order network g
-    on top of the teacher velocity, with learnable loss weighting) or ``v1-stage2`` (one softmax network
-    regressed onto the stage-1 map; ``stage1`` names the stage-1 checkpoint). ``boundary_frac`` defaults to
-    the recipe's: 1/64 (psd: 0.5/32; v1 stage 1: 1/64) or 1/128 (v1 stage 2). ``target_dropout`` (psd): the
-    student passes that build the off-diagonal targets run with dropout, as in the reference (default), or
+    ``recipe``: ``psd`` (SPEC §3, the main recipe), ``v1-stage1`` (SPEC §4: the raw second-order network g on top of
+    the teacher velocity, with learnable loss weighting) or ``v1-stage2`` (one softmax network regressed onto the
+    stage-1 map; ``stage1`` names the stage-1 checkpoint). ``boundary_frac`` defaults to the recipe's: 1/64 (psd:
+    0.5/32; v1 stage 1: 1/64) or 1/128 (v1 stage 2). ``target_dropout`` (psd, lsd-ref, v1 stage 1): the student
+    (g-network) passes that build the off-diagonal targets run with dropout, as in the reference (default), or
     without (eval mode). ``pairs`` (psd): how off-diagonal jumps τ_t − τ_s are drawn: ``uniform`` (SPEC §3),
     ``stratified`` over each micro-batch, or ``curriculum`` (short jumps first, the full clock after the first
     ``curriculum_frac`` of ``train.max_steps``; see ``flowlm.methods.fmlm.pair_times``). ``end_stretch``: the

@@ -682,6 +682,7 @@ def v1_stage1_loss(
     input_noise: str = "auto",
     rows: tuple[int, int] | None = None,
     clean: torch.Tensor | None = None,
+    target_dropout: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Stage 1 of the v1 recipe (SPEC §4): semigroup-bootstrapped MSE for the raw network ``g``.
 
@@ -704,7 +705,8 @@ def v1_stage1_loss(
     ``B = ((1 − s)·D_T(y, τ_u) − Δ₁·A)/(1 − u) + ½Δ₂(1 − s)·g(y, τ_u, τ_t)`` (so that
     ``(1 − s)·v̂_{u,t} = B − x_s``), the target is ``(Δ₁/Δ)·A + (Δ₂/Δ)·B``.
 
-    The teacher runs under ``no_grad`` in eval mode, the target's g calls too. ``input_noise`` and
+    The teacher runs under ``no_grad`` in eval mode; the target's g calls in train mode, dropout active, as in the
+    reference (``target_dropout=True``, default), or in eval mode (``target_dropout=False``). ``input_noise`` and
     ``rows``: see the module docstring. ``clean`` [B, L] (conditional training): those positions are given as
     their one-hot rows in ``x_s`` and in ``y`` (held there after the half step) and left out of the loss.
     Returns ``loss``, ``mse`` (unweighted, detached), ``per_sequence`` [B] (detached), ``tau_s``, ``tau_t``.
@@ -721,7 +723,7 @@ def v1_stage1_loss(
     one_minus_u = torch.clamp(1 - col(u64), min=VELOCITY_GUARD)
     with torch.no_grad(), _eval_mode(teacher):
         denoised = _probs(inputs, teacher, x_s, tau_s)
-        with _eval_mode(g_net):
+        with _mode(target_dropout, g_net):
             a = denoised + 0.5 * d1 * (1 - s) * inputs.logits(g_net, x_s, tau_s, tau_u).float()
             y = flow_map_step(x_s, inputs.embed(a).to(x_s.dtype), s64.to(x_s.dtype), u64.to(x_s.dtype))
             y = _hold_clean(y, x_s, clean)

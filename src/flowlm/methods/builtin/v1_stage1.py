@@ -36,7 +36,8 @@ class V1Stage1(Method):
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         arguments = distill_arguments(ctx, generator, sample_offset, rows, tokens)
-        return v1_stage1_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, **arguments)
+        return v1_stage1_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, target_dropout=ctx.cfg.distill.target_dropout,
+                              **arguments)  # fmt: skip
 
     def sample(self, request):
         return v1_stage1_sample(request.net, request.teacher, *request.sizes, **request.draws,
