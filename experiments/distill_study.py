@@ -342,11 +342,42 @@ def distill(language, teacher: DiT, settings: dict, weights: Path, save, save_va
                   + "  ".join(f"{n}-step {point[str(n)]['invalid']:.4f} ({point[str(n)]['distinct']:.2f} distinct)"
                               for n in STEPS), flush=True)  # fmt: skip
     torch.save(ema.weights(), weights)  # the last point's EMA weights, to re-measure without retraining
-    with ema.applied():  # the fit report of the final EMA map on 256 fresh sequences (issue 24)
-        fit = fit_report(student, teacher, language.sample(256, LENGTH, torch.Generator().manual_seed(7)), K)
+    with ema.applied():
+        fit = fit_of(student, teacher, language)
     print("    " + format_report(fit).replace("\n", "\n    "), flush=True)
     return {"config": cfg.to_dict(), "settings": {k: v for k, v in settings.items()}, "step_cost_tfe": cost,
             "points": points, "fit": fit, "complete": True}  # fmt: skip
+
+
+def fit_of(student: DiT, teacher: DiT, language) -> dict:
+    """The fit report (issue 24) of a flow map on 256 fresh sequences of the language (seed 7), with the teacher's
+    64-step sampler as the anchor of the pairs ending at t = 1."""
+    return fit_report(student, teacher, language.sample(256, LENGTH, torch.Generator().manual_seed(7)), K)
+
+
+def refit(out: Path, only: list[str] | None, runs: list[str] | None) -> None:
+    """Recompute the fit report of finished runs from their saved EMA weights (``<run>.pt``) and the saved teacher,
+    and store it in ``<run>.json`` (runs measured before the report gained its teacher anchor)."""
+    for name, make in LANGUAGES.items():
+        if only and name not in only:
+            continue
+        language, folder = make(), out / name
+        teacher = DiT(teacher_config())
+        teacher.load_state_dict(torch.load(folder / "teacher.pt", weights_only=True))
+        teacher.eval()
+        for run in runs or RUNS:
+            path, weights = folder / f"{run}.json", folder / f"{run}.pt"
+            if not (path.exists() and weights.exists()):
+                continue
+            result = json.loads(path.read_text())
+            cfg = run_config({**DEFAULTS, **result["settings"]}, 1)
+            student = registry.for_config(cfg).build_network(cfg, K, frozen=(teacher,))
+            student.load_state_dict(torch.load(weights, weights_only=True))
+            result["fit"] = fit_of(student.eval(), teacher, language)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1, default=list))
+            tmp.replace(path)
+            print(f"{name} / {run}: " + format_report(result["fit"]).splitlines()[-1], flush=True)
 
 
 def study(out: Path, only: list[str] | None, runs: list[str] | None) -> None:
@@ -413,6 +444,36 @@ def table(out: Path) -> str:
                 cells = [f"{p[str(n)]['invalid']:.4f} ± {1.96 * p[str(n)]['se']:.4f}" for n in STEPS]
                 label = run if result.get("complete", True) else f"{run} (interrupted)"
                 lines.append(f"| {label} | {p['teacher_fraction']:.3g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fit_table(out: Path) -> str:
+    """Markdown: per language, every run with a fit report: its 1- and 2-step invalid shares at 1x, the KL at (0, 1)
+    and its ratio to the median of the other pairs, both entropies there, and the one-step map's agreement with the
+    teacher's 64-step tokens from the same noise (with their cross-entropy under the map)."""
+    lines = []
+    for name, (_, runs) in load_results(out).items():
+        lines += [
+            f"\n{name}: fit at (0, 1), 256 sequences",
+            "| run | 1 step | 2 steps | KL(0, 1) [95%] | ratio to median | H target / H map "
+            "| agreement with teacher tokens | their CE |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for run, result in runs.items():
+            fit, point = result.get("fit"), next((p for p in result.get("points", []) if p["teacher_fraction"] == 1.0),
+                                                 None)  # fmt: skip
+            if not fit or point is None:
+                continue
+            edge, summary_ = fit["pairs"][0], fit["summary"]
+            ode = edge.get("teacher_ode")
+            anchor = (f"{ode['agreement']['mean']:.3f} [{ode['agreement']['low']:.3f}–{ode['agreement']['high']:.3f}] "
+                      f"| {ode['cross_entropy']['mean']:.3f}") if ode else "– | –"  # fmt: skip
+            kl = edge["kl"]
+            lines.append(
+                f"| {run} | {point['1']['invalid']:.3f} | {point['2']['invalid']:.3f} | {kl['mean']:.4f} "
+                f"[{kl['low']:.4f}–{kl['high']:.4f}] | {summary_['boundary_over_median']:.1f} | "
+                f"{edge['entropy_target']['mean']:.3f} / {edge['entropy_student']['mean']:.3f} | {anchor} |"
+            )
     return "\n".join(lines)
 
 
@@ -499,6 +560,7 @@ def plot(out: Path) -> None:
         factor_chart(plt, out, name, info, runs)
     (out / "table.md").write_text(table(out) + "\n")
     print(summary(out))
+    print(fit_table(out))
 
 
 def main() -> None:
@@ -507,6 +569,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated languages")
     parser.add_argument("--runs", help="comma-separated run names")
     parser.add_argument("--plot", action="store_true", help="only write the plots and table from the results")
+    parser.add_argument("--refit", action="store_true", help="recompute the fit reports of finished runs")
     args = parser.parse_args()
     out = Path(args.out)
     if args.plot:
@@ -514,7 +577,7 @@ def main() -> None:
         return
     split = lambda v: v.split(",") if v else None  # noqa: E731
     with single_thread():
-        study(out, split(args.only), split(args.runs))
+        (refit if args.refit else study)(out, split(args.only), split(args.runs))
 
 
 if __name__ == "__main__":
