@@ -107,10 +107,34 @@ def report(study: Path) -> None:
     for judge, (ppl, ci, entropy) in teacher.items():
         cell = f"{ppl:.0f} [{ci[0]:.0f}–{ci[1]:.0f}]"
         lines.append(f"| teacher FLM, 1,024 steps | | | {judge} | {cell} | | | 1 | {entropy:.2f} |")
+    lines += fit_lines(out)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(table, indent=1))
     plot(table, out / "report.png")
     print("\n".join(lines))
+
+
+def fit_lines(out: Path) -> list[str]:
+    """Markdown: each flow map's fit report at (0, 1) (``flowlm fit-report``, 64 validation blocks): the KL from its
+    target, its ratio to the median of the other pairs, the entropies there, and the agreement with the teacher's
+    64-step tokens from the same noise with their cross-entropy under the map (reports without that anchor: –)."""
+    lines = [
+        "",
+        "| run | KL(0, 1) [95%] | ratio to median | H target / H map | agreement with teacher tokens [95%] | CE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path in sorted((out / "fit").glob("*.json")):
+        fit = json.loads(path.read_text())
+        edge = next(r for r in fit["pairs"] if (r["tau_s"], r["tau_t"]) == (0.0, 1.0))
+        ode, kl = edge.get("teacher_ode"), edge["kl"]
+        anchor = (f"{ode['agreement']['mean']:.3f} [{ode['agreement']['low']:.3f}–{ode['agreement']['high']:.3f}] | "
+                  f"{ode['cross_entropy']['mean']:.2f}") if ode else "– | –"  # fmt: skip
+        lines.append(
+            f"| {path.stem} | {kl['mean']:.4f} [{kl['low']:.4f}–{kl['high']:.4f}] | "
+            f"{fit['summary']['boundary_over_median']:.1f} | {edge['entropy_target']['mean']:.2f} / "
+            f"{edge['entropy_student']['mean']:.2f} | {anchor} |"
+        )
+    return lines
 
 
 def plot(table: dict, path: Path) -> None:
