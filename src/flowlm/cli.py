@@ -366,10 +366,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> None:
-    from flowlm.training.checkpoint import resolve_model_dir
-    from flowlm.training.run import distill_config, train
+    from flowlm.training.run import distill_config, resolve_teacher, train
 
-    teacher_dir = resolve_model_dir(args.teacher)
+    teacher_dir = resolve_teacher(args.teacher)
     run_name = teacher_dir.parent.name if teacher_dir.name == "model" else teacher_dir.name
     model_dir = train(
         config=distill_config(str(teacher_dir), recipe=args.recipe, stage1=args.stage1),

@@ -158,13 +158,6 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
             return candidate
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist: pass a model folder or a training run folder")
-    from flowlm.interop.released import is_released_folder
-
-    if is_released_folder(path):
-        raise CheckpointError(
-            f"{str(path)!r} is a released model in its Hub layout (config.json + model.safetensors), not a flowlm "
-            f"model folder: convert it once with flowlm import-reference {str(path)!r} --out DIR and pass DIR"
-        )
     raise CheckpointError(
         f"{str(path)!r} is not a flowlm checkpoint (no {META}): pass the folder written by flowlm train"
     )

@@ -194,6 +194,20 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         )
 
 
+def resolve_teacher(teacher: str | os.PathLike) -> Path:
+    """The model folder of a distillation's teacher (:func:`~flowlm.training.checkpoint.resolve_model_dir`); a released
+    model in its Hub layout is one line naming the conversion to run first."""
+    from flowlm.interop.released import is_released_folder
+    from flowlm.training.checkpoint import resolve_model_dir
+
+    if is_released_folder(Path(teacher)):
+        raise CheckpointError(
+            f"{str(teacher)!r} is a released model in its Hub layout (config.json + model.safetensors), not a flowlm "
+            f"model folder: convert it once with flowlm import-reference {str(teacher)!r} --out DIR and pass DIR"
+        )
+    return resolve_model_dir(teacher)
+
+
 def check_teacher_method(path: str, meta: dict) -> None:
     """Only a distillable method (FLM) can be a teacher: MDLM and AR baselines have no flow, an FMLM is
     already distilled."""
@@ -247,7 +261,7 @@ def distill_config(
     from flowlm.training.checkpoint import TOKENIZER, read_meta, resolve_model_dir
 
     check_distill_overrides(preset_overrides)
-    directory = resolve_model_dir(teacher)
+    directory = resolve_teacher(teacher)
     meta = read_meta(directory)
     check_teacher_method(str(directory), meta)
     cfg = RunConfig.from_dict({k: v for k, v in meta["run"].items() if k != "distill"})
