@@ -62,7 +62,7 @@ SAMPLES = 1000
 STEPS = (1, 2, 4)
 # teacher-forward equivalents per (diagonal, off-diagonal) row of a distillation step, by recipe
 # (lsd-ref: its forward-mode pass counted as three forwards, its backward two, its landing pass one)
-ROW_COST = {"psd": (4, 5), "lsd": (4, 6), "lsd-ref": (4, 6)}
+ROW_COST = {"psd": (4, 5), "lsd": (4, 6), "lsd-teacher": (4, 6), "lsd-ref": (4, 6)}  # lsd: lsd-teacher's old name
 
 # The ``flowlm distill`` defaults for a tiny-preset teacher (training/run.py: distill_config): lr 3e-4, betas
 # (0.9, 0.95), the preset's batch 32, EMA 0.995 with warm-up, 100 warm-up steps; PSD pairs as SPEC §3.

@@ -86,4 +86,4 @@ def test_the_option_is_checked():
         with pytest.raises(ConfigError, match="distill.boundary_teacher_steps"):
             validate(config(boundary_teacher_steps=bad))
     with pytest.raises(ConfigError, match="only the psd recipe"):
-        validate(config(boundary_teacher_steps=16, recipe="lsd"))
+        validate(config(boundary_teacher_steps=16, recipe="lsd-teacher"))

@@ -133,8 +133,9 @@ def test_uniform_draw_is_unchanged_by_the_new_options():
 def test_lsd_recipe_trains_through_the_registry():
     cfg = RunConfig.from_dict({"train": {"method": "fmlm", "max_steps": 10, "batch_size": 4},
                                "distill": {"teacher": "x", "recipe": "lsd", "pairs": "curriculum"}})  # fmt: skip
+    assert cfg.distill.recipe == "lsd-teacher"  # the recipe's former name runs and is recorded as its new one
     method = registry.for_config(cfg)
-    assert method.recipe == "lsd" and method.records == "fmlm"
+    assert method.recipe == "lsd-teacher" and method.records == "fmlm"
     torch.manual_seed(0)
     dit = DiT(DiTConfig(vocab_size=11, seq_len=6, hidden_size=32, n_blocks=2, n_heads=4, cond_dim=16)).eval()
     net = method.build_network(cfg, 11, frozen=(dit,))

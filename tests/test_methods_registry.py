@@ -122,16 +122,19 @@ def test_unknown_and_unregistered_methods_are_one_line_errors(tmp_path, capsys):
 
 def test_lookups_of_the_builtin_methods():
     assert registry.train_methods() == ["flm", "fmlm", "mdlm", "ar"]
-    assert registry.distillation_recipes() == ["psd", "v1-stage1", "v1-stage2", "lsd", "lsd-ref"]
+    assert registry.distillation_recipes() == ["psd", "v1-stage1", "v1-stage2", "lsd-teacher", "lsd-ref"]
     assert registry.for_training("flm", "psd") is registry.get("flm")  # a one-recipe method ignores the recipe
     assert registry.for_training("fmlm", "v1-stage2").name == "fmlm-v1-stage2"
     # PSD and v1 stage 2 both write "fmlm" models; the recorded recipe tells them apart, PSD is the default
     assert registry.for_recorded("fmlm").name == "fmlm"
     assert registry.for_recorded("fmlm", "v1-stage2").name == "fmlm-v1-stage2"
     assert registry.for_recorded("fmlm-v1-stage1").samples_with_teacher
-    assert registry.for_recorded("fmlm", "lsd").name == "fmlm-lsd"
+    assert registry.for_recorded("fmlm", "lsd-teacher").name == "fmlm-lsd-teacher"
+    # the recipe's name before lsd-ref arrived, in old configs and flowlm.json files, still selects it
+    assert registry.for_recorded("fmlm", "lsd").name == "fmlm-lsd-teacher"
+    assert registry.for_recipe("lsd") is registry.for_recipe("lsd-teacher") is registry.for_training("fmlm", "lsd")
     assert registry.for_recorded("fmlm", "lsd-ref").name == "fmlm-lsd-ref"
-    choices = "psd, v1-stage1, v1-stage2, lsd, lsd-ref"
+    choices = "psd, v1-stage1, v1-stage2, lsd-teacher, lsd-ref"
     with pytest.raises(ConfigError, match=f"distill.recipe='nope': choose one of {choices}"):
         registry.for_recipe("nope")
     assert registry.get("mdlm").dit_options == {"mask_input": True, "logit_cap": None}

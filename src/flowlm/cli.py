@@ -82,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument(
         "--recipe",
         default="psd",
-        help="psd (SPEC §3, default), lsd (Lagrangian targets on the simplex; experimental: better than psd on small "
-        "synthetic vocabularies, but its 1-step map collapses to one repeated token on WikiText-2, docs/results.md) "
-        "or the paper's v1 two-stage recipe (SPEC §4): v1-stage1, v1-stage2",
+        help="psd (SPEC §3, default); the paper's v1 two-stage recipe (SPEC §4): v1-stage1, v1-stage2; lsd-ref (the "
+        "reference code's Lagrangian self-distillation: student diagonal, JVP, sparsemax); lsd-teacher (formerly lsd: "
+        "Lagrangian targets with the teacher at the landing point). Both Lagrangian recipes are experimental: on "
+        "WikiText-2 their 1-step maps lose most (lsd-teacher) or a third (lsd-ref) of the teacher's entropy "
+        "(docs/results.md)",
     )
     di.add_argument("--stage1", help="v1-stage2 only: the v1-stage1 model folder to regress onto")
     add_run_options(di, "runs/fmlm-<recipe>-<teacher run name>")

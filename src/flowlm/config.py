@@ -333,6 +333,7 @@ def validate(cfg: RunConfig) -> None:
     validate_ranges(cfg)
     t = cfg.train
     d = cfg.distill
+    d.recipe = registry.RENAMED_RECIPES.get(d.recipe, d.recipe)  # an old name runs (and is recorded) as the new one
     if d.recipe not in registry.distillation_recipes():
         raise ConfigError(f"distill.recipe={d.recipe!r}: choose one of {', '.join(registry.distillation_recipes())}")
     method = registry.for_config(cfg)

@@ -1,4 +1,5 @@
-"""Lagrangian flow-map distillation on the simplex (the ``lsd`` recipe): a teacher-anchored alternative to PSD.
+"""Lagrangian flow-map distillation on the simplex (the ``lsd-teacher`` recipe, called ``lsd`` before): a
+teacher-anchored alternative to PSD.
 
 PSD (SPEC §3) builds the target of a jump s → t from the student's own two half-jumps, so the error of short
 jumps is compounded into long ones. The Lagrangian condition of a flow map (Boffi, Albergo & Vanden-Eijnden,
@@ -23,8 +24,8 @@ to one repeated token from the first quarter of the budget on. For a jump that e
 vanishes and ``X_{s,t}(x)`` is nearly the student's own output ``δ``, so the target is about ``D_t(δ)``: the teacher,
 which treats a state near t = 1 as almost clean, sharpens whatever distribution the student writes, and a student
 that writes the most frequent token everywhere is a fixed point. On the small synthetic languages (V = 8) it is not
-reached and ``lsd`` beats PSD. PSD, whose off-diagonal targets compose the student's own shorter jumps (tied to the
-teacher by the diagonal rows) instead of asking the teacher at the landing point, does not collapse there.
+reached and ``lsd-teacher`` beats PSD. PSD, whose off-diagonal targets compose the student's own shorter jumps (tied
+to the teacher by the diagonal rows) instead of asking the teacher at the landing point, does not collapse there.
 
 This is not the reference code's LSD (its ``algo.py``, ``distillation_method: LSD``), which flowlm now has as the
 ``lsd-ref`` recipe (:mod:`flowlm.methods.lsd_reference`). Both use the same Lagrangian identity; they differ in how
@@ -135,7 +136,7 @@ def lsd_loss(
     max_jump: float = 1.0,
     clean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The ``lsd`` loss on tokens [B, L]: pairs, states and the cross-entropy exactly as
+    """The ``lsd-teacher`` loss on tokens [B, L]: pairs, states and the cross-entropy exactly as
     :func:`flowlm.methods.fmlm.psd_loss`, with :func:`lsd_target` in place of the semigroup target; ``clean``
     positions (conditional training) as there: clean in every network call, left out of the loss.
 

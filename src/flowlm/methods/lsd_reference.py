@@ -2,8 +2,8 @@
 
 This is the ``distillation_method: LSD`` branch of the reference code (the June 2026 code, ``menetn/glm`` at commit
 03fbff6, file ``algo.py``, class ``FMLM``; line numbers below are that file's), written for flowlm's pairs, states and
-networks. It is not flowlm's older ``lsd`` recipe (:mod:`flowlm.methods.lsd`), which asks the teacher at the landing
-point and takes a finite difference.
+networks. It is not flowlm's older ``lsd-teacher`` recipe (formerly ``lsd``; :mod:`flowlm.methods.lsd`), which asks
+the teacher at the landing point and takes a finite difference.
 
 What the reference does
 -----------------------

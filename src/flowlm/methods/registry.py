@@ -17,6 +17,9 @@ from flowlm.methods.base import Method, Option
 from flowlm.methods.builtin import BUILTIN
 
 _METHODS: dict[str, Method] = {}
+# distill.recipe names that were renamed: the old name (in configs, scripts and the flowlm.json of models written
+# before) still selects the method. "lsd" became "lsd-teacher" when the reference code's LSD arrived as "lsd-ref".
+RENAMED_RECIPES = {"lsd": "lsd-teacher"}
 
 
 def register(method: Method, replace: bool = False) -> Method:
@@ -74,6 +77,7 @@ def distillation_recipes() -> list[str]:
 
 def for_training(train_method: str, recipe: str | None = None) -> Method:
     """The method that ``train.method`` (and, for methods with several recipes, ``distill.recipe``) select."""
+    recipe = RENAMED_RECIPES.get(recipe, recipe)
     candidates = [m for m in _METHODS.values() if m.train_method == train_method]
     if not candidates:
         raise ConfigError(f"unknown method {train_method!r}: choose one of {', '.join(train_methods())}")
@@ -93,6 +97,7 @@ def for_config(cfg) -> Method:
 
 def for_recipe(recipe: str) -> Method:
     """The distillation method of ``distill.recipe`` (``flowlm distill --recipe``)."""
+    recipe = RENAMED_RECIPES.get(recipe, recipe)
     for method in _METHODS.values():
         if method.distills and method.recipe == recipe:
             return method
@@ -103,6 +108,7 @@ def for_recorded(name: str | None, recipe: str | None = None, where: str = "this
     """The method of a model whose ``flowlm.json`` records ``method`` = ``name`` (and ``recipe``, which picks
     among methods recording the same name; without it the first registered wins)."""
     candidates = [m for m in _METHODS.values() if name in m.recorded_names]
+    recipe = RENAMED_RECIPES.get(recipe, recipe)
     if not candidates:
         raise CheckpointError(f"{where} holds a {name!r} model, which this flowlm cannot sample")
     return next((m for m in candidates if recipe is not None and m.recipe == recipe), candidates[0])

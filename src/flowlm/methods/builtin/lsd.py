@@ -1,5 +1,7 @@
-"""FMLM by Lagrangian distillation on the simplex (``distill.recipe=lsd``, :mod:`flowlm.methods.lsd`): the PSD
-student, pairs and cross-entropy with a teacher-anchored target. It writes ``fmlm`` models that sample like PSD's."""
+"""FMLM by Lagrangian distillation on the simplex with the teacher at the landing point (``distill.recipe=lsd-teacher``,
+:mod:`flowlm.methods.lsd`; called ``lsd`` before the reference's LSD became ``lsd-ref``, and that name still selects
+it): the PSD student, pairs and cross-entropy with a teacher-anchored target. It writes ``fmlm`` models that sample
+like PSD's."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from flowlm.methods.lsd import lsd_loss
 
 
 class LagrangianDistillation(FlowMap):
-    name = "fmlm-lsd"
-    recipe = "lsd"
+    name = "fmlm-lsd-teacher"
+    recipe = "lsd-teacher"
     # the distillation study (docs/results.md): more off-diagonal and boundary pairs, whose targets now come from
     # the teacher, win at one step on both languages
     default_diag_frac = 0.25
