@@ -101,7 +101,9 @@ class DistillConfig:
     ``stratified`` over each micro-batch, or ``curriculum`` (short jumps first, the full clock after the first
     ``curriculum_frac`` of ``train.max_steps``; see ``flowlm.methods.fmlm.pair_times``). ``end_stretch``: the
     student gets a third time embedding, of its end time on a clock that resolves t → 1
-    (``flowlm.nn.dit.end_stretch_clock``; recorded as ``model.end_stretch`` in the distilled model).
+    (``flowlm.nn.dit.end_stretch_clock``; recorded as ``model.end_stretch`` in the distilled model). Experimental:
+    with PSD alone its 1-step map collapsed to one constant sequence on the order-2 language and on WikiText-2
+    (docs/results.md, "The one-step jump"); with ``boundary_teacher_steps`` it did not, but did not beat PSD either.
     ``boundary_teacher_steps`` (psd): 0 (default) trains the boundary pairs (0, 1) toward the student's own
     composition; N > 0 toward the teacher's N-step sampler output from the same noise
     (``flowlm.methods.fmlm.anchor_boundary``).
