@@ -460,8 +460,8 @@ def fit_table(out: Path) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for run, result in runs.items():
-            fit, point = result.get("fit"), next((p for p in result.get("points", []) if p["teacher_fraction"] == 1.0),
-                                                 None)  # fmt: skip
+            points = [p for p in result.get("points", []) if abs(p["teacher_fraction"] - 1) < 0.01]
+            fit, point = result.get("fit"), (points[0] if points else None)
             if not fit or point is None:
                 continue
             edge, summary_ = fit["pairs"][0], fit["summary"]
