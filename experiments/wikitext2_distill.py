@@ -55,6 +55,7 @@ RUNS = {
     # the boundary pairs anchored to the teacher's 16-step sampler; and with end_stretch, which collapsed without it
     "psd-anchor-16": ("psd", 0.5, ["distill.boundary_teacher_steps=16"]),
     "psd-anchor-16-stretch": ("psd", 0.5, ["distill.boundary_teacher_steps=16", "distill.end_stretch=true"]),
+    "psd-anchor-64": ("psd", 0.5, ["distill.boundary_teacher_steps=64"]),  # a better (and costlier) anchor
 }
 
 
