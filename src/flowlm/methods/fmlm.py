@@ -491,7 +491,14 @@ def psd_loss(
     if boundary_teacher_steps > 0:
         edge = _boundary_slice(tokens.shape[0], rows, sample_offset, diag_frac, boundary_frac)
         target = anchor_boundary(target, teacher, x_s, edge, vocab_size, boundary_teacher_steps, inputs, clean)
-    mask = _without_clean(mask, clean)
+    return split_cross_entropy(logits, target, n_diag, _without_clean(mask, clean), weighting, tau_s, tau_t)
+
+
+def split_cross_entropy(logits, target, n_diag, mask, weighting, tau_s, tau_t) -> dict[str, torch.Tensor]:
+    """The flow-map losses' result from logits and targets [B, L, V] whose first ``n_diag`` rows are diagonal pairs:
+    ``loss`` (:func:`_weighted` of the token cross-entropy under ``mask`` [B, L]), ``ce`` (unweighted, detached),
+    ``ce_diag`` / ``ce_off`` (over diagonal / other rows, 0 when there are none), ``per_sequence`` [B] (detached),
+    ``tau_s``, ``tau_t``."""
     ce = token_cross_entropy(logits, target)
     loss, mean_ce, per_sequence = _weighted(ce, mask, weighting, tau_s, tau_t)
     with torch.no_grad():

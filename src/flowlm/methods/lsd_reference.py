@@ -89,7 +89,6 @@ from contextlib import contextmanager
 
 import torch
 
-from flowlm.methods.common import VELOCITY_GUARD, token_cross_entropy
 from flowlm.methods.fmlm import (
     PSD_BOUNDARY_FRAC,
     PSD_DIAG_FRAC,
@@ -100,11 +99,12 @@ from flowlm.methods.fmlm import (
     _pairs_and_states,
     _probs,
     _time_dtype,
-    _weighted,
     _without_clean,
     flow_map_step,
+    split_cross_entropy,
 )
 from flowlm.methods.lowrank import NaiveInputs, input_space
+from flowlm.methods.lsd import lagrangian_coefficient
 from flowlm.nn.dit import DiT, soft_cap
 from flowlm.schedule import get_schedule
 
@@ -113,7 +113,6 @@ __all__ = [
     "REFERENCE_DIAG_FRAC",
     "dtau_dt",
     "end_time_derivative",
-    "lagrangian_coefficient",
     "lagrangian_target",
     "lsd_reference_loss",
     "offdiagonal_target",
@@ -150,11 +149,6 @@ def sparsemax(z: torch.Tensor) -> torch.Tensor:
         theta = (cumulative.gather(-1, support - 1) - 1) / support.to(z.dtype)
         out[start : start + step] = torch.clamp(rows - theta, min=0)
     return out.view(shape)
-
-
-def lagrangian_coefficient(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``c = (t − s)(1 − t)/(1 − s)`` [B] in the interpolation clock (``1 − s`` clamped at 1e-5); 0 at t = 1."""
-    return (t - s) * (1 - t) / torch.clamp(1 - s, min=VELOCITY_GUARD)
 
 
 def lagrangian_target(landed: torch.Tensor, d_delta_dt: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -325,20 +319,4 @@ def lsd_reference_loss(
         logits.append(pair[0])
         targets.append(pair[1])
     logits, target = torch.cat(logits), torch.cat(targets)
-    mask = _without_clean(mask, clean)
-    ce = token_cross_entropy(logits, target)
-    loss, mean_ce, per_sequence = _weighted(ce, mask, weighting, tau_s, tau_t)
-    with torch.no_grad():
-        m = torch.ones_like(ce) if mask is None else mask.to(ce.dtype)
-        parts = [
-            (ce[part] * m[part]).sum() / m[part].sum().clamp(min=1) for part in (slice(0, n_diag), slice(n_diag, None))
-        ]
-    return {
-        "loss": loss,
-        "ce": mean_ce.detach(),
-        "ce_diag": parts[0],
-        "ce_off": parts[1],
-        "per_sequence": per_sequence.detach(),
-        "tau_s": tau_s,
-        "tau_t": tau_t,
-    }
+    return split_cross_entropy(logits, target, n_diag, _without_clean(mask, clean), weighting, tau_s, tau_t)
