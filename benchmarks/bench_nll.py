@@ -1,8 +1,20 @@
-"""The ODE likelihood bound (issue 15): cost per block, estimator variance, and the bias–variance trade-off.
+"""FLM likelihood bounds (issues 15 and 27): cost per block, estimator variance, and the bias–variance trade-off.
 
     PYTHONPATH=src python benchmarks/bench_nll.py --out benchmarks/results/nll-cpu
+    PYTHONPATH=src python benchmarks/bench_nll.py --sections elbo --model runs/wikitext2/flm/model \
+        --out benchmarks/results/elbo-cpu
 
-writes ``nll-cpu.json`` and ``nll-cpu.md``. ``--quick`` shrinks every section (a smoke test). Sections:
+writes ``<out>.json`` and ``<out>.md``. ``--quick`` shrinks every section (a smoke test). ``--model`` (default the
+shipped demo FLM) and ``--data`` (default: the model's own held-out split; the demo's corpus is not shipped, so pass
+a text file for it) say whose blocks the variance sections score. Sections:
+
+* ``elbo`` (issue 27): seconds per block and draw of the diffusion ELBO (16 time strata: 17 forward calls) and of
+  the ODE bound (RK4, 32 steps, 1 probe: 129 forward + backward calls) on random DiTs of the ``tiny`` preset
+  (V = 1,024, L = 64, 4 × 128; both end to end) and of ``lm1b-small`` (V = 30,522, L = 128, 12 × 768; the ELBO end
+  to end, the ODE bound extrapolated from one call); then, on ``--model``, the ELBO's Monte-Carlo error against its
+  number of time strata K: mean bound and per-draw standard deviation (8 draws per block), and that deviation times
+  √(K + 1), the error at equal network calls (smaller is better); and the ELBO of the chain in x itself
+  (``full_space=True``), which counts the directions the network does not see;
 
 * ``time``: seconds per network call (forward + backward for the trace) with P Hutchinson probes, and the
   resulting seconds per block of the bound for steps × probes (RK4: 4 calls per step, plus one decoder call).
@@ -33,6 +45,7 @@ import torch
 import flowlm
 from flowlm.config import load_preset
 from flowlm.eval.likelihood import held_out_blocks
+from flowlm.methods.elbo import ElboOptions, diffusion_elbo
 from flowlm.methods.likelihood import (
     SOLVERS,
     FlowBoundOptions,
@@ -54,10 +67,75 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+SOURCE = {"model": "demo:flm", "data": None}  # set from --model / --data
+
+
 def demo_blocks(n: int):
-    model = flowlm.load("demo:flm")
-    blocks, _ = held_out_blocks(model, None, "validation", n, 0, None, progress=False)
+    model = flowlm.load(SOURCE["model"])
+    blocks, _ = held_out_blocks(model, SOURCE["data"], "validation", n, 0, None, progress=False)
     return model, blocks
+
+
+def random_net(preset: str) -> DiT:
+    """A DiT of ``preset``'s size with its tokenizer's vocabulary (tiny: 1,024; lm1b-small: 30,522), random output
+    layer (a fresh DiT's is zero, which would make every call cheaper than a trained one's)."""
+    run = load_preset(preset)
+    vocab = 1024 if preset == "tiny" else 30522
+    net = DiT(run.model.dit(vocab, run.data.seq_len, {})).eval().requires_grad_(False)
+    torch.nn.init.normal_(net.vocab_embed.embedding, std=1.0)
+    for p in net.output_layer.parameters() if hasattr(net, "output_layer") else ():
+        torch.nn.init.normal_(p, std=0.02)
+    return net
+
+
+def seconds_per_block(preset: str, quick: bool, g: torch.Generator) -> dict:
+    """The ELBO (16 strata) and the ODE bound (RK4 32, 1 probe) on 2 random blocks of a random DiT of ``preset``."""
+    net = random_net(preset)
+    v, length = net.config.vocab_size, net.config.seq_len if not quick else 16
+    blocks = torch.randint(0, v, (2, length), generator=g)
+    points, steps = (2, 2) if quick else (16, 32)
+    elbo = timed(lambda: diffusion_elbo(net, blocks, v, 1, ElboOptions(time_points=points), g), 1) / len(blocks)
+    row = {"seq_len": length, "elbo_calls": points + 1, "elbo_seconds_per_block": elbo, "ode_calls": 4 * steps + 1}
+    fn, w = network_denoiser(net)
+    if preset == "tiny":
+        opts = FlowBoundOptions(steps=steps, probes=1)
+        row["ode_seconds_per_block"] = timed(lambda: flow_nll_bound(fn, w, blocks, v, opts, g), 1) / len(blocks)
+        row["ode_measured"] = "end to end"
+    else:
+        h = torch.randn(1, length, v, generator=g) @ w
+        pairs = probe_pairs(1, length, v, w, 1, "v", g, "cpu")
+        row["ode_seconds_per_block"] = timed(lambda: denoise_and_trace(fn, h, 0.5, pairs, False), 1) * row["ode_calls"]
+        row["ode_measured"] = "extrapolated from one call"
+    row["ratio_ode_over_elbo"] = row["ode_seconds_per_block"] / row["elbo_seconds_per_block"]
+    return row
+
+
+def section_elbo(quick: bool) -> dict:
+    g = torch.Generator().manual_seed(0)
+    out: dict = {"time": {p: seconds_per_block(p, quick, g) for p in (("tiny",) if quick else ("tiny", "lm1b-small"))}}
+    out["strata"] = {}
+    model, blocks = demo_blocks(2 if quick else 16)
+    v = model.net.config.vocab_size
+    tokens = blocks.shape[1] - 1
+    draws = 8
+    for points in (1, 2) if quick else (1, 2, 4, 8, 16, 32, 64):
+        start = time.perf_counter()
+        bound = diffusion_elbo(model.net, blocks, v, draws, ElboOptions(time_points=points),
+                               torch.Generator().manual_seed(4))["bound"] / tokens  # fmt: skip
+        sd = bound.std(dim=1).square().mean().sqrt().item()  # per-draw s.d., pooled over blocks
+        out["strata"][str(points)] = {
+            "nats_per_token": bound.mean().item(),
+            "mc_se_of_mean": sd / math.sqrt(bound.numel()),
+            "per_draw_sd": sd,
+            "sd_at_equal_calls": sd * math.sqrt(points + 1),
+            "seconds_per_block_draw": (time.perf_counter() - start) / bound.numel(),
+        }
+    full = diffusion_elbo(model.net, blocks, v, draws, ElboOptions(), torch.Generator().manual_seed(4),
+                          full_space=True)["bound"] / tokens  # fmt: skip
+    se = full.std().item() / math.sqrt(full.numel())
+    out["x_space"] = {"nats_per_token": full.mean().item(), "mc_se_of_mean": se}
+    out["model"], out["blocks"] = SOURCE["model"], len(blocks)
+    return out
 
 
 def section_time(quick: bool) -> dict:
@@ -161,7 +239,29 @@ def section_tradeoff(quick: bool) -> dict:
 
 
 def markdown(results: dict, command: str) -> str:
-    lines = [f"# ODE likelihood bound: cost, variance, trade-off\n\n`{command}`\n", results["machine"], ""]
+    lines = [f"# FLM likelihood bounds: cost, variance, trade-off\n\n`{command}`\n", results["machine"], ""]
+    e = results.get("elbo")
+    if e:
+        lines += ["## ELBO vs ODE bound: seconds per block (one draw, random weights)\n",
+                  "| size | L | ELBO calls | ELBO s/block | ODE calls | ODE s/block | ODE / ELBO |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for preset, r in e["time"].items():
+            lines.append(
+                f"| {preset} | {r['seq_len']} | {r['elbo_calls']} | {r['elbo_seconds_per_block']:.2f} | "
+                f"{r['ode_calls']} | {r['ode_seconds_per_block']:.1f} ({r['ode_measured']}) | "
+                f"{r['ratio_ode_over_elbo']:.0f}x |"
+            )
+        lines += ["", f"## ELBO error vs time strata K ({e['model']}, {e['blocks']} held-out blocks × 8 draws)\n",
+                  "| K | calls/draw | bound, nats/token | s.e. of the mean | per-draw s.d. | s.d. × √calls | "
+                  "s/block/draw |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for k, r in e["strata"].items():
+            lines.append(
+                f"| {k} | {int(k) + 1} | {r['nats_per_token']:.4f} | {r['mc_se_of_mean']:.4f} | "
+                f"{r['per_draw_sd']:.4f} | {r['sd_at_equal_calls']:.3f} | {r['seconds_per_block_draw']:.3f} |"
+            )
+        x = e["x_space"]
+        lines += ["", f"The ELBO of the chain in x itself (`full_space=True`, K = 16, same blocks): "
+                      f"{x['nats_per_token']:.4f} ± {x['mc_se_of_mean']:.4f} nats/token.", ""]  # fmt: skip
     t = results.get("time")
     if t:
         lines += ["## Seconds per block (one draw)\n", "| size | setting | calls | s/block |", "|---|---|---|---|"]
@@ -206,15 +306,18 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/nll-cpu")
     parser.add_argument("--sections", default="time,variance,tradeoff")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", default="demo:flm", help="the FLM whose held-out blocks the variance sections use")
+    parser.add_argument("--data", help="text to draw its blocks from (default: its own held-out split)")
     args = parser.parse_args()
+    SOURCE.update(model=args.model, data=args.data)
     torch.set_num_threads(1)
     load = os.getloadavg()
     results: dict = {}
     for name in args.sections.split(","):
         start = time.perf_counter()
-        results[name] = {"time": section_time, "variance": section_variance, "tradeoff": section_tradeoff}[name](
-            args.quick
-        )
+        sections = {"elbo": section_elbo, "time": section_time, "variance": section_variance,
+                    "tradeoff": section_tradeoff}  # fmt: skip
+        results[name] = sections[name](args.quick)
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     results["machine"] = (
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread; load average "

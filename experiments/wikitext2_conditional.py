@@ -10,9 +10,10 @@ at the teacher's training compute from ``experiments/wikitext2_distill.py``). Ev
   under the in-domain judge).
 * ``middle``: ``flowlm eval --infill-middle 0.5``: the same blocks with their middle half (positions 16-47)
   generated and the rest given; FLM, FMLM and MDLM (an AR model cannot infill).
-* ``nll``: ``flowlm nll -n 32`` on held-out blocks: AR exact, MDLM its NELBO, FLM and FMLM the ODE bound (defaults,
-  and the FLM's at ``--tau-max`` 0.1 and 0.5); and the unconditional Gen PPL of MDLM (64 and 256 steps) and AR, to
-  put beside them.
+* ``nll``: ``flowlm nll -n 32`` on held-out blocks: AR exact, MDLM its NELBO, FLM and FMLM their default bound (the
+  diffusion ELBO since issue 27) and the ODE bound (``--bound ode``), the FLM's ODE bound at ``--tau-max`` 0.1 and 0.5
+  and its ELBO at 0.5 and 0.99; the unigram entropy of the training tokens and the held-out cost of that unigram
+  model (``--report``); and the unconditional Gen PPL of MDLM (64 and 256 steps) and AR, to put beside them.
 
 Restartable like wikitext2.py (``stages.json`` in ``<study>/conditional``); ``--only`` picks stages so two processes
 can share the cores, ``--report`` prints the tables.
@@ -34,7 +35,15 @@ from wikitext2 import Stages, flowlm
 STEPS = {"flm": "1,4,16,64,256", "fmlm": "1,2,4", "mdlm": "4,16,64,256", "ar": None}
 CONDITIONS = {"prompt16": ["--prompt-tokens", "16"], "middle": ["--infill-middle", "0.5"]}
 NLL_BLOCKS = 32
-TAU_SWEEP = ("0.1", "0.5")  # the FLM's ODE bound at other --tau-max than the default 0.9 (docs/likelihood.md)
+# extra bounds: name -> (model, flowlm nll options); the FLM's bounds at other --tau-max than the default 0.9
+BOUNDS = {
+    "flm-ode": ("flm", ["--bound", "ode"]),
+    "fmlm-ode": ("fmlm", ["--bound", "ode"]),
+    "flm-ode-tau0.1": ("flm", ["--bound", "ode", "--tau-max", "0.1"]),
+    "flm-ode-tau0.5": ("flm", ["--bound", "ode", "--tau-max", "0.5"]),
+    "flm-elbo-tau0.5": ("flm", ["--tau-max", "0.5"]),
+    "flm-elbo-tau0.99": ("flm", ["--tau-max", "0.99"]),
+}
 
 
 def models(study: Path, fmlm: Path) -> dict[str, Path]:
@@ -68,21 +77,49 @@ def table(out: Path, condition: str) -> list[str]:
     return lines
 
 
+def unigram(model_path: Path, path: Path) -> None:
+    """The unigram entropy of the FLM's training tokens and the held-out cost, per token, of that unigram model
+    (add-one smoothed) on the ``flowlm nll`` blocks (seed 0, positions 1..L−1 as ``flowlm nll`` counts them)."""
+    import numpy as np
+
+    import flowlm
+    from flowlm.data.prepare import prepare_blocks
+    from flowlm.eval.likelihood import held_out_blocks
+
+    model = flowlm.load(model_path)
+    train = prepare_blocks(model.meta["run"]["data"]["corpus"], model.tokenizer, model.seq_len, "train", progress=False)
+    tokens = np.concatenate([train[i].numpy() for i in range(len(train))])
+    counts = np.bincount(tokens, minlength=model.tokenizer.vocab_size).astype(float)
+    p = counts / counts.sum()
+    entropy = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+    smoothed = (counts + 1) / (counts.sum() + len(counts))
+    blocks, _ = held_out_blocks(model, None, "validation", NLL_BLOCKS, 0, None, False)
+    held_out = float(-np.log2(smoothed[blocks[:, 1:].numpy()]).mean())
+    path.write_text(json.dumps({"train_entropy_bits": entropy, "held_out_bits": held_out, "blocks": NLL_BLOCKS}) + "\n")
+    print(f"unigram: train entropy {entropy:.3f} bits/token, held-out {held_out:.3f}")
+
+
 def report(out: Path) -> None:
     lines = []
     for condition in CONDITIONS:
         lines += [*table(out, condition), ""]
     lines += ["**held-out bits per token** (`flowlm nll`)", "", "| model | bits/token [95%] | MC s.e. | s/block |",
               "|---|---|---|---|"]  # fmt: skip
-    for name in [*STEPS, *(f"flm-tau{tau}" for tau in TAU_SWEEP)]:
+    for name in [*STEPS, *BOUNDS]:
         path = out / f"nll-{name}.json"
         if path.is_file():
             r = json.loads(path.read_text())
             lo, hi = r["interval_95_bits"]
+            label = f"{name} ({r.get('bound') or r['likelihood'].split(',')[0]}, τ_max {r['options']['tau_max']})" if (
+                r["options"]) else name  # fmt: skip
             lines.append(
-                f"| {name} | {r['bits_per_token']:.3f} [{lo:.3f}–{hi:.3f}] | {r['mc_se_bits']:.3f} | "
+                f"| {label} | {r['bits_per_token']:.3f} [{lo:.3f}–{hi:.3f}] | {r['mc_se_bits']:.3f} | "
                 f"{r['seconds_per_block']:.1f} |"
             )
+    if (out / "unigram.json").is_file():
+        u = json.loads((out / "unigram.json").read_text())
+        lines += ["", f"unigram: entropy of the training tokens {u['train_entropy_bits']:.3f} bits/token; held-out "
+                      f"cost of that unigram model (add-one) {u['held_out_bits']:.3f} bits/token, same positions"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -113,10 +150,11 @@ def main() -> None:
             for name, path in paths.items():
                 stages.run(f"nll-{name}", flowlm("nll", str(path), "-n", str(NLL_BLOCKS), "--quiet",
                                                  "--out", str(out / f"nll-{name}.json")))  # fmt: skip
-            for tau in TAU_SWEEP:
-                command = flowlm("nll", str(paths["flm"]), "-n", str(NLL_BLOCKS), "--tau-max", tau, "--quiet",
-                                 "--out", str(out / f"nll-flm-tau{tau}.json"))  # fmt: skip
-                stages.run(f"nll-flm-tau{tau}", command)
+            for name, (model, options) in BOUNDS.items():
+                command = flowlm("nll", str(paths[model]), "-n", str(NLL_BLOCKS), *options, "--quiet",
+                                 "--out", str(out / f"nll-{name}.json"))  # fmt: skip
+                stages.run(f"nll-{name}", command)
+            unigram(paths["flm"], out / "unigram.json")
             # unconditional Gen PPL of the MDLM and AR models, to put beside their bits per token (FLM and FMLM have
             # theirs in wikitext2_distill.py's report)
             for name, steps in (("mdlm", ["--steps", "64,256"]), ("ar", [])):

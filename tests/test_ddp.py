@@ -180,7 +180,7 @@ def assert_same_training(one, two):
         torch.testing.assert_close(ema_b[key], ema_a[key], rtol=0, atol=WEIGHT_ATOL)
     logged_a, logged_b = metrics(one), metrics(two)
     assert logged_a.keys() == logged_b.keys()
-    assert {name for _, name in logged_a} >= {"train/loss", "val/denoising_ce"}
+    assert {name for _, name in logged_a} >= {"train/loss", "val/denoising_ce", "val/nll_bound"}
     for key, value in logged_a.items():
         assert logged_b[key] == pytest.approx(value, rel=LOSS_RTOL), key
 

@@ -3,7 +3,9 @@
 The resumed run must equal an uninterrupted one bit for bit (same seed, same global batch).
 """
 
+import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -95,6 +97,12 @@ def test_logs_are_written(runs):
     root, _ = runs
     metrics = (root / "straight" / "logs" / "session-0" / "metrics.csv").read_text().splitlines()
     assert "train/loss" in metrics[0] and "val/denoising_ce" in metrics[0]
+    # the FLM ELBO beside the denoising cross-entropy, and its perplexity as the exp of its mean
+    with (root / "straight" / "logs" / "session-0" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    bound = [float(r["val/nll_bound"]) for r in rows if r.get("val/nll_bound")]
+    ppl = [float(r["val/ppl_bound"]) for r in rows if r.get("val/ppl_bound")]
+    assert bound and ppl and math.isclose(ppl[0], math.exp(bound[0]), rel_tol=1e-5)
     assert list((root / "straight" / "logs" / "session-0").glob("events.out.tfevents*"))
     # A resumed run keeps the first launch's metrics and logs the second launch beside them.
     first, second = (root / "resumed" / "logs" / f"session-{k}" / "metrics.csv" for k in (0, 1))

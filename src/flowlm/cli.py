@@ -232,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         "nll",
         help="the model's likelihood bound on held-out text, in nats and bits per token (FLM, FMLM, MDLM, AR)",
         description="Draw -n blocks (seeded) from the validation split of the model's corpus (or --data) and "
-        "compute each method's bound on -log p(block): AR exact, MDLM its NELBO, FLM and FMLM a variational bound "
-        "through the probability-flow ODE (docs/likelihood.md). Prints bits per token with a bootstrap 95% "
-        "interval over blocks and the Monte-Carlo standard error; --out writes the JSON.",
+        "compute each method's bound on -log p(block): AR exact, MDLM its NELBO, FLM and FMLM the diffusion ELBO "
+        "(--bound elbo, default) or a variational bound through the probability-flow ODE (--bound ode; "
+        "docs/likelihood.md). Prints bits per token with a bootstrap 95% interval over blocks and the Monte-Carlo "
+        "standard error; --out writes the JSON.",
     )
     nl.add_argument("checkpoint", help="model folder, Hub id or demo:flm / demo:fmlm")
     nl.add_argument("--data", help="corpus spec or text file (default held-out: the model's corpus)")
@@ -242,11 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     nl.add_argument("--num-blocks", "-n", type=int, default=64, help="blocks to score (default 64)")
     nl.add_argument("--batch-size", type=int, default=8, help="blocks per batch (default 8)")
     nl.add_argument("--draws", type=int, help="Monte-Carlo draws per block (default: FLM/FMLM 2, MDLM 16)")
-    nl.add_argument("--t-max", type=float, help="ODE bound: time t of the decoder (default T_V^-1(--tau-max))")
-    nl.add_argument("--tau-max", type=float, help="ODE bound: the same in the network clock (default 0.9)")
+    nl.add_argument(
+        "--bound", choices=("elbo", "ode"),
+        help="FLM and FMLM: the diffusion ELBO (default; informative when V > d) or the probability-flow ODE bound",
+    )  # fmt: skip
+    nl.add_argument("--t-max", type=float, help="FLM bounds: time t of the decoder (default T_V^-1(--tau-max))")
+    nl.add_argument(
+        "--tau-max", type=float, help="FLM bounds: the same in the network clock (default: ELBO 0.9, ODE 0.9)"
+    )
+    nl.add_argument("--time-points", type=int, help="ELBO: time strata per draw, network calls - 1 (default 16)")
     nl.add_argument("--ode-steps", type=int, help="ODE bound: solver steps (default 32)")
     nl.add_argument("--solver", help="ODE bound: euler, heun or rk4 (default rk4)")
-    nl.add_argument("--grid", help="ODE bound: grid uniform in tau (default) or t")
+    nl.add_argument("--grid", help="FLM bounds: grid or strata uniform in tau (default) or t")
     nl.add_argument("--probes", type=int, help="ODE bound: Hutchinson probes per call, 0 = exact trace (default 1)")
     nl.add_argument(
         "--divergence",
@@ -630,7 +638,8 @@ def run_nll(args: argparse.Namespace) -> None:
     check_args(args)
     result = nll(
         args.checkpoint, args.data, split=args.split, num_blocks=args.num_blocks, batch_size=args.batch_size,
-        draws=args.draws, t_max=args.t_max, tau_max=args.tau_max, ode_steps=args.ode_steps, solver=args.solver,
+        draws=args.draws, bound=args.bound, t_max=args.t_max, tau_max=args.tau_max, time_points=args.time_points,
+        ode_steps=args.ode_steps, solver=args.solver,
         grid=args.grid, probes=args.probes, divergence=args.divergence, seed=args.seed, out=args.out,
         device=args.device, cache_dir=args.cache_dir, progress=not args.quiet,
     )  # fmt: skip

@@ -78,6 +78,7 @@ class TrainConfig:
     ckpt_every: int = 1000
     val_every: int = 1000
     val_batches: int = 4
+    val_bound_points: int = 4
     num_workers: int = 0
     accelerator: str = "auto"
     devices: int | str = 1
@@ -269,6 +270,7 @@ WHOLE_AT_LEAST = {
     "train.ckpt_every": 1,
     "train.val_every": 1,
     "train.val_batches": 1,
+    "train.val_bound_points": 0,
     "train.num_workers": 0,
 }
 POSITIVE = ("train.lr", "train.eps", "model.input_std", "model.attn_softcap", "model.logit_cap")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ import torch
 from flowlm.errors import ConfigError
 from flowlm.eval.metrics import GenPPLResult
 from flowlm.methods import registry
+from flowlm.methods.elbo import ElboOptions
 from flowlm.methods.likelihood import FlowBoundOptions
+from flowlm.methods.lowrank import input_matrix
 
 HELD_OUT = "held-out"
 DEFINITION = (
@@ -30,7 +33,10 @@ DEFINITION = (
     "only makes them larger); interval: percentile bootstrap over blocks (2,000 resamples); mc_se: standard "
     "error of the Monte-Carlo part, sqrt(sum_b s_b^2 / K) / (n (L - 1)) with s_b^2 the variance of block b's K draws"
 )
-ODE_OPTIONS = ("t_max", "tau_max", "ode_steps", "solver", "grid", "probes", "divergence")
+BOUND_OPTIONS = {
+    "elbo": ("t_max", "tau_max", "time_points", "grid"),
+    "ode": ("t_max", "tau_max", "ode_steps", "solver", "grid", "probes", "divergence"),
+}
 
 
 def check_blocks(num_blocks: int, batch_size: int) -> None:
@@ -46,6 +52,49 @@ def held_out_blocks(model, data: str | None, split: str, num_blocks: int, seed: 
 
     corpus = None if data in (None, HELD_OUT) else data
     return draw_blocks(model, corpus, split, num_blocks, seed, cache_dir, progress, "-n")
+
+
+def bound_options(method, bound: str | None, given: dict[str, Any]):
+    """``(bound, options)``: the bound to compute (``bound``, or the method's default) and its checked options built
+    from ``given`` (the options the caller set); one-line errors for a bound or an option the method lacks."""
+    names = list(method.likelihoods)
+    bound = names[0] if bound is None else bound
+    if bound not in names:
+        if len(names) == 1:
+            raise ConfigError(
+                f"bound={bound!r}: {method.title} models have one likelihood ({names[0]}: {method.likelihood}); "
+                "leave --bound unset"
+            )
+        raise ConfigError(f"bound={bound!r}: use one of {', '.join(names)} for {method.title} models")
+    allowed = BOUND_OPTIONS.get(bound, ())
+    stray = [k for k in given if k not in allowed]
+    if stray:
+        if not allowed:
+            raise ConfigError(
+                f"{', '.join(stray)}: options of the FLM and FMLM bounds; the {method.title} likelihood "
+                f"({method.likelihood}) has none: leave them unset"
+            )
+        raise ConfigError(
+            f"{', '.join(stray)}: not options of the {bound} bound (its options: {', '.join(allowed)}); "
+            f"leave them unset{' or use --bound ode' if bound == 'elbo' else ' or use --bound elbo'}"
+        )
+    if bound == "elbo":
+        return bound, ElboOptions(**given).check()
+    if bound == "ode":
+        return bound, FlowBoundOptions(**{("steps" if k == "ode_steps" else k): v for k, v in given.items()}).check()
+    return bound, None
+
+
+def warn_projected_ode(net, vocab_size: int) -> None:
+    """Warn that the ODE bound is loose where the network sees a projection of its state (V > d)."""
+    matrix = input_matrix(net)
+    if matrix is not None and vocab_size > matrix.shape[1]:
+        warnings.warn(
+            f"the ODE bound is a density of the full {vocab_size}-dimensional state per position, but this "
+            f"network sees it through a {matrix.shape[1]}-dimensional projection (V > d), where the bound measured "
+            "several bits per token above the ELBO (docs/likelihood.md); use --bound elbo (the default) to rank models",
+            stacklevel=3,
+        )
 
 
 def summarize(draws: np.ndarray, tokens_per_block: int, exact: bool, seed: int = 0) -> dict[str, Any]:
@@ -85,8 +134,10 @@ def nll(
     num_blocks: int = 64,
     batch_size: int = 8,
     draws: int | None = None,
+    bound: str | None = None,
     t_max: float | None = None,
     tau_max: float | None = None,
+    time_points: int | None = None,
     ode_steps: int | None = None,
     solver: str | None = None,
     grid: str | None = None,
@@ -103,10 +154,12 @@ def nll(
 
     ``num_blocks`` blocks of the model's length are drawn (seeded by ``seed``) from ``split`` of ``data`` (a
     corpus spec or text file; None or ``"held-out"``: the model's own corpus), or given as ``blocks`` [n, L].
-    ``draws``: Monte-Carlo draws per block (default per method: FLM/FMLM 2, MDLM 16, AR 1, exact). The ODE
-    options (FLM and FMLM only; defaults in :class:`~flowlm.methods.likelihood.FlowBoundOptions`) are
-    ``t_max`` or ``tau_max``, ``ode_steps``, ``solver``, ``grid``, ``probes`` (0: exact trace) and
-    ``divergence``. Batch j of blocks draws from a generator seeded by ``(seed, j)``.
+    ``draws``: Monte-Carlo draws per block (default per method: FLM/FMLM 2, MDLM 16, AR 1, exact). ``bound``
+    (FLM and FMLM): ``elbo`` (default; the diffusion ELBO, options ``t_max`` or ``tau_max``, ``time_points``, ``grid``:
+    :class:`~flowlm.methods.elbo.ElboOptions`) or ``ode`` (the probability-flow ODE bound, options ``t_max`` or
+    ``tau_max``, ``ode_steps``, ``solver``, ``grid``, ``probes`` (0: exact trace) and ``divergence``:
+    :class:`~flowlm.methods.likelihood.FlowBoundOptions`). Batch j of blocks draws from a generator seeded by
+    ``(seed, j)``.
 
     Returns (and with ``out`` writes as JSON) nats and bits per token, the bootstrap 95% interval over blocks,
     the Monte-Carlo standard error, the options used, per-block values and timing.
@@ -125,16 +178,9 @@ def nll(
             f"{method.title} models have no likelihood in flowlm; flowlm nll takes FLM, FMLM (PSD or v1 stage 2), "
             "MDLM and AR models"
         )
-    given = dict(t_max=t_max, tau_max=tau_max, ode_steps=ode_steps, solver=solver, grid=grid, probes=probes,
-                 divergence=divergence)  # fmt: skip
-    given = {k: v for k, v in given.items() if v is not None}
-    if given and not method.likelihood_ode:
-        raise ConfigError(
-            f"{', '.join(given)}: ODE options apply to FLM and FMLM bounds; the {method.title} likelihood "
-            f"({method.likelihood}) has none: leave them unset"
-        )
-    renamed = {("steps" if k == "ode_steps" else k): v for k, v in given.items()}
-    options = FlowBoundOptions(**renamed).check()
+    given = dict(t_max=t_max, tau_max=tau_max, time_points=time_points, ode_steps=ode_steps, solver=solver,
+                 grid=grid, probes=probes, divergence=divergence)  # fmt: skip
+    bound, options = bound_options(method, bound, {k: v for k, v in given.items() if v is not None})
     k = method.likelihood_draws if draws is None else draws
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"draws={k!r}: use an integer >= 1 (Monte-Carlo draws per block)")
@@ -146,6 +192,8 @@ def nll(
     if length < 2:
         raise ConfigError(f"blocks of {length} token(s): a likelihood per token needs blocks of at least 2 tokens")
     vocab_size = model.net.config.vocab_size if hasattr(model.net, "config") else int(blocks.max()) + 1
+    if bound == "ode":
+        warn_projected_ode(model.net, vocab_size)
     batches = range(math.ceil(n / batch_size))
     if progress:
         from tqdm.auto import tqdm
@@ -162,7 +210,8 @@ def nll(
     result = {
         "model": str(model.path),
         "method": method.name,
-        "likelihood": method.likelihood,
+        "bound": bound,
+        "likelihood": method.likelihoods[bound],
         "weights_sha256": model.meta.get("weights_sha256"),
         "corpus": corpus,
         "split": split if corpus is not None else None,
@@ -171,7 +220,7 @@ def nll(
         "tokens_per_block": length - 1,
         "draws": table.shape[1],
         **summarize(table, length - 1, exact=method.likelihood_exact, seed=seed),
-        "options": ({**asdict(options), "t_max": options.resolve_t_max(vocab_size)} if method.likelihood_ode else {}),
+        "options": {} if options is None else {**asdict(options), "t_max": options.resolve_t_max(vocab_size)},
         "seed": seed,
         "seconds": seconds,
         "seconds_per_block": seconds / n,

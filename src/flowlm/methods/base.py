@@ -16,10 +16,11 @@ the config, the Hub code, evaluation and the model card ask it, never compare me
 - **sampling**: ``sampler_name`` (provenance), ``takes_steps``, ``options`` (:class:`Option`: default,
   check, help) and :meth:`sample`, which takes one :class:`SampleRequest` so that a new request field reaches
   every sampler through one type;
-- **likelihood** (optional): ``likelihood`` (one line saying what :meth:`nll_bound` computes; None for a method
-  without one), ``likelihood_draws`` (default Monte-Carlo draws per block), ``likelihood_ode`` (whether the ODE
-  options apply), ``likelihood_exact`` (no Monte-Carlo error) and :meth:`nll_bound` (``flowlm nll``; the math
-  in :mod:`flowlm.methods.likelihood`).
+- **likelihood** (optional): ``likelihoods`` (the bounds :meth:`nll_bound` can compute, name -> one line saying what
+  it is, the default first; empty for a method without one; ``likelihood`` is the default's line),
+  ``likelihood_draws`` (default Monte-Carlo draws per block), ``likelihood_exact`` (no Monte-Carlo error),
+  :meth:`nll_bound` (``flowlm nll``; the math in :mod:`flowlm.methods.likelihood` and :mod:`flowlm.methods.elbo`)
+  and :meth:`validation_metrics` (extra numbers logged at validation, such as the FLM ELBO as ``val/nll_bound``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from flowlm.methods.condition import Condition
 
 if TYPE_CHECKING:
     from flowlm.config import RunConfig
+    from flowlm.methods.elbo import ElboOptions
     from flowlm.methods.likelihood import FlowBoundOptions
 
 OFF = object()  # Option.off when no value of the option means "not used"
@@ -149,9 +151,8 @@ class Method:
     unpublishable: str | None = None
     next_token_model: bool = False
     # likelihood
-    likelihood: str | None = None
+    likelihoods: Mapping[str, str] = {}
     likelihood_draws: int = 1
-    likelihood_ode: bool = False
     likelihood_exact: bool = False
 
     def __repr__(self) -> str:
@@ -160,6 +161,11 @@ class Method:
     @property
     def recorded_names(self) -> tuple[str, ...]:
         return (self.records, *self.reads)
+
+    @property
+    def likelihood(self) -> str | None:
+        """One line on the default bound of :meth:`nll_bound` (None: the method has no likelihood)."""
+        return next(iter(self.likelihoods.values()), None)
 
     @property
     def distills(self) -> bool:
@@ -206,12 +212,22 @@ class Method:
         vocab_size: int,
         *,
         draws: int,
-        options: FlowBoundOptions,
+        options: FlowBoundOptions | ElboOptions | None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Upper bounds on ``−log p(block)`` in nats, ``draws`` Monte-Carlo estimates per block of ``tokens``
-        [B, L]: float64 [B, draws] (an exact method returns [B, 1]). Only methods with ``likelihood`` set."""
+        [B, L]: float64 [B, draws] (an exact method returns [B, 1]). Only methods with ``likelihoods``; ``options``
+        picks the bound where there are several (:class:`ElboOptions`: the ELBO, :class:`FlowBoundOptions`: the ODE
+        bound) and is None for a method with one bound and no options."""
         raise NotImplementedError(f"{self.title} models have no likelihood")
+
+    def validation_metrics(
+        self, net, tokens: torch.Tensor, ctx: LossContext, generator=None, rows: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Extra numbers to log at validation besides the loss's metric (name -> 0-d tensor, nats per token), drawn
+        from ``generator`` after the loss's draws (``rows`` as for :meth:`loss`). A ``nll_bound`` is also logged as
+        ``ppl_bound`` (exp of its mean)."""
+        return {}
 
     def resolve_steps(self, steps: int | None, default: int) -> int | None:
         """The step count to sample with: ``steps`` (``default`` when None) checked >= 1; None for a method

@@ -1,7 +1,8 @@
 """Likelihoods: an upper bound on ``−log p(x)`` per block for every method that has one. No I/O.
 
-AR: exact. MDLM: its NELBO, ``K`` stratified time draws per block. FLM (and a flow map's own diagonal): a
-variational bound through the probability-flow ODE. All numbers are nats per *block* [B] or [B, K]; the
+AR: exact. MDLM: its NELBO, ``K`` stratified time draws per block. FLM (and a flow map's own diagonal): the
+diffusion ELBO (:mod:`flowlm.methods.elbo`, the default) or a variational bound through the probability-flow ODE
+(below). All numbers are nats per *block* [B] or [B, K]; the
 command (:mod:`flowlm.eval.likelihood`) divides by tokens and aggregates.
 
 FLM bound (SPEC notation; derivation also in docs/likelihood.md)
@@ -57,6 +58,7 @@ import torch
 
 from flowlm.errors import ConfigError
 from flowlm.methods.common import model_cross_entropy
+from flowlm.methods.elbo import ElboOptions, diffusion_elbo
 from flowlm.methods.lowrank import input_matrix
 from flowlm.methods.mdlm import T_MIN, mask_tokens
 from flowlm.schedule import get_schedule
@@ -404,3 +406,34 @@ def network_denoiser(net, two_times: bool = False) -> tuple[LogitsFn, torch.Tens
     if two_times:
         return (lambda h, tau: net(h, tau, tau, embedded=True)), matrix
     return (lambda h, tau: net(h, tau, embedded=True)), matrix
+
+
+def flow_bound_draws(
+    net,
+    tokens: torch.Tensor,
+    vocab_size: int,
+    draws: int,
+    options: ElboOptions | FlowBoundOptions | None,
+    generator: torch.Generator | None = None,
+    two_times: bool = False,
+) -> torch.Tensor:
+    """``draws`` estimates per block [B, draws] of an FLM's (or a flow map's diagonal's, ``two_times``) bound: the
+    diffusion ELBO for :class:`ElboOptions` or None, the ODE bound for :class:`FlowBoundOptions`."""
+    if isinstance(options, FlowBoundOptions):
+        logits_fn, matrix = network_denoiser(net, two_times=two_times)
+        return flow_nll_draws(logits_fn, matrix, tokens, vocab_size, draws, options, generator)
+    return diffusion_elbo(net, tokens, vocab_size, draws, options, generator, two_times=two_times)["bound"]
+
+
+def validation_elbo(
+    net, tokens: torch.Tensor, ctx, generator=None, rows=None, two_times: bool = False
+) -> dict[str, torch.Tensor]:
+    """``{"nll_bound": ELBO / L}`` (nats per token over all L positions, as MDLM's ``val/nll_bound``) of a validation
+    batch [B, L]: one draw with ``train.val_bound_points`` time strata (``{}`` when that is 0); ``rows`` as for the
+    loss, so every world size logs the same number."""
+    points = ctx.cfg.train.val_bound_points
+    if not points:
+        return {}
+    out = diffusion_elbo(net, tokens, ctx.vocab_size, 1, ElboOptions(time_points=points), generator, two_times,
+                         ctx.cfg.train.input_noise, rows=rows)  # fmt: skip
+    return {"nll_bound": out["bound"].mean().float() / tokens.shape[1]}

@@ -86,7 +86,7 @@ class FlowLMModule(L.LightningModule):
         self._tokens = 0
         self._clock = time.perf_counter()
         self._ema_context = None
-        self._val_sum: torch.Tensor | None = None
+        self._val_sums: dict[str, torch.Tensor] = {}
         self._val_count = 0
 
     @property
@@ -104,8 +104,12 @@ class FlowLMModule(L.LightningModule):
         """The method's loss dict for tokens [B, L]. ``rows = (first, total)``: ``tokens`` are rows
         [first, first + B) of a global micro-batch of ``total`` rows that starts at sample ``sample_offset``
         (a method that draws nothing ignores both)."""
-        ctx = LossContext(self.vocab_size, self.cfg, tuple(self.frozen), self.weighting)
-        return self.method.loss(net, tokens, ctx, generator=generator, sample_offset=sample_offset, rows=rows)
+        return self.method.loss(
+            net, tokens, self.loss_context(), generator=generator, sample_offset=sample_offset, rows=rows
+        )
+
+    def loss_context(self) -> LossContext:
+        return LossContext(self.vocab_size, self.cfg, tuple(self.frozen), self.weighting)
 
     def on_fit_start(self) -> None:
         for net in self.frozen:
@@ -205,24 +209,35 @@ class FlowLMModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[int, torch.Tensor], batch_idx: int) -> None:
         index, batch = batch
-        out = self.method_loss(self.net, batch, **self.global_draws(batch, 0, index, 0, index))
+        draws = self.global_draws(batch, 0, index, 0, index)
+        out = self.method_loss(self.net, batch, **draws)
         self.log(f"val/{self.metric_name}", out[self.metric_key], prog_bar=True, sync_dist=True)
-        value = out[self.metric_key].double()
-        self._val_sum = value if self._val_sum is None else self._val_sum + value
+        values = {self.metric_name: out[self.metric_key]}
+        extra = self.method.validation_metrics(self.net, batch, self.loss_context(), draws["generator"], draws["rows"])
+        for name, value in extra.items():
+            self.log(f"val/{name}", value, sync_dist=True)
+            values[name] = value
+        for name, value in values.items():
+            self._val_sums[name] = self._val_sums.get(name, 0.0) + value.detach().double()
         self._val_count += 1
 
     def on_validation_epoch_start(self) -> None:
         self._ema_context = self.ema.applied()
         self._ema_context.__enter__()
-        self._val_sum, self._val_count = None, 0
+        self._val_sums, self._val_count = {}, 0
 
     def on_validation_epoch_end(self) -> None:
-        name = self.method.perplexity_name  # set only when the metric is a likelihood (nats per token)
-        if name is not None and self._val_count:
+        # perplexities of the likelihoods: the metric when it is one (perplexity_name set), and any nll_bound
+        perplexities = {"nll_bound": "ppl_bound"}
+        if self.method.perplexity_name is not None:
+            perplexities[self.metric_name] = self.method.perplexity_name
+        for metric, name in perplexities.items():
+            if metric not in self._val_sums:
+                continue
             # exp of the mean NLL over all validation batches (equal sizes) and devices, not a mean of exps.
-            total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+            total = self.trainer.strategy.reduce(self._val_sums[metric], reduce_op="sum")
             count = self.trainer.strategy.reduce(
-                torch.tensor(float(self._val_count), device=self._val_sum.device), reduce_op="sum"
+                torch.tensor(float(self._val_count), device=total.device), reduce_op="sum"
             )
             self.log(f"val/{name}", math.exp(min(float(total / count), 700.0)))
         if self._ema_context is not None:

@@ -27,7 +27,7 @@ class Autoregressive(Method):
     )
     suggested_steps = None
     next_token_model = True
-    likelihood = "exact, given the first token (BOS)"
+    likelihoods = {"exact": "exact, given the first token (BOS)"}
     likelihood_exact = True
 
     def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flowlm.errors import ConfigError
 from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.flm import flm_loss, flm_sample
-from flowlm.methods.likelihood import flow_nll_draws, network_denoiser
+from flowlm.methods.likelihood import flow_bound_draws, validation_elbo
 from flowlm.methods.options import GUIDANCE
 
 
@@ -22,9 +22,11 @@ class FlowLanguageModel(Method):
     sampler_name = "euler"
     options = (GUIDANCE,)
     suggested_steps = 1024
-    likelihood = "variational bound through the probability-flow ODE (docs/likelihood.md)"
+    likelihoods = {
+        "elbo": "diffusion ELBO of its stochastic sampler, in the network's input space (docs/likelihood.md)",
+        "ode": "variational bound through the probability-flow ODE (docs/likelihood.md)",
+    }
     likelihood_draws = 2
-    likelihood_ode = True
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         return flm_loss(
@@ -43,8 +45,10 @@ class FlowLanguageModel(Method):
         return flm_sample(request.net, *request.sizes, **request.draws, **options)
 
     def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
-        logits_fn, matrix = network_denoiser(net)
-        return flow_nll_draws(logits_fn, matrix, tokens, vocab_size, draws, options, generator)
+        return flow_bound_draws(net, tokens, vocab_size, draws, options, generator)
+
+    def validation_metrics(self, net, tokens, ctx, generator=None, rows=None):
+        return validation_elbo(net, tokens, ctx, generator, rows)
 
     def check_request(self, model, options):
         if options["guidance"] is not None and not getattr(model.net.config, "dropout", 0.0):

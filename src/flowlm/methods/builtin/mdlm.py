@@ -22,7 +22,7 @@ class MaskedDiffusion(Method):
     perplexity_name = "ppl_bound"
     conditioning = "any"
     sampler_name = "ancestral"
-    likelihood = "NELBO, times stratified on [1e-3, 1) per block"
+    likelihoods = {"nelbo": "NELBO, times stratified on [1e-3, 1) per block"}
     likelihood_draws = 16
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):

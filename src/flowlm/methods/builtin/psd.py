@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.fmlm import curriculum_jump, fmlm_sample, init_student, psd_loss
-from flowlm.methods.likelihood import flow_nll_draws, network_denoiser
+from flowlm.methods.likelihood import flow_bound_draws, validation_elbo
 from flowlm.methods.options import GAMMA, GAMMA_MODE
 
 
@@ -42,9 +42,11 @@ class FlowMap(Method):
     # The flow map's own tangent field: d/dt X_{s,t}(x) at t = s is (δ_{s,s}(x) − x)/(1 − s), the velocity its
     # many-step sampler follows. Its ODE bound is a bound for that field; the one-step sampler's distribution
     # has no tractable density.
-    likelihood = "ODE bound of its diagonal velocity (δ_{t,t}(x) − x)/(1 − t), not of its one-step sampler"
+    likelihoods = {
+        "elbo": "diffusion ELBO of its diagonal δ_{t,t} as a denoiser, not of its one-step sampler",
+        "ode": "ODE bound of its diagonal velocity (δ_{t,t}(x) − x)/(1 − t), not of its one-step sampler",
+    }
     likelihood_draws = 2
-    likelihood_ode = True
 
     def build_network(self, cfg, vocab_size, frozen=()):
         # A copy of the (eval-mode) teacher in train mode, so the student uses its dropout like the teacher did.
@@ -55,8 +57,10 @@ class FlowMap(Method):
         return fmlm_sample(request.net, *request.sizes, **churn, **request.draws, input_noise=request.input_noise)
 
     def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
-        logits_fn, matrix = network_denoiser(net, two_times=True)
-        return flow_nll_draws(logits_fn, matrix, tokens, vocab_size, draws, options, generator)
+        return flow_bound_draws(net, tokens, vocab_size, draws, options, generator, two_times=True)
+
+    def validation_metrics(self, net, tokens, ctx, generator=None, rows=None):
+        return validation_elbo(net, tokens, ctx, generator, rows, two_times=True)
 
 
 class ProgressiveSelfDistillation(FlowMap):
