@@ -288,17 +288,27 @@ def test_bound_through_a_dit_is_the_same_in_h_and_v_space():
     torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-4)
 
 
-def test_low_rank_path_equals_the_full_state_path():
+@pytest.mark.parametrize("vocab", [12, 6])  # V > d and V < d (d = 8)
+def test_low_rank_path_equals_the_full_state_path(vocab):
     """Solving in h = x @ W [B, L, d] (the default for a DiT) and in the full state x [B, L, V] (the network then
-    embeds x itself) gives the same bound for the same draw: the h-space bookkeeping (h(t₁) = z @ W, dh/dt,
-    δ in V-space) is exact. float32 network: 1e-4 relative."""
-    net = random_dit(12, 3, 8)
-    tokens = torch.tensor([[1, 5, 11], [0, 0, 7]])
+    embeds x itself) gives the same x-space bound for the same draw: the h-space bookkeeping (h(t₁) = z @ W, dh/dt,
+    δ in V-space) is exact. The default, the density of the input space, equals it where W has full row rank
+    (V ≤ d) and is smaller where V > d (on average; here on both blocks). float32 network: 1e-4 relative."""
+    net = random_dit(vocab, 3, 8)
+    tokens = torch.tensor([[1, 5, 3], [0, 0, 4]])
     options = FlowBoundOptions(steps=4, probes=0)
     logits_fn, matrix = network_denoiser(net)
-    low = flow_nll_bound(logits_fn, matrix, tokens, 12, options, torch.Generator().manual_seed(12))["bound"]
-    full = flow_nll_bound(lambda x, tau: net(x, tau), None, tokens, 12, options, torch.Generator().manual_seed(12))
-    torch.testing.assert_close(low, full["bound"], rtol=1e-4, atol=1e-4)
+    low = {
+        full: flow_nll_bound(logits_fn, matrix, tokens, vocab, options, torch.Generator().manual_seed(12),
+                             full_space=full)["bound"]  # fmt: skip
+        for full in (False, True)
+    }
+    state = flow_nll_bound(lambda x, tau: net(x, tau), None, tokens, vocab, options, torch.Generator().manual_seed(12))
+    torch.testing.assert_close(low[True], state["bound"], rtol=1e-4, atol=1e-4)
+    if vocab > 8:
+        assert bool((low[False] < low[True]).all())
+    else:
+        torch.testing.assert_close(low[False], low[True], rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------- MDLM, AR, summary

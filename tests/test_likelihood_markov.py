@@ -25,8 +25,8 @@ from markov import single_thread
 
 from flowlm.methods import registry
 from flowlm.methods.ar import ar_loss
-from flowlm.methods.flm import flm_loss
 from flowlm.methods.elbo import ElboOptions
+from flowlm.methods.flm import flm_loss
 from flowlm.methods.likelihood import FlowBoundOptions
 from flowlm.methods.mdlm import mdlm_loss
 from flowlm.nn.dit import DiT, DiTConfig

@@ -139,6 +139,16 @@ def stratified_times(
 
 
 
+def whitening(matrix: torch.Tensor) -> torch.Tensor:
+    """``A = U_r·Λ_r^{−1/2}`` [d, r] (float64) from ``WᵀW = U·Λ·Uᵀ`` (eigenvalues above ``1e-10·λ_max``), so that
+    ``Q = W·A`` [V, r] is an orthonormal basis of the column space of ``matrix`` W [V, d], and ``‖v·Q‖ = ‖(v·W)·A‖``:
+    coordinates of an input-space vector ``v·W`` in which the noise ``x₀·W`` is white."""
+    w = matrix.detach().double()
+    eigenvalues, vectors = torch.linalg.eigh(w.T @ w)
+    keep = eigenvalues > 1e-10 * eigenvalues.max()
+    return vectors[:, keep] / eigenvalues[keep].sqrt()
+
+
 class Whitener:
     """``‖r·Q‖²`` per position for residuals ``r = x₁ − D`` given as (ids, probabilities), ``Q`` an orthonormal basis
     of the column space of ``matrix`` W [V, d] (None, or ``full_space``: ``Q = I``).
@@ -151,10 +161,7 @@ class Whitener:
     def __init__(self, matrix: torch.Tensor | None, full_space: bool = False):
         self.matrix = None if matrix is None or full_space else matrix.detach().float()
         if self.matrix is not None:
-            gram = self.matrix.double().T @ self.matrix.double()
-            eigenvalues, vectors = torch.linalg.eigh(gram)
-            keep = eigenvalues > 1e-10 * eigenvalues.max()
-            self.whiten = vectors[:, keep] / eigenvalues[keep].sqrt()  # [d, r]
+            self.whiten = whitening(self.matrix)
 
     def __call__(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [N, L, V] and ids [N, L] -> ``‖(x₁ − D)·Q‖²`` [N, L] (float64)."""

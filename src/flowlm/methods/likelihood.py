@@ -58,7 +58,7 @@ import torch
 
 from flowlm.errors import ConfigError
 from flowlm.methods.common import model_cross_entropy
-from flowlm.methods.elbo import ElboOptions, diffusion_elbo
+from flowlm.methods.elbo import ElboOptions, diffusion_elbo, whitening
 from flowlm.methods.lowrank import input_matrix
 from flowlm.methods.mdlm import T_MIN, mask_tokens
 from flowlm.schedule import get_schedule
@@ -293,13 +293,16 @@ def flow_nll_bound(
     vocab_size: int,
     options: FlowBoundOptions | None = None,
     generator: torch.Generator | None = None,
+    full_space: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One draw of the ODE bound on ``−log p(x)`` for each block of ``tokens`` [B, L] (module docstring).
 
     ``logits_fn(h [N, L, k], τ [N])``: the denoiser's logits at a state ``h = x @ W``; ``matrix`` W [V, k] (None:
     ``h`` is the one-hot space itself, k = V). Draws ``ε`` [B, L, V] and then the probes from ``generator``.
     Returns float64 [B] tensors: ``bound`` (nats per block) = ``decoder + prior + divergence`` with
-    ``decoder = −Σ_ℓ log D(z, τ₁)[ℓ, x_ℓ]``, ``prior = (‖x₀‖² − ‖ε‖²)/2``, ``divergence = ∫ tr J/(1 − t) dt``.
+    ``decoder = −Σ_ℓ log D(z, τ₁)[ℓ, x_ℓ]``, ``prior = (‖x₀Q‖² − ‖εQ‖²)/2`` (Q an orthonormal basis of W's
+    columns: the density of the flow of ``h``; ``full_space`` or no W: ``Q = I``, the density in x) and
+    ``divergence = ∫ tr J/(1 − t) dt``.
     """
     options = (options or FlowBoundOptions()).check()
     batch, length = tokens.shape
@@ -316,6 +319,9 @@ def flow_nll_bound(
         logits = logits_fn(h1.float(), torch.full((batch,), tau1, device=device)).float()
         decoder = -torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1).double().sum(-1)
     _, delta, div = integrate_flow(logits_fn, matrix, h1, onehot, vocab_size, nodes, options.solver, pairs, exact)
+    if matrix is not None and not full_space:  # white coordinates of the input space: (v @ W) @ A = v @ Q
+        w, a = matrix.detach().double(), whitening(matrix)
+        eps, delta = (eps @ w) @ a, (delta @ w) @ a
     prior = (eps * delta).sum((-1, -2)) + 0.5 * delta.square().sum((-1, -2))
     return {"bound": decoder + prior + div, "decoder": decoder, "prior": prior, "divergence": div}
 
