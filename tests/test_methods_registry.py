@@ -147,13 +147,20 @@ def test_lookups_of_the_builtin_methods():
 def test_option_rules():
     known = registry.sampler_options()
     flm, fmlm, ar = registry.get("flm"), registry.get("fmlm"), registry.get("ar")
-    assert flm.resolve_options({}, known) == {"guidance": None}
-    assert fmlm.resolve_options({"gamma": 0.5}, known) == {"gamma": 0.5, "gamma_mode": "paper"}
-    assert fmlm.resolve_options({"gamma_mode": "exact"}, known) == {"gamma": 0.0, "gamma_mode": "exact"}
+    off = {"temperature": None, "top_p": None}  # tempering, an option of every built-in sampler but v1 stage 1
+    assert flm.resolve_options({}, known) == {"guidance": None, **off}
+    assert fmlm.resolve_options({"gamma": 0.5}, known) == {"gamma": 0.5, "gamma_mode": "paper", **off}
+    assert fmlm.resolve_options({"gamma_mode": "exact"}, known) == {"gamma": 0.0, "gamma_mode": "exact", **off}
+    assert ar.resolve_options({"temperature": 0.7, "top_p": 0.9}, known) == {"temperature": 0.7, "top_p": 0.9}
+    for name, bad in (("temperature", 0.0), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("top_p", "0.9")):
+        with pytest.raises(ConfigError, match=f"{name}="):
+            ar.resolve_options({name: bad}, known)
+    with pytest.raises(ConfigError, match="temperature is not an option of the v1 stage-1 sampler"):
+        registry.get("fmlm-v1-stage1").resolve_options({"temperature": 0.8}, known)
     with pytest.raises(ConfigError, match="gamma_mode='exactly'"):
         fmlm.resolve_options({"gamma_mode": "exactly"}, known)
-    assert flm.resolve_options({"gamma_mode": "paper"}, known) == {"guidance": None}  # its off value
-    assert flm.resolve_options({"gamma": 0.0}, known) == {"guidance": None}  # gamma's "off" value is accepted
+    assert flm.resolve_options({"gamma_mode": "paper"}, known) == {"guidance": None, **off}  # its off value
+    assert flm.resolve_options({"gamma": 0.0}, known) == {"guidance": None, **off}  # gamma's "off" value is accepted
     with pytest.raises(ConfigError, match="gamma is the churn"):
         flm.resolve_options({"gamma": 0.3}, known)
     with pytest.raises(ConfigError, match="autoguidance applies to FLM models"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from flowlm.eval.metrics import GenPPLResult
 from flowlm.methods import registry
 from flowlm.methods.elbo import ElboOptions
 from flowlm.methods.likelihood import FlowBoundOptions
-from flowlm.methods.lowrank import input_matrix
 
 HELD_OUT = "held-out"
 DEFINITION = (
@@ -83,18 +81,6 @@ def bound_options(method, bound: str | None, given: dict[str, Any]):
     if bound == "ode":
         return bound, FlowBoundOptions(**{("steps" if k == "ode_steps" else k): v for k, v in given.items()}).check()
     return bound, None
-
-
-def warn_projected_ode(net, vocab_size: int) -> None:
-    """Warn that the ODE bound is loose where the network sees a projection of its state (V > d)."""
-    matrix = input_matrix(net)
-    if matrix is not None and vocab_size > matrix.shape[1]:
-        warnings.warn(
-            f"the ODE bound is a density of the full {vocab_size}-dimensional state per position, but this "
-            f"network sees it through a {matrix.shape[1]}-dimensional projection (V > d), where the bound measured "
-            "several bits per token above the ELBO (docs/likelihood.md); use --bound elbo (the default) to rank models",
-            stacklevel=3,
-        )
 
 
 def summarize(draws: np.ndarray, tokens_per_block: int, exact: bool, seed: int = 0) -> dict[str, Any]:
@@ -192,8 +178,6 @@ def nll(
     if length < 2:
         raise ConfigError(f"blocks of {length} token(s): a likelihood per token needs blocks of at least 2 tokens")
     vocab_size = model.net.config.vocab_size if hasattr(model.net, "config") else int(blocks.max()) + 1
-    if bound == "ode":
-        warn_projected_ode(model.net, vocab_size)
     batches = range(math.ceil(n / batch_size))
     if progress:
         from tqdm.auto import tqdm

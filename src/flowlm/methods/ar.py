@@ -15,6 +15,7 @@ import torch
 from flowlm.errors import ConfigError
 from flowlm.methods.common import model_cross_entropy, sample_categorical
 from flowlm.methods.condition import Condition
+from flowlm.methods.tempering import OFF, Tempering
 
 
 def ar_loss(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -38,8 +39,9 @@ def ar_sample(
     device=None,
     use_cache: bool = True,
     condition: Condition | None = None,
+    tempering: Tempering = OFF,
 ) -> torch.Tensor:
-    """Ancestral decoding at temperature 1; returns tokens [num_samples, seq_len] starting with ``bos_id``.
+    """Ancestral decoding; returns tokens [num_samples, seq_len] starting with ``bos_id``.
 
     Each of the ``seq_len − 1`` steps draws the next token from ``softmax(logits)`` of the last position, in
     float64 (:func:`~flowlm.methods.common.sample_categorical` with ``generator``). With ``use_cache`` (a
@@ -49,7 +51,8 @@ def ar_sample(
     random numbers, so they give the same tokens up to float rounding of the logits.
     ``condition`` (known positions forming a prefix of each row, :meth:`Condition.is_prefix`): the prompt is fed
     through the cache instead of drawn; the draws for its positions are made and discarded, so a row's
-    random stream does not depend on its prompt's length.
+    random stream does not depend on its prompt's length. ``tempering``: temperature and top-p of the next-token law
+    (:mod:`flowlm.methods.tempering`; off by default, i.e. temperature 1).
     """
     if condition is not None and not condition.is_prefix():
         raise ConfigError(
@@ -65,7 +68,7 @@ def ar_sample(
     cache = model.new_cache() if use_cache else None
     logits = model(x, tau, cache=cache) if use_cache else model(x, tau)
     for i in range(1, seq_len):
-        probs = torch.softmax(logits[:, -1].double(), dim=-1)
+        probs = tempering.probs(logits[:, -1].double())
         token = sample_categorical(probs, generator).unsqueeze(-1)
         if condition is not None:
             token = torch.where(condition.mask[:, i : i + 1], condition.ids[:, i : i + 1], token)

@@ -26,6 +26,7 @@ from flowlm.methods.common import (
 )
 from flowlm.methods.condition import Condition
 from flowlm.methods.lowrank import NaiveInputs, input_space
+from flowlm.methods.tempering import OFF, Tempering
 from flowlm.schedule import get_schedule
 
 
@@ -89,18 +90,22 @@ def dropout_active(model: nn.Module):
             m.train(mode)
 
 
-def flm_denoise(model, x: torch.Tensor, tau: float, guidance: float | None = None, inputs=None) -> torch.Tensor:
+def flm_denoise(
+    model, x: torch.Tensor, tau: float, guidance: float | None = None, inputs=None, tempering: Tempering = OFF
+) -> torch.Tensor:
     """Denoiser ``D(x, τ)`` [B, L, V] at one scalar τ; with autoguidance
     ``D_weak + η·(D − D_weak)`` where the weak model is the same network with dropout active.
-    ``inputs``: the state space of ``x`` (default: full [B, L, V] states)."""
+    ``inputs``: the state space of ``x`` (default: full [B, L, V] states). ``tempering``: temperature and top-p of
+    the returned distribution (:mod:`flowlm.methods.tempering`; of the guided mixture, clamped at 0, with guidance)."""
     inputs = NaiveInputs() if inputs is None else inputs
     tau_vec = torch.full((x.shape[0],), float(tau), device=x.device)
-    probs = torch.softmax(inputs.logits(model, x, tau_vec), dim=-1)
+    logits = inputs.logits(model, x, tau_vec)
     if guidance is None:
-        return probs
+        return tempering.probs(logits)
+    probs = torch.softmax(logits, dim=-1)
     with dropout_active(model):
         weak = torch.softmax(inputs.logits(model, x, tau_vec), dim=-1)
-    return weak + guidance * (probs - weak)
+    return tempering.reshape(weak + guidance * (probs - weak))
 
 
 def time_grid(vocab_size: int, steps: int) -> tuple[list[float], list[float]]:
@@ -142,6 +147,7 @@ def flm_sample(
     x0: torch.Tensor | None = None,
     input_noise: str = "auto",
     condition: Condition | None = None,
+    tempering: Tempering = OFF,
 ) -> torch.Tensor:
     """Euler sampler with the last-step jump; returns tokens [num_samples, seq_len].
 
@@ -151,7 +157,8 @@ def flm_sample(
     ``generator`` when not given). In the low-rank space the state is ``h = x @ W`` and the step
     ``h ← h + Δ·(D @ W − h)/(1 − t)``; a given ``x0`` is projected, so both paths follow the same trajectory.
     ``condition`` (:mod:`flowlm.methods.condition`): known positions are on their exact path whenever the
-    network sees the state, and keep their ids in the output.
+    network sees the state, and keep their ids in the output. ``tempering`` (off by default): every step's denoiser
+    is tempered, and the last step draws each token from it instead of the arg-max (:mod:`flowlm.methods.tempering`).
     """
     check_steps(steps)
     space = input_space(input_noise, [model], vocab_size, tokens=num_samples * seq_len * steps)
@@ -165,9 +172,9 @@ def flm_sample(
     for k in range(steps - 1):
         if condition is not None:
             x = condition.hold(x, start, target, ts[k])
-        denoised = flm_denoise(model, x, taus[k], guidance, space)
+        denoised = flm_denoise(model, x, taus[k], guidance, space, tempering)
         x = x + (ts[k + 1] - ts[k]) * velocity(space.embed(denoised), x, ts[k])
     if condition is not None:
         x = condition.hold(x, start, target, ts[steps - 1])
-    tokens = flm_denoise(model, x, taus[steps - 1], guidance, space).argmax(dim=-1)
+    tokens = tempering.tokens(flm_denoise(model, x, taus[steps - 1], guidance, space, tempering), generator)
     return tokens if condition is None else condition.fill(tokens)

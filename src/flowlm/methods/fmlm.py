@@ -65,6 +65,7 @@ from flowlm.methods.common import (
 from flowlm.methods.condition import Condition
 from flowlm.methods.flm import check_steps, flm_endpoint, time_grid
 from flowlm.methods.lowrank import NaiveInputs, input_space
+from flowlm.methods.tempering import OFF, Tempering
 from flowlm.nn.dit import DiT, zero_last_time_layer
 from flowlm.schedule import get_schedule
 
@@ -577,11 +578,14 @@ def churn_step(
     return x + gamma * (1.0 - t_next) * noise if gamma > 0.0 else x
 
 
-def fmlm_denoise(model, x: torch.Tensor, tau_s: float, tau_t: float, inputs=None) -> torch.Tensor:
+def fmlm_denoise(
+    model, x: torch.Tensor, tau_s: float, tau_t: float, inputs=None, tempering: Tempering = OFF
+) -> torch.Tensor:
     """``δ̂_{s,t}(x) = softmax(model(x, τ_s, τ_t))`` [B, L, V] at scalar network times τ_s, τ_t
-    (``inputs``: the state space of ``x``, default full [B, L, V] states)."""
+    (``inputs``: the state space of ``x``, default full [B, L, V] states; ``tempering``: its temperature / top-p)."""
     full = lambda v: torch.full((x.shape[0],), float(v), device=x.device)  # noqa: E731
-    return _probs(NaiveInputs() if inputs is None else inputs, model, x, full(tau_s), full(tau_t))
+    inputs = NaiveInputs() if inputs is None else inputs
+    return tempering.probs(inputs.logits(model, x, full(tau_s), full(tau_t)).float())
 
 
 @torch.no_grad()
@@ -598,6 +602,7 @@ def fmlm_sample(
     input_noise: str = "auto",
     gamma_mode: str = "paper",
     condition: Condition | None = None,
+    tempering: Tempering = OFF,
 ) -> torch.Tensor:
     """Flow-map sampler with churn γ (SPEC §3); returns tokens [num_samples, seq_len].
 
@@ -611,7 +616,8 @@ def fmlm_sample(
     ``x0`` (default: drawn from ``generator``) is the starting noise [n, L, V]. In the low-rank space
     (``input_noise``) the state is ``x @ W``, δ enters as ``δ @ W`` and ξ is drawn as ``ε·Cᵀ``.
     ``condition``: known positions are put on their exact path (their own x₀) at every step's start time and
-    keep their ids in the output (:mod:`flowlm.methods.condition`).
+    keep their ids in the output (:mod:`flowlm.methods.condition`). ``tempering`` (off by default): every δ is
+    tempered, and the last step draws each token from it instead of the arg-max (:mod:`flowlm.methods.tempering`).
     """
     check_steps(steps)
     gamma = check_gamma(gamma)
@@ -629,9 +635,10 @@ def fmlm_sample(
     for k in range(steps):
         if condition is not None:
             x = condition.hold(x, start, target, ts[k])
-        delta = fmlm_denoise(model, x, taus[k], tau_tildes[k], inputs)
+        delta = fmlm_denoise(model, x, taus[k], tau_tildes[k], inputs, tempering)
         if k == steps - 1:
-            return delta.argmax(dim=-1) if condition is None else condition.fill(delta.argmax(dim=-1))
+            tokens = tempering.tokens(delta, generator)
+            return tokens if condition is None else condition.fill(tokens)
         delta = inputs.embed(delta).to(x.dtype)
         noise = inputs.noise(x.shape[0], x.shape[1], vocab_size, generator, x.device).to(x.dtype) if gamma else 0.0
         x = churn_step(x, delta, ts[k], ts[k + 1], gamma, noise, gamma_mode)

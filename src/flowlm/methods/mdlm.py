@@ -22,6 +22,7 @@ import torch
 from flowlm.methods.common import check_rows, model_cross_entropy, sample_categorical, stratified_times
 from flowlm.methods.condition import Condition
 from flowlm.methods.flm import check_steps
+from flowlm.methods.tempering import OFF, Tempering
 
 T_MIN = 1e-3  # smallest training / validation time, as MDLM's reference code (its ``sampling_eps``)
 
@@ -112,6 +113,7 @@ def mdlm_sample(
     generator: torch.Generator | None = None,
     device=None,
     condition: Condition | None = None,
+    tempering: Tempering = OFF,
 ) -> torch.Tensor:
     """Ancestral sampler with ``N = steps`` steps; returns tokens [num_samples, seq_len].
 
@@ -124,7 +126,8 @@ def mdlm_sample(
     batch of B samples, so the saving is real for one sample (at most L calls) but small for a large batch
     (a batch of 64 samples of 64 tokens at N = 1,024 reveals something at nearly every step). Tokens are drawn
     in float64 (:func:`~flowlm.methods.common.sample_categorical`). Deterministic given ``generator``.
-    ``condition``: its known positions start unmasked (so they are never drawn).
+    ``condition``: its known positions start unmasked (so they are never drawn). ``tempering``: temperature and
+    top-p of ``p_θ`` (:mod:`flowlm.methods.tempering`; off by default).
     """
     check_steps(steps)
     mask_id = vocab_size
@@ -137,7 +140,7 @@ def mdlm_sample(
         if probs is None:
             if not bool((z == mask_id).any()):
                 break  # everything is revealed: the remaining steps would change nothing
-            probs = torch.softmax(model(z, tau).double(), dim=-1).view(-1, vocab_size)
+            probs = tempering.probs(model(z, tau).double()).view(-1, vocab_size)
         u = torch.rand(num_samples, seq_len, generator=generator, device=z.device)
         rows = ((z == mask_id) & (u * (steps - k) < 1)).view(-1).nonzero().squeeze(-1)  # positions to reveal
         if rows.numel():

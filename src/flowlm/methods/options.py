@@ -1,4 +1,5 @@
-"""Sampler options shared by the built-in methods: autoguidance ``guidance`` (FLM) and churn ``gamma`` (flow maps)."""
+"""Sampler options shared by the built-in methods: autoguidance ``guidance`` (FLM), churn ``gamma`` (flow maps), and
+``temperature`` / ``top_p`` (every sampler that predicts a distribution: :mod:`flowlm.methods.tempering`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from flowlm.errors import ConfigError
 from flowlm.methods.base import Option
 from flowlm.methods.fmlm import check_gamma, check_gamma_mode
+from flowlm.methods.tempering import Tempering, check_temperature, check_top_p
 
 
 def check_guidance(value: Any) -> float:
@@ -41,3 +43,25 @@ GAMMA_MODE = Option(
     off="paper",
     refusal="gamma_mode picks the flow-map sampler's churn step: it needs an FMLM model (flowlm distill)",
 )
+TEMPERATURE = Option(
+    name="temperature",
+    default=None,
+    check=check_temperature,
+    help="sampling temperature T of the predicted distribution, softmax(logits / T); FLM and flow maps then draw "
+    "their last step from it instead of the arg-max (unset: the untempered sampler)",
+    refusal="temperature is not an option of the {method} sampler",
+)
+TOP_P = Option(
+    name="top_p",
+    default=None,
+    check=check_top_p,
+    help="nucleus mass p: keep the most probable tokens up to mass p of the (tempered) predicted distribution; FLM "
+    "and flow maps then draw their last step from it (unset: every token)",
+    refusal="top_p is not an option of the {method} sampler",
+)
+TEMPERING = (TEMPERATURE, TOP_P)
+
+
+def tempering(options) -> Tempering:
+    """The :class:`~flowlm.methods.tempering.Tempering` of a request's resolved options."""
+    return Tempering(options.get("temperature"), options.get("top_p"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flowlm.methods.ar import ar_loss, ar_sample
 from flowlm.methods.base import Method
 from flowlm.methods.likelihood import ar_nll
+from flowlm.methods.options import TEMPERING, tempering
 
 
 class Autoregressive(Method):
@@ -15,6 +16,7 @@ class Autoregressive(Method):
     train_method = "ar"
     dit_options = {"causal": True, "logit_cap": None}  # raw logits, as the reference
     learnable_weighting = False  # no time, nothing to weight
+    options = TEMPERING
     draws_noise = False
     metric_key, metric_name = "nll", "nll"
     perplexity_name = "ppl"
@@ -37,7 +39,7 @@ class Autoregressive(Method):
         return ar_loss(net, tokens)
 
     def sample(self, request):
-        draws = request.draws
-        return ar_sample(request.net, request.num_samples, request.seq_len, request.bos_id, **draws)
+        return ar_sample(request.net, request.num_samples, request.seq_len, request.bos_id, **request.draws,
+                         tempering=tempering(request.options))  # fmt: skip
 
 AR = Autoregressive()

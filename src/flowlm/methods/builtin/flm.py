@@ -6,7 +6,7 @@ from flowlm.errors import ConfigError
 from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.flm import flm_loss, flm_sample
 from flowlm.methods.likelihood import flow_bound_draws, validation_elbo
-from flowlm.methods.options import GUIDANCE
+from flowlm.methods.options import GUIDANCE, TEMPERING, tempering
 
 
 class FlowLanguageModel(Method):
@@ -20,7 +20,7 @@ class FlowLanguageModel(Method):
     conditional_training = True
     conditioning = "any"
     sampler_name = "euler"
-    options = (GUIDANCE,)
+    options = (GUIDANCE, *TEMPERING)
     suggested_steps = 1024
     likelihoods = {
         "elbo": "diffusion ELBO of its stochastic sampler, in the network's input space (docs/likelihood.md)",
@@ -41,7 +41,8 @@ class FlowLanguageModel(Method):
         )
 
     def sample(self, request):
-        options = {"guidance": request.options["guidance"], "input_noise": request.input_noise}
+        options = {"guidance": request.options["guidance"], "input_noise": request.input_noise,
+                   "tempering": tempering(request.options)}  # fmt: skip
         return flm_sample(request.net, *request.sizes, **request.draws, **options)
 
     def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):

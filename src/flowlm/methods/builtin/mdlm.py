@@ -5,6 +5,7 @@ from __future__ import annotations
 from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.likelihood import mdlm_nelbo
 from flowlm.methods.mdlm import mdlm_loss, mdlm_sample
+from flowlm.methods.options import TEMPERING, tempering
 
 
 class MaskedDiffusion(Method):
@@ -22,6 +23,7 @@ class MaskedDiffusion(Method):
     perplexity_name = "ppl_bound"
     conditioning = "any"
     sampler_name = "ancestral"
+    options = TEMPERING
     likelihoods = {"nelbo": "NELBO, times stratified on [1e-3, 1) per block"}
     likelihood_draws = 16
 
@@ -33,6 +35,6 @@ class MaskedDiffusion(Method):
         return mdlm_nelbo(net, tokens, vocab_size, draws, generator)
 
     def sample(self, request):
-        return mdlm_sample(request.net, *request.sizes, **request.draws)
+        return mdlm_sample(request.net, *request.sizes, **request.draws, tempering=tempering(request.options))
 
 MDLM = MaskedDiffusion()

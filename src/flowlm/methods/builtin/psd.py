@@ -6,7 +6,7 @@ from __future__ import annotations
 from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.fmlm import curriculum_jump, fmlm_sample, init_student, psd_loss
 from flowlm.methods.likelihood import flow_bound_draws, validation_elbo
-from flowlm.methods.options import GAMMA, GAMMA_MODE
+from flowlm.methods.options import GAMMA, GAMMA_MODE, TEMPERING, tempering
 
 
 def distill_arguments(ctx, generator, sample_offset, rows, tokens) -> dict:
@@ -36,7 +36,7 @@ class FlowMap(Method):
     conditional_training = True  # clean context in the loss, the teacher's train.condition_frac by default
     conditioning = "any"
     sampler_name = "flow-map"
-    options = (GAMMA, GAMMA_MODE)
+    options = (GAMMA, GAMMA_MODE, *TEMPERING)
     suggested_steps = 1
     card_options = ", gamma=0.8"  # the paper's LM1B churn; gamma=0 is deterministic
     # The flow map's own tangent field: d/dt X_{s,t}(x) at t = s is (δ_{s,s}(x) − x)/(1 − s), the velocity its
@@ -54,7 +54,8 @@ class FlowMap(Method):
 
     def sample(self, request):
         churn = {"gamma": request.options["gamma"], "gamma_mode": request.options["gamma_mode"]}
-        return fmlm_sample(request.net, *request.sizes, **churn, **request.draws, input_noise=request.input_noise)
+        return fmlm_sample(request.net, *request.sizes, **churn, **request.draws, input_noise=request.input_noise,
+                           tempering=tempering(request.options))  # fmt: skip
 
     def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
         return flow_bound_draws(net, tokens, vocab_size, draws, options, generator, two_times=True)
