@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ev.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's length)")
     add_sampler_options(ev)
+    ev.add_argument(
+        "--temperatures",
+        metavar="T1,T2,...",
+        help="evaluate at each temperature (OUT/temperature-T) and write the Gen PPL-entropy frontier of each step "
+        "count to OUT/frontier.json, .md and .png (flowlm compare --entropy reads Gen PPL off it)",
+    )
     ev.add_argument("--batch-size", type=int, default=64, help="samples per network call (default 64)")
     ev.add_argument(
         "--prompt-tokens",
@@ -299,7 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge results.json files (same judge) into comparison.json, comparison.md, "
         "genppl_vs_steps.png and genppl_vs_seconds.png in --out.",
     )
-    co.add_argument("results", nargs="+", help="results.json files written by flowlm eval / score")
+    co.add_argument(
+        "results", nargs="+",
+        help="results.json files written by flowlm eval / score, or frontier.json files (flowlm eval --temperatures)",
+    )  # fmt: skip
+    co.add_argument(
+        "--entropy", type=float,
+        help="report each frontier's Gen PPL interpolated at this entropy (nats), with its interval",
+    )  # fmt: skip
     co.add_argument("--labels", help="comma-separated names of the models, in the order of the files")
     co.add_argument("--out", required=True, help="folder for the comparison")
     return parser
@@ -535,6 +548,7 @@ def _print_report(results: dict, out: str) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     import flowlm
     from flowlm.eval import distributed, load_judge, plots
+    from flowlm.eval.frontier import evaluate_frontier, frontier_markdown
     from flowlm.eval.run import evaluate, parse_steps
 
     steps = parse_steps(args.steps or DEFAULT_EVAL_STEPS)
@@ -548,15 +562,23 @@ def run_eval(args: argparse.Namespace) -> None:
         if not model.method_def.takes_steps and args.steps:
             print(f"flowlm: note: {model.method} has no step count; --steps ignored, evaluated once", file=sys.stderr)
         judge = load_judge(args.judge, device=device)
-        results = evaluate(
-            model, judge, steps, args.out, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+        settings = dict(
+            num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
             judge_batch_size=args.judge_batch_size, seq_len=args.seq_len, progress=not args.quiet,
             prompt_tokens=args.prompt_tokens, infill_frac=args.infill_frac, infill_middle=args.infill_middle,
             data=args.data, split=args.split, cache_dir=args.cache_dir, **given_options(args),
         )  # fmt: skip
+        if args.temperatures:
+            frontier = evaluate_frontier(model, judge, steps, args.out, args.temperatures, **settings)
+        else:
+            results = evaluate(model, judge, steps, args.out, **settings)
     finally:
         distributed.finish()
-    _print_report(results, args.out)
+    if not args.temperatures:
+        _print_report(results, args.out)
+    elif is_main_process():
+        print(frontier_markdown(frontier))
+        print(f"wrote frontier.json, frontier.md and frontier.png to {args.out} (each temperature in its own folder)")
 
 
 def check_eval_args(args: argparse.Namespace) -> None:
@@ -570,6 +592,12 @@ def check_eval_args(args: argparse.Namespace) -> None:
     from flowlm.eval.run import check_condition
     from flowlm.methods import registry
 
+    if args.temperatures:
+        from flowlm.eval.frontier import parse_temperatures
+
+        parse_temperatures(args.temperatures)
+        if args.option_temperature is not None:
+            raise ConfigError("--temperature with --temperatures: the frontier sets the temperature; give one of them")
     meta = recorded_meta(args.checkpoint) or {}
     length = (meta.get("model") or {}).get("seq_len")
     if length is not None and args.seq_len is not None and args.seq_len > length:
@@ -676,8 +704,12 @@ def run_compare(args: argparse.Namespace) -> None:
 
     require_writable_dir(args.out, "--out")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
-    comparison = compare_results(args.results, args.out, labels)
+    comparison = compare_results(args.results, args.out, labels, args.entropy)
     print(comparison_markdown(comparison).split("\n\nJudge:")[0])
+    if args.entropy is not None:
+        from flowlm.eval.frontier import matched_markdown
+
+        print(matched_markdown(comparison["frontiers"], args.entropy))
     print(f"wrote comparison.json, comparison.md and plots to {args.out}")
 
 

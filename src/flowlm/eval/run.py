@@ -10,6 +10,7 @@ another judge and writes the same report, without resampling.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -712,14 +713,61 @@ def _comparable(sampling: dict) -> dict:
     return {k: v for k, v in sampling.items() if k not in ("created", "command", "hardware")}
 
 
-def compare_results(paths: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None) -> dict:
+def compare_results(
+    paths: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None, entropy: float | None = None
+) -> dict:
     """Merge several models' ``results.json`` (same judge) into ``comparison.json``, ``comparison.md`` and
-    the two plots, one line per model, in ``out``; see :func:`flowlm.eval.report.compare`."""
+    the two plots, one line per model, in ``out``; see :func:`flowlm.eval.report.compare`.
+
+    A ``frontier.json`` (``flowlm eval --temperatures``) among ``paths`` adds each of its temperatures' results to the
+    table (labelled ``<model> T=<T>``), its curve to ``frontier.png``, and with ``entropy`` each step count's Gen PPL
+    interpolated at that entropy (:mod:`flowlm.eval.frontier`) to ``comparison.md`` / ``comparison.json``."""
+    from flowlm.eval import frontier as frontiers_
+
     plots.require_matplotlib()
-    comparison = report.compare(paths, labels)
+    if labels is not None and len(labels) != len(paths):
+        raise ConfigError(f"{len(labels)} labels for {len(paths)} files: give one label per file")
+    results_paths, result_labels, frontiers = [], [], []
+    for i, path in enumerate(paths):
+        if _format_of(path) == frontiers_.FRONTIER_FORMAT:
+            frontier = frontiers_.read_frontier(path)
+            if labels is not None:
+                frontier["label"] = labels[i]
+            frontiers.append(frontier)
+            for relative in dict.fromkeys(p["results"] for p in frontier["points"]):
+                results_paths.append(Path(path).parent / relative)
+                temperature = report.read_results(results_paths[-1])["provenance"]["sampling"].get("temperature")
+                result_labels.append(f"{frontier['label']} T={temperature:g}")
+        else:
+            results_paths.append(path)
+            result_labels.append(labels[i] if labels is not None else report.read_results(path)["label"])
+    if entropy is not None and not frontiers:
+        raise ConfigError(f"--entropy {entropy}: needs frontier.json files (flowlm eval --temperatures ...)")
+    comparison = report.compare(results_paths, result_labels if frontiers or labels is not None else None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    markdown = report.comparison_markdown(comparison)
+    if frontiers:
+        comparison["frontiers"] = frontiers
+        frontiers_.plot_frontiers(frontiers, out / "frontier.png", entropy)
+        if entropy is not None:
+            rows = []
+            for f in frontiers:
+                for steps in frontiers_.step_counts(f):
+                    hit = frontiers_.at_entropy(f, steps, entropy) or {"steps": steps, "gen_ppl": None}
+                    rows.append({"model": f["label"], **hit})
+            comparison["matched_entropy"] = {"entropy": entropy, "rows": rows}
+            markdown += "\n" + frontiers_.matched_markdown(frontiers, entropy)
     report.write_json(out / "comparison.json", comparison)
-    (out / "comparison.md").write_text(report.comparison_markdown(comparison), encoding="utf-8")
+    (out / "comparison.md").write_text(markdown, encoding="utf-8")
     plots.plot_results(comparison["models"], out)
     return comparison
+
+
+def _format_of(path: str | Path) -> str | None:
+    """The ``format`` field of a JSON file (None if it is not a JSON object; the readers give the errors)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None
