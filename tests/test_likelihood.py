@@ -422,7 +422,7 @@ def test_every_method_with_a_likelihood_runs(models, method, tmp_path):
     assert (result["mc_se_nats"] == 0.0) == (method == "ar")
 
 
-def test_refusals(models, tmp_path):
+def test_refusals(models, corpus, tmp_path):
     with pytest.raises(ConfigError, match="options of the FLM and FMLM bounds"):
         flowlm.nll(models["mdlm"], num_blocks=2, probes=3, cache_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="one likelihood"):
@@ -437,5 +437,12 @@ def test_refusals(models, tmp_path):
         flowlm.nll(models["flm"], num_blocks=2, bound="ode", solver="dopri5", cache_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="fewer than"):
         flowlm.nll(models["flm"], num_blocks=10_000, cache_dir=tmp_path, progress=False)
+    moved = tmp_path / "moved" / "corpus.txt"  # a model whose corpus was moved away after training
+    moved.parent.mkdir()
+    moved.write_text(corpus.read_text())
+    model = make_model(tmp_path / "moved_model", moved, "flm")
+    moved.unlink()
+    with pytest.raises(ConfigError, match="not on this machine.*pass --data"):
+        flowlm.nll(model, num_blocks=2, cache_dir=tmp_path, progress=False)
     assert registry.get("fmlm-v1-stage1").likelihood is None
     assert main(["nll", models["ar"], "--ode-steps", "4", "-n", "2", "--quiet", "--cache-dir", str(tmp_path)]) == 2

@@ -561,6 +561,11 @@ def draw_blocks(model: Any, data: str | None, split: str, count: int, seed: int,
     corpus = data or model.meta.get("run", {}).get("data", {}).get("corpus")
     if not corpus:
         raise ConfigError(f"{model.path} does not record its training corpus: pass --data (a corpus spec or file)")
+    if not data and corpus.endswith(".txt") and not Path(corpus).exists():
+        raise ConfigError(
+            f"{model.path} was trained on {corpus}, which is not on this machine (a shipped model's corpus is not "
+            "shipped with it): pass --data (a corpus spec or text file) to draw the blocks from"
+        )
     blocks = prepare_blocks(corpus, model.tokenizer, model.seq_len, split, cache_dir, progress=progress)
     if len(blocks) < count:
         raise ConfigError(
