@@ -115,14 +115,17 @@ def test_a_registered_method_trains_samples_evaluates_and_loads(toy, tmp_path, j
 def test_unknown_and_unregistered_methods_are_one_line_errors(tmp_path, capsys):
     assert main(["train", "--method", "toy", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "unknown method 'toy': choose one of flm, fmlm, mdlm, ar" in err and "\n" not in err.strip()
+    assert "unknown method 'toy': choose one of flm, fmlm, mdlm, duo, ar, sdtt, dcd" in err and "\n" not in err.strip()
     with pytest.raises(CheckpointError, match="holds a 'toy' model, which this flowlm cannot sample"):
         registry.for_recorded("toy")
 
 
 def test_lookups_of_the_builtin_methods():
-    assert registry.train_methods() == ["flm", "fmlm", "mdlm", "ar"]
-    assert registry.distillation_recipes() == ["psd", "v1-stage1", "v1-stage2", "lsd-teacher", "lsd-ref"]
+    assert registry.train_methods() == ["flm", "fmlm", "mdlm", "duo", "ar", "sdtt", "dcd"]
+    assert registry.distillation_recipes() == ["psd", "v1-stage1", "v1-stage2", "lsd-teacher", "lsd-ref", "sdtt", "dcd"]
+    # distilled discrete models keep their teacher's method (and sampler), their recorded recipe picks the recipe
+    assert registry.for_recorded("mdlm").name == "mdlm" and registry.for_recorded("mdlm", "sdtt").name == "mdlm-sdtt"
+    assert registry.for_recorded("duo", "dcd").name == "duo-dcd" and registry.for_recorded("duo").name == "duo"
     assert registry.for_training("flm", "psd") is registry.get("flm")  # a one-recipe method ignores the recipe
     assert registry.for_training("fmlm", "v1-stage2").name == "fmlm-v1-stage2"
     # PSD and v1 stage 2 both write "fmlm" models; the recorded recipe tells them apart, PSD is the default
@@ -134,7 +137,7 @@ def test_lookups_of_the_builtin_methods():
     assert registry.for_recorded("fmlm", "lsd").name == "fmlm-lsd-teacher"
     assert registry.for_recipe("lsd") is registry.for_recipe("lsd-teacher") is registry.for_training("fmlm", "lsd")
     assert registry.for_recorded("fmlm", "lsd-ref").name == "fmlm-lsd-ref"
-    choices = "psd, v1-stage1, v1-stage2, lsd-teacher, lsd-ref"
+    choices = "psd, v1-stage1, v1-stage2, lsd-teacher, lsd-ref, sdtt, dcd"
     with pytest.raises(ConfigError, match=f"distill.recipe='nope': choose one of {choices}"):
         registry.for_recipe("nope")
     assert registry.get("mdlm").dit_options == {"mask_input": True, "logit_cap": None}

@@ -73,12 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser(
         "distill",
-        help="distill an FLM checkpoint into a one-step flow map (FMLM, PSD recipe)",
-        description="Distill a trained FLM into an FMLM (SPEC §3, PSD). The student starts from the teacher's "
-        "EMA weights and uses its data and tokenizer; any option can be overridden as section.key=value "
-        "(e.g. train.lr=1e-4 distill.boundary_frac=0.03). Resumes an interrupted run in the same --out folder.",
+        help="distill an FLM into a one-step flow map (FMLM, PSD recipe), or an MDLM (SDTT) or DUO (DCD) model into "
+        "a few-step one",
+        description="Distill a trained FLM into an FMLM (SPEC §3, PSD), an MDLM into an MDLM that needs half the steps "
+        "(--recipe sdtt) or a DUO model likewise (--recipe dcd; --rounds halves again, each round's student the next "
+        "round's teacher). The student starts from the teacher's EMA weights and uses its data and tokenizer; any "
+        "option can be overridden as section.key=value (e.g. train.lr=1e-4 distill.boundary_frac=0.03). Resumes an "
+        "interrupted run in the same --out folder.",
     )
-    di.add_argument("--teacher", required=True, help="FLM model folder (or its run folder) to distill")
+    di.add_argument("--teacher", required=True, help="model folder (or its run folder) to distill")
     di.add_argument(
         "--recipe",
         default="psd",
@@ -86,8 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         "reference code's Lagrangian self-distillation: student diagonal, JVP, sparsemax); lsd-teacher (formerly lsd: "
         "Lagrangian targets with the teacher at the landing point). Both Lagrangian recipes are experimental: on "
         "WikiText-2 their 1-step maps lose most (lsd-teacher) or a third (lsd-ref) of the teacher's entropy "
-        "(docs/results.md)",
+        "(docs/results.md); sdtt (an MDLM teacher: self-distillation through time); dcd (a DUO teacher: discrete "
+        "consistency distillation)",
     )
+    di.add_argument(
+        "--rounds", type=int, default=1,
+        help="sdtt, dcd: distillation rounds, each from the previous round's model with half its teacher_steps, in "
+        "OUT/round-K (default 1)",
+    )  # fmt: skip
     di.add_argument("--stage1", help="v1-stage2 only: the v1-stage1 model folder to regress onto")
     add_run_options(di, "runs/fmlm-<recipe>-<teacher run name>")
 
@@ -389,21 +398,37 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> None:
+    from flowlm.methods import registry
+    from flowlm.training.checkpoint import read_meta
     from flowlm.training.run import distill_config, resolve_teacher, train
 
     teacher_dir = resolve_teacher(args.teacher)
     run_name = teacher_dir.parent.name if teacher_dir.name == "model" else teacher_dir.name
-    model_dir = train(
-        config=distill_config(str(teacher_dir), recipe=args.recipe, stage1=args.stage1),
-        overrides=args.overrides,
-        out=args.out or f"runs/fmlm-{args.recipe}-{run_name}",
-        steps=args.steps,
-        resume=not args.no_resume,
-        progress=not args.quiet,
-    )
+    student = registry.for_recipe(args.recipe)
+    if isinstance(args.rounds, bool) or args.rounds < 1 or (args.rounds > 1 and not student.halves_steps):
+        raise ConfigError(
+            f"--rounds {args.rounds}: rounds halve the step count of a few-step recipe (sdtt, dcd), at least 1; "
+            f"--recipe {args.recipe} trains one flow map: leave --rounds at 1"
+        )
+    out = Path(args.out or f"runs/{student.records}-{args.recipe}-{run_name}")
+    teacher, extra = str(teacher_dir), []
+    for k in range(1, args.rounds + 1):
+        model_dir = train(
+            config=distill_config(teacher, recipe=args.recipe, stage1=args.stage1),
+            overrides=[*args.overrides, *extra],
+            out=out if args.rounds == 1 else out / f"round-{k}",
+            steps=args.steps,
+            resume=not args.no_resume,
+            progress=not args.quiet,
+        )
+        if student.halves_steps:  # the next round distills this student, taking half its steps as its teacher's
+            steps = read_meta(model_dir)["run"]["distill"]["teacher_steps"] // 2
+            teacher, extra = str(model_dir), [f"distill.teacher_steps={steps}"]
+            if is_main_process() and args.rounds > 1:
+                print(f"round {k}: {model_dir}, a {steps}-step sampler")
     if is_main_process():
-        print(f"flow-map model written to {model_dir}")
-        print(f"sample from it in one step with: flowlm sample {model_dir} --steps 1")
+        print(f"{student.title} model written to {model_dir}")
+        print(f"sample from it with: flowlm sample {model_dir} --steps {steps if student.halves_steps else 1}")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -548,8 +573,8 @@ def _print_report(results: dict, out: str) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     import flowlm
     from flowlm.eval import distributed, load_judge, plots
-    from flowlm.eval.frontier import evaluate_frontier, frontier_markdown
-    from flowlm.eval.run import evaluate, parse_steps
+    from flowlm.eval.frontier import frontier_markdown
+    from flowlm.eval.run import evaluate, evaluate_frontier, parse_steps
 
     steps = parse_steps(args.steps or DEFAULT_EVAL_STEPS)
     check_args(args)

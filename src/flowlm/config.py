@@ -87,6 +87,16 @@ class TrainConfig:
 
 
 @dataclass
+class DuoConfig:
+    """DUO training (``train.method=duo``): the Gaussian-relaxation curriculum runs for the first ``curriculum_frac``
+    of ``train.max_steps`` (the reference: 500k of 1M), feeding the network ``softmax(w / curriculum_temperature)``
+    (the reference: 1e-3); 0 turns it off."""
+
+    curriculum_frac: float = 0.5
+    curriculum_temperature: float = 1e-3
+
+
+@dataclass
 class DistillConfig:
     """Flow-map distillation (``train.method=fmlm``): the frozen FLM teacher, the recipe and its batch split.
 
@@ -108,6 +118,9 @@ class DistillConfig:
     ``boundary_teacher_steps`` (psd): 0 (default) trains the boundary pairs (0, 1) toward the student's own
     composition; N > 0 toward the teacher's N-step sampler output from the same noise
     (``flowlm.methods.fmlm.anchor_boundary``).
+     ``teacher_steps`` (sdtt, dcd): the step count of the
+    teacher's sampler; the student learns to take half as many (default 1024, SDTT's first round; DCD's reference
+    starts at 512). ``divergence`` (sdtt, dcd): ``kl-reverse`` (KL(student ‖ teacher), default) or ``kl-forward``.
     """
 
     teacher: str | None = None
@@ -120,6 +133,8 @@ class DistillConfig:
     curriculum_frac: float = 0.5
     end_stretch: bool = False
     boundary_teacher_steps: int = 0
+    teacher_steps: int = 1024
+    divergence: str = "kl-reverse"
 
     def resolved_diag_frac(self) -> float:
         if self.diag_frac is not None:
@@ -138,6 +153,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    duo: DuoConfig = field(default_factory=DuoConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -273,7 +289,8 @@ WHOLE_AT_LEAST = {
     "train.val_bound_points": 0,
     "train.num_workers": 0,
 }
-POSITIVE = ("train.lr", "train.eps", "model.input_std", "model.attn_softcap", "model.logit_cap")
+POSITIVE = ("train.lr", "train.eps", "model.input_std", "model.attn_softcap", "model.logit_cap",
+            "duo.curriculum_temperature")
 NON_NEGATIVE = ("train.weight_decay", "train.grad_clip")
 BELOW_ONE = ("model.dropout", "train.ema_decay")  # in [0, 1)
 MAX_SEED = 2**32 - 1  # what torch/numpy seeding accepts
@@ -377,6 +394,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"distill.pairs={d.pairs!r}: choose one of {', '.join(PAIR_DRAWS)}")
     if not 0.0 <= d.curriculum_frac <= 1.0:
         raise ConfigError(f"distill.curriculum_frac={d.curriculum_frac}: use the share of the run in [0, 1]")
+    if not 0.0 <= cfg.duo.curriculum_frac <= 1.0:
+        raise ConfigError(f"duo.curriculum_frac={cfg.duo.curriculum_frac}: use the share of the run in [0, 1]")
+    if isinstance(d.teacher_steps, bool) or not isinstance(d.teacher_steps, int) or d.teacher_steps < 2:
+        raise ConfigError(
+            f"distill.teacher_steps={d.teacher_steps!r}: the teacher's sampler steps (sdtt, dcd), a whole number >= 2; "
+            "the student learns half of them"
+        )
+    from flowlm.methods.sdtt import check_divergence
+
+    check_divergence(d.divergence)
     steps = d.boundary_teacher_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 4096:
         raise ConfigError(f"distill.boundary_teacher_steps={steps!r}: use a whole number of teacher steps, 0 to 4096")

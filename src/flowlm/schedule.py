@@ -434,3 +434,11 @@ def tau_from_t(t: torch.Tensor, vocab_size: int) -> torch.Tensor:
 def t_from_tau(tau: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``t = T_V^{-1}(tau)`` elementwise (see :meth:`TimeSchedule.t_from_tau`); same shape/dtype/device."""
     return get_schedule(vocab_size, tau.device).t_from_tau(tau)
+
+
+def dtau_dt(t: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``dτ/dt = T_V'(t)`` at interpolation times ``t`` (any shape), by forward-mode differentiation of the C¹ table of
+    ``T_V`` (float64; float32 on MPS). 0 at t = 1 (and wherever ``T_V`` is 1 to the table's precision)."""
+    schedule = get_schedule(vocab_size, t.device)
+    t = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+    return torch.func.jvp(schedule.tau_from_t, (t,), (torch.ones_like(t),))[1]

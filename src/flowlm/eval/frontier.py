@@ -22,7 +22,6 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from flowlm.errors import ConfigError, DataError
 from flowlm.eval import plots, report
@@ -47,30 +46,6 @@ def parse_temperatures(text: str | Sequence[float]) -> list[float]:
 def folder_of(out: Path, temperature: float) -> Path:
     """Where the evaluation at one temperature is written: ``out/temperature-<T>``."""
     return Path(out) / f"temperature-{temperature:g}"
-
-
-def evaluate_frontier(model: Any, judge: Any, steps, out: str | Path, temperatures: Sequence[float],
-                      **kwargs: Any) -> dict:  # fmt: skip
-    """:func:`flowlm.eval.run.evaluate` at each temperature (into ``out/temperature-<T>``), then the frontier of
-    those evaluations written to ``out`` (``frontier.json``, ``frontier.md``, ``frontier.png``); returns it.
-    ``kwargs`` go to ``evaluate`` (a ``temperature`` among them is refused: the frontier sets it)."""
-    from flowlm.eval.run import evaluate
-
-    if kwargs.get("temperature") is not None:
-        raise ConfigError("--temperature with --temperatures: the frontier sets the temperature; give one of them")
-    out = Path(out)
-    paths = []
-    for temperature in parse_temperatures(temperatures):
-        folder = folder_of(out, temperature)
-        evaluate(model, judge, steps, folder, temperature=temperature, **kwargs)
-        paths.append(folder / "results.json")
-    from flowlm.eval.distributed import rank_and_world
-
-    if rank_and_world()[0] != 0:  # under torchrun rank 0 wrote the evaluations and writes the frontier
-        return {}
-    frontier = build_frontier(paths, out)
-    write_frontier(frontier, out)
-    return frontier
 
 
 def build_frontier(paths: Sequence[str | Path], base: str | Path) -> dict:

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flowlm.errors import ConfigError, DataError
+from flowlm.eval import frontier as frontiers_
 from flowlm.eval import plots, report
 from flowlm.eval.distributed import barrier, gather, my_batches, rank_and_world
 from flowlm.eval.metrics import (
@@ -540,6 +541,26 @@ def evaluate(
     return write_outputs(results, out)
 
 
+def evaluate_frontier(model: Any, judge: Any, steps, out: str | Path, temperatures: Sequence[float],
+                      **kwargs: Any) -> dict:  # fmt: skip
+    """:func:`evaluate` at each temperature (into ``out/temperature-<T>``), then the frontier of
+    those evaluations written to ``out`` (``frontier.json``, ``frontier.md``, ``frontier.png``); returns it.
+    ``kwargs`` go to ``evaluate`` (a ``temperature`` among them is refused: the frontier sets it)."""
+    if kwargs.get("temperature") is not None:
+        raise ConfigError("--temperature with --temperatures: the frontier sets the temperature; give one of them")
+    out = Path(out)
+    paths = []
+    for temperature in frontiers_.parse_temperatures(temperatures):
+        folder = frontiers_.folder_of(out, temperature)
+        evaluate(model, judge, steps, folder, temperature=temperature, **kwargs)
+        paths.append(folder / "results.json")
+    if rank_and_world()[0] != 0:  # under torchrun rank 0 wrote the evaluations and writes the frontier
+        return {}
+    frontier = frontiers_.build_frontier(paths, out)
+    frontiers_.write_frontier(frontier, out)
+    return frontier
+
+
 def real_line(model: Any, judge: Any, condition: Conditioning, sampling: dict, n_batches: int, judge_batch_size: int,
               progress: bool) -> SampleSet:  # fmt: skip
     """The real blocks of a conditional evaluation as a scored sample set with features (the data line)."""
@@ -727,8 +748,6 @@ def compare_results(
     A ``frontier.json`` (``flowlm eval --temperatures``) among ``paths`` adds each of its temperatures' results to the
     table (labelled ``<model> T=<T>``), its curve to ``frontier.png``, and with ``entropy`` each step count's Gen PPL
     interpolated at that entropy (:mod:`flowlm.eval.frontier`) to ``comparison.md`` / ``comparison.json``."""
-    from flowlm.eval import frontier as frontiers_
-
     plots.require_matplotlib()
     if labels is not None and len(labels) != len(paths):
         raise ConfigError(f"{len(labels)} labels for {len(paths)} files: give one label per file")

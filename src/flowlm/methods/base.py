@@ -101,12 +101,15 @@ class SampleRequest:
 @dataclass
 class LossContext:
     """What a loss needs besides its network and tokens: the vocabulary size, the run config, the
-    frozen networks named in :attr:`Method.needs` (in that order) and the learnable time weighting."""
+    frozen networks named in :attr:`Method.needs` (in that order), the learnable time weighting, the optimizer step
+    and whether this is a training step (False at validation)."""
 
     vocab_size: int
     cfg: RunConfig
     frozen: tuple[torch.nn.Module, ...] = ()
     weighting: torch.nn.Module | None = None
+    step: int = 0
+    training: bool = True
 
 
 class Method:
@@ -138,6 +141,8 @@ class Method:
     default_boundary_frac: float | None = None
     default_diag_frac: float = 0.5  # share of diagonal pairs (distill.diag_frac unset); SPEC §3's half
     distillable: bool = False
+    teachers: tuple[str, ...] = ("flm",)  # recorded methods this method distills from (when it needs a teacher)
+    halves_steps: bool = False  # a few-step distillation: the student takes half its teacher's distill.teacher_steps
     stage1_provider: bool = False
     # sampling
     sampler_name: str = "sampler"

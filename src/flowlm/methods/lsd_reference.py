@@ -98,7 +98,6 @@ from flowlm.methods.fmlm import (
     _mode,
     _pairs_and_states,
     _probs,
-    _time_dtype,
     _without_clean,
     flow_map_step,
     split_cross_entropy,
@@ -106,7 +105,7 @@ from flowlm.methods.fmlm import (
 from flowlm.methods.lowrank import NaiveInputs, input_space
 from flowlm.methods.lsd import lagrangian_coefficient
 from flowlm.nn.dit import DiT, soft_cap
-from flowlm.schedule import get_schedule
+from flowlm.schedule import dtau_dt
 
 __all__ = [
     "REFERENCE_BOUNDARY_FRAC",
@@ -165,15 +164,6 @@ def lagrangian_target(landed: torch.Tensor, d_delta_dt: torch.Tensor, s: torch.T
     """
     c = lagrangian_coefficient(s, t).to(torch.float32).view(-1, 1, 1)
     return sparsemax(landed.float() - c * d_delta_dt.float())
-
-
-def dtau_dt(t: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``dτ/dt = T_V'(t)`` [B] at interpolation times ``t`` [B]: the chain-rule factor from the network clock to the
-    interpolation clock, by forward-mode differentiation of flowlm's C¹ table of ``T_V`` (float64, float32 on MPS).
-    0 at t = 1 (and wherever ``T_V`` is 1 to the table's precision)."""
-    schedule = get_schedule(vocab_size, t.device)
-    t = t.to(_time_dtype(t.device))
-    return torch.func.jvp(schedule.tau_from_t, (t,), (torch.ones_like(t),))[1]
 
 
 @contextmanager

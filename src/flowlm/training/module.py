@@ -109,7 +109,8 @@ class FlowLMModule(L.LightningModule):
         )
 
     def loss_context(self) -> LossContext:
-        return LossContext(self.vocab_size, self.cfg, tuple(self.frozen), self.weighting)
+        frozen = tuple(self.frozen)
+        return LossContext(self.vocab_size, self.cfg, frozen, self.weighting, self.global_step, self.training)
 
     def on_fit_start(self) -> None:
         for net in self.frozen:

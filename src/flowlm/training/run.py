@@ -208,16 +208,18 @@ def resolve_teacher(teacher: str | os.PathLike) -> Path:
     return resolve_model_dir(teacher)
 
 
-def check_teacher_method(path: str, meta: dict) -> None:
-    """Only a distillable method (FLM) can be a teacher: MDLM and AR baselines have no flow, an FMLM is
-    already distilled."""
+def check_teacher_method(path: str, meta: dict, student=None) -> None:
+    """The teacher must be a model the recipe distills (``student.teachers``: FLM for the flow maps, MDLM for SDTT,
+    DUO for DCD); with no ``student`` given, any method some recipe distills."""
     method = registry.for_meta(meta, where=path)
-    if not method.distillable:
-        hint = "" if method.distills else " (baselines without a flow to distill)"
-        teachers = ", ".join(m.train_method for m in registry.methods() if m.distillable)
+    allowed = student.teachers if student is not None else tuple(
+        {name for m in registry.methods() if m.distills for name in m.teachers}
+    )
+    if method.records not in allowed:
+        recipe = "" if student is None else f" by the {student.recipe} recipe"
         raise ConfigError(
-            f"the teacher {path} is a {method.records} model{hint}: distill from an FLM, trained by flowlm train "
-            f"--method {teachers}"
+            f"the teacher {path} is a {method.records} model, which is not distilled{recipe}: distill a "
+            f"{' or '.join(allowed)} model (trained by flowlm train --method {allowed[0]})"
         )
 
 
@@ -232,7 +234,7 @@ def load_frozen(cfg: RunConfig):
     from flowlm.api import load
 
     teacher = load(cfg.distill.teacher)
-    check_teacher_method(cfg.distill.teacher, teacher.meta)
+    check_teacher_method(cfg.distill.teacher, teacher.meta, method)
     meta = {
         "recipe": cfg.distill.recipe,
         "teacher": {"path": str(teacher.path), "weights_sha256": teacher.meta.get("weights_sha256")},
@@ -263,8 +265,12 @@ def distill_config(
     check_distill_overrides(preset_overrides)
     directory = resolve_teacher(teacher)
     meta = read_meta(directory)
-    check_teacher_method(str(directory), meta)
-    cfg = RunConfig.from_dict({k: v for k, v in meta["run"].items() if k != "distill"})
+    check_teacher_method(str(directory), meta, registry.for_recipe(recipe))
+    # the teacher's own run, read as a plain training of its recorded method (a distilled teacher's run names its
+    # recipe, which the student's replaces)
+    run = {k: v for k, v in meta["run"].items() if k != "distill"}
+    run["train"] = {**run.get("train", {}), "method": registry.for_recorded(meta.get("method")).train_method}
+    cfg = RunConfig.from_dict(run)
     cfg.data.tokenizer = str(directory / TOKENIZER)
     cfg.train.method = registry.for_recipe(recipe).train_method
     cfg.train.init_from = None  # the teacher's own warm start; the student starts from the teacher
