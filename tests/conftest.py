@@ -1,5 +1,7 @@
 """Shared fixtures. ``markov_flm`` trains the FLM of the statistical tests once per session; the
-FLM test samples it, ``markov_fmlm`` distills it once (PSD), and the FMLM and conditioning tests sample both."""
+FLM test samples it, ``markov_fmlm`` distills it once (PSD), and the FMLM and conditioning tests sample both.
+``markov_discrete`` trains the MDLM and DUO baselines on the same language once (their likelihood and sampling tests
+and the SDTT / DCD distillation tests use them)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import pytest
 import torch
 from markov import THREADS_VARIABLE, MarkovChain, pinned_threads, single_thread
 
+from flowlm.methods.duo import Curriculum, duo_loss
 from flowlm.methods.flm import flm_loss
 from flowlm.methods.fmlm import init_student, psd_loss
+from flowlm.methods.mdlm import mdlm_loss
 from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.training.ema import EMA
 
@@ -93,3 +97,36 @@ def markov_fmlm(markov_flm):
         ema = train_loop(student, MARKOV_PSD_STEPS, psd, 1e-3, betas=(0.9, 0.95))
         student.load_state_dict(ema.weights())
     return student.eval(), time.perf_counter() - start
+
+
+MARKOV_MDLM_STEPS, MARKOV_DUO_STEPS = 400, 1000
+
+
+@pytest.fixture(scope="session")
+def markov_discrete():
+    """``{"mdlm": DiT, "duo": DiT}`` trained on the Markov language (EMA weights, eval mode) with the FLM's 2 × 64
+    network: MDLM 400 steps (mask input), DUO 1,000 steps (the first half on its Gaussian-relaxation curriculum);
+    AdamW lr 2e-3, batch 128."""
+    chain = MarkovChain(MARKOV_K)
+    nets = {}
+    with single_thread():
+        for kind, steps in (("mdlm", MARKOV_MDLM_STEPS), ("duo", MARKOV_DUO_STEPS)):
+            torch.manual_seed(0)
+            g = torch.Generator().manual_seed(0)
+            options = {"mask_input": True} if kind == "mdlm" else {}
+            cfg = DiTConfig(vocab_size=MARKOV_K, seq_len=MARKOV_LENGTH, hidden_size=64, n_blocks=2, n_heads=4,
+                            cond_dim=32, dropout=0.0, pos_embed=True, logit_cap=None, **options)  # fmt: skip
+            net = DiT(cfg)
+
+            def loss(step, net=net, kind=kind, steps=steps, g=g):
+                tokens = chain.sample(MARKOV_BATCH, MARKOV_LENGTH, g)
+                if kind == "mdlm":
+                    return mdlm_loss(net, tokens, MARKOV_K, generator=g)["loss"]
+                relax = Curriculum() if step < steps // 2 else None
+                return duo_loss(net, tokens, MARKOV_K, generator=g, curriculum=relax)["loss"]
+
+            ema = train_loop(net, steps, loss, 2e-3)
+            nets[kind] = DiT(cfg)
+            nets[kind].load_state_dict(ema.weights())
+            nets[kind].eval().requires_grad_(False)
+    return chain, nets

@@ -1,7 +1,8 @@
 """Statistical test of DUO on the Markov language of tests/markov.py, trained for about a CPU minute.
 
-Budget: 1,000 AdamW steps of batch 128 (lr 2e-3) on the FLM tests' 2-block, width-64 DiT, the first half with the
-Gaussian-relaxation curriculum (DUO's default share), the rest on the NELBO with discrete inputs; EMA weights.
+Budget (conftest ``markov_discrete``): 1,000 AdamW steps of batch 128 (lr 2e-3) on the FLM tests' 2-block, width-64
+DiT, the first half with the Gaussian-relaxation curriculum (DUO's default share), the rest on the NELBO with discrete
+inputs; EMA weights.
 Samples: 1,000 sequences of 16 symbols at 64 steps and at 1 step (greedy tail). NELBO: 48 held-out blocks, 16
 stratified draws each.
 
@@ -19,38 +20,22 @@ import math
 
 import pytest
 import torch
-from conftest import MARKOV_BATCH, MARKOV_K, MARKOV_LENGTH, train_loop
+from conftest import MARKOV_K, MARKOV_LENGTH
 from known_warnings import TORCH_FORWARD_AD_JIT
-from markov import MarkovChain, single_thread
+from markov import single_thread
 
-from flowlm.methods.duo import Curriculum, duo_loss, duo_nelbo, duo_sample
-from flowlm.nn.dit import DiT, DiTConfig
+from flowlm.methods.duo import duo_nelbo, duo_sample
 
 pytestmark = [pytest.mark.slow, TORCH_FORWARD_AD_JIT]
 
-STEPS, SAMPLES, BLOCKS = 1000, 1000, 48
+SAMPLES, BLOCKS = 1000, 48
 
 
 @pytest.fixture(scope="module")
-def duo():
+def duo(markov_discrete):
+    chain, nets = markov_discrete
+    model = nets["duo"]
     with single_thread():
-        torch.manual_seed(0)
-        chain = MarkovChain(MARKOV_K)
-        g = torch.Generator().manual_seed(0)
-        cfg = DiTConfig(vocab_size=MARKOV_K, seq_len=MARKOV_LENGTH, hidden_size=64, n_blocks=2, n_heads=4,
-                        cond_dim=32, dropout=0.0, pos_embed=True, logit_cap=None)  # fmt: skip
-        net = DiT(cfg)
-        curriculum = Curriculum()
-
-        def loss(step):
-            relax = curriculum if step < STEPS // 2 else None
-            tokens = chain.sample(MARKOV_BATCH, MARKOV_LENGTH, g)
-            return duo_loss(net, tokens, MARKOV_K, generator=g, curriculum=relax)["loss"]
-
-        ema = train_loop(net, STEPS, loss, 2e-3)
-        model = DiT(cfg)
-        model.load_state_dict(ema.weights())
-        model.eval().requires_grad_(False)
         many = duo_sample(model, SAMPLES, MARKOV_LENGTH, MARKOV_K, 64, torch.Generator().manual_seed(1))
         one = duo_sample(model, SAMPLES, MARKOV_LENGTH, MARKOV_K, 1, torch.Generator().manual_seed(1))
         blocks = chain.sample(BLOCKS, MARKOV_LENGTH, torch.Generator().manual_seed(123))

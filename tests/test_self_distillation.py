@@ -51,6 +51,44 @@ def test_sdtt_target_is_the_first_prediction_where_revealed_first_else_the_secon
     assert not bool(torch.isclose(target[~is_first], first[~is_first], atol=1e-6).all(-1).any())
 
 
+class ExactPosterior(torch.nn.Module):
+    """The exact MDLM denoiser of a joint law on V^L blocks (here V = 3, L = 3, a random law): p(x_ℓ | z) is the
+    marginal at ℓ of the law restricted to blocks that agree with z's unmasked positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.law = torch.softmax(torch.randn(27, generator=torch.Generator().manual_seed(7), dtype=torch.float64), 0)
+        self.blocks = torch.cartesian_prod(*[torch.arange(3)] * 3)  # [27, 3]
+
+    def forward(self, z, tau, **_):
+        known = z != 3  # mask id V = 3
+        agree = ((self.blocks.unsqueeze(0) == z.unsqueeze(1)) | ~known.unsqueeze(1)).all(-1)  # [B, 27]
+        post = self.law * agree
+        post = post / post.sum(-1, keepdim=True)
+        marg = torch.stack([(post.unsqueeze(-1) * torch.nn.functional.one_hot(self.blocks[:, i], 3)).sum(1)
+                            for i in range(3)], dim=1)  # fmt: skip
+        return marg.clamp(min=1e-30).log().float()
+
+
+def test_sdtt_target_of_an_exact_teacher_averages_to_its_one_step_prediction():
+    """For the exact posterior, predictions are a martingale: averaged over the first sub-step's reveals, the target
+    of a masked position equals the teacher's prediction at z_t itself (so SDTT with forward KL leaves an exact teacher
+    unchanged, and reverse KL only sharpens it, toward the geometric mean of its future predictions). 20,000 draws,
+    4.5 standard errors per probability."""
+    teacher = ExactPosterior()
+    n = 20000
+    z = torch.tensor([[3, 1, 3]]).expand(n, 3).clone()
+    t = torch.full((n,), 0.6)
+    target = sdtt_target(teacher, z, t, 0.25, 3, torch.Generator().manual_seed(8)).double().exp()
+    now = teacher(z[:1], torch.zeros(1)).double().exp()[0]
+    for position in (0, 2):
+        mean = target[:, position].mean(0)
+        se = target[:, position].std(0) / math.sqrt(n)
+        assert bool(((mean - now[position]).abs() <= 4.5 * se + 1e-9).all()), (position, mean, now[position])
+    # the sub-step did reveal the other masked position often enough for the target to vary
+    assert target[:, 0].std(0).max().item() > 0.01
+
+
 def test_sdtt_loss_vanishes_for_a_time_consistent_teacher_and_its_copy():
     class Constant(torch.nn.Module):
         def __init__(self, shift=0.0):
