@@ -401,7 +401,7 @@ def validate(cfg: RunConfig) -> None:
             f"distill.teacher_steps={d.teacher_steps!r}: the teacher's sampler steps (sdtt, dcd), a whole number >= 2; "
             "the student learns half of them"
         )
-    from flowlm.methods.sdtt import check_divergence
+    from flowlm.methods.common import check_divergence
 
     check_divergence(d.divergence)
     steps = d.boundary_teacher_steps

@@ -178,3 +178,21 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     p = probs.to(torch.float64)
     race = torch.empty_like(p).exponential_(generator=generator).clamp_(min=torch.finfo(torch.float64).tiny)
     return (p / race).argmax(-1)
+
+
+DIVERGENCES = ("kl-reverse", "kl-forward")
+
+
+def check_divergence(value: object) -> str:
+    """A distillation divergence: ``kl-reverse`` (KL(student ‖ target)) or ``kl-forward`` (KL(target ‖ student))."""
+    if value not in DIVERGENCES:
+        raise ConfigError(f"distill.divergence={value!r}: use kl-reverse (KL(student ‖ teacher)) or kl-forward")
+    return value
+
+
+def categorical_divergence(log_student: torch.Tensor, log_target: torch.Tensor, divergence: str) -> torch.Tensor:
+    """Per-row KL [..] between categorical laws given as log-probabilities [.., V] (finite where they matter):
+    ``KL(student ‖ target)`` for ``kl-reverse``, ``KL(target ‖ student)`` for ``kl-forward``."""
+    if divergence == "kl-reverse":
+        return (log_student.exp() * (log_student - log_target)).sum(-1)
+    return (log_target.exp() * (log_target - log_student)).sum(-1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from flowlm.methods.common import check_rows, stratified_times
+from flowlm.methods.common import categorical_divergence, check_divergence, check_rows, stratified_times
 from flowlm.schedule import get_schedule
 
 DCD_ALPHAS = (0.999, 0.006)  # α at the two ends of the distillation's γ window
@@ -72,9 +72,5 @@ def dcd_loss(
     with torch.no_grad():
         target = torch.log_softmax(teacher(z_s, a_s).float(), dim=-1)
     log_student = torch.log_softmax(student(z_t, a_t).float(), dim=-1)
-    if divergence == "kl-reverse":
-        per_position = (log_student.exp() * (log_student - target)).sum(-1)
-    else:
-        per_position = (target.exp() * (target - log_student)).sum(-1)
-    loss = per_position.mean()
+    loss = categorical_divergence(log_student, target, check_divergence(divergence)).mean()
     return {"loss": loss, "kl": loss.detach(), "t": t}

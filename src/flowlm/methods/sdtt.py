@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import torch
 
-from flowlm.errors import ConfigError
-from flowlm.methods.common import check_rows, sample_categorical, stratified_times
+from flowlm.methods.common import (
+    categorical_divergence,
+    check_divergence,
+    check_rows,
+    sample_categorical,
+    stratified_times,
+)
 from flowlm.methods.mdlm import mask_tokens, subs_log_probs
-
-DIVERGENCES = ("kl-reverse", "kl-forward")
-
-
-def check_divergence(value: object) -> str:
-    if value not in DIVERGENCES:
-        raise ConfigError(f"distill.divergence={value!r}: use kl-reverse (KL(student ‖ teacher)) or kl-forward")
-    return value
 
 
 def sdtt_times(batch: int, step: float, generator=None, device=None) -> torch.Tensor:
@@ -82,11 +79,7 @@ def sdtt_loss(
     log_student = subs_log_probs(student(z, torch.zeros(batch, device=z.device)), z, vocab_size)
     # only masked positions enter; their SUBS log-probs are finite over the V real tokens
     m = masked.unsqueeze(-1)
-    s, tgt = log_student.masked_fill(~m, 0.0), target.masked_fill(~m, 0.0)
-    if divergence == "kl-reverse":
-        per_position = (s.exp() * (s - tgt)).sum(-1)
-    else:
-        per_position = (tgt.exp() * (tgt - s)).sum(-1)
+    per_position = categorical_divergence(log_student.masked_fill(~m, 0.0), target.masked_fill(~m, 0.0), divergence)
     count = masked.sum().clamp(min=1)
     loss = (per_position * masked).sum() / count
     return {"loss": loss, "kl": loss.detach(), "t": t}
