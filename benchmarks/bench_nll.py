@@ -55,7 +55,7 @@ from flowlm.methods.likelihood import (
     probe_pairs,
     t_max_of,
 )
-from flowlm.nn.dit import DiT
+from flowlm.nn.dit import DiT, DiTConfig
 from flowlm.schedule import get_schedule
 
 
@@ -110,9 +110,25 @@ def seconds_per_block(preset: str, quick: bool, g: torch.Generator) -> dict:
     return row
 
 
+def validation_cost(quick: bool, g: torch.Generator) -> dict:
+    """Seconds per validation batch (32 blocks of 64 tokens, the WikiText-2 study's network: V = 4,096, 4 × 128) of
+    the FLM's denoising cross-entropy and of the ELBO logged beside it (``train.val_bound_points`` = 4)."""
+    from flowlm.methods.flm import flm_loss
+
+    vocab, length, batch = (256, 16, 4) if quick else (4096, 64, 32)
+    net = DiT(DiTConfig(vocab_size=vocab, seq_len=length, hidden_size=128, n_blocks=4, n_heads=4, cond_dim=64))
+    net.eval().requires_grad_(False)
+    tokens = torch.randint(0, vocab, (batch, length), generator=g)
+    with torch.no_grad():
+        ce = timed(lambda: flm_loss(net, tokens, vocab, generator=g), 3)
+    elbo = timed(lambda: diffusion_elbo(net, tokens, vocab, 1, ElboOptions(time_points=4), g), 3)
+    return {"denoising_ce_seconds": ce, "elbo_seconds": elbo, "ratio": elbo / ce, "batch": batch, "seq_len": length}
+
+
 def section_elbo(quick: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     out: dict = {"time": {p: seconds_per_block(p, quick, g) for p in (("tiny",) if quick else ("tiny", "lm1b-small"))}}
+    out["validation"] = validation_cost(quick, g)
     out["strata"] = {}
     model, blocks = demo_blocks(2 if quick else 16)
     v = model.net.config.vocab_size
@@ -259,6 +275,10 @@ def markdown(results: dict, command: str) -> str:
                 f"| {k} | {int(k) + 1} | {r['nats_per_token']:.4f} | {r['mc_se_of_mean']:.4f} | "
                 f"{r['per_draw_sd']:.4f} | {r['sd_at_equal_calls']:.3f} | {r['seconds_per_block_draw']:.3f} |"
             )
+        v = e["validation"]
+        lines += ["", f"Validation (a batch of {v['batch']} blocks of {v['seq_len']} tokens, V = 4,096, 4 × 128): the "
+                      f"denoising cross-entropy {v['denoising_ce_seconds']:.3f} s, the ELBO with 4 strata "
+                      f"{v['elbo_seconds']:.3f} s ({v['ratio']:.1f}×)."]  # fmt: skip
         x = e["x_space"]
         lines += ["", f"The ELBO of the chain in x itself (`full_space=True`, K = 16, same blocks): "
                       f"{x['nats_per_token']:.4f} ± {x['mc_se_of_mean']:.4f} nats/token.", ""]  # fmt: skip

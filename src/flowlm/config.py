@@ -78,7 +78,7 @@ class TrainConfig:
     ckpt_every: int = 1000
     val_every: int = 1000
     val_batches: int = 4
-    val_bound_points: int = 4
+    val_bound_points: int = 2
     num_workers: int = 0
     accelerator: str = "auto"
     devices: int | str = 1
