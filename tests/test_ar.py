@@ -180,7 +180,7 @@ def test_same_size_as_flm_and_flow_losses_never_called_perplexity():
     cfg = dict(vocab_size=50, seq_len=16, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)
     assert count_parameters(DiT(DiTConfig(**cfg, causal=True))) == count_parameters(DiT(DiTConfig(**cfg)))
     assert registry.get("flm").metric_name == "denoising_ce"
-    assert {m.name for m in registry.methods() if m.perplexity_name} == {"mdlm", "ar"}
+    assert {m.name for m in registry.methods() if m.perplexity_name} == {"mdlm", "duo", "ar"}  # their NELBO / NLL
 
 
 # -------------------------------------------------------------------------------------- CLI, judge
