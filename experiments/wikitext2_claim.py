@@ -120,6 +120,9 @@ def main() -> None:
             ))  # fmt: skip
     if "eval" in only:
         for name, (model, steps) in evaluations(study, claim).items():
+            if not (model / "flowlm.json").is_file():
+                print(f"[eval-{name}] {model} does not exist yet: skipped (rerun once its stage has finished)")
+                continue
             folder = claim / "eval" / name
             stages.run(f"eval-{name}", flowlm("eval", str(model), "--steps", steps, "--temperatures", TEMPERATURES,
                                               "--num-samples", "64", "--seed", "0", "--judge", args.judge, "--quiet",
