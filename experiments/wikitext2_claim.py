@@ -37,6 +37,8 @@ ROUNDS, TEACHER_STEPS = 6, 64
 TEACHER_TFE = 2000 * 32 * 3
 ROW_COST = {"sdtt": 5, "dcd": 4}
 TEMPERATURES = "0.8,0.9,1.0"
+# the stage whose model an evaluation needs (the others come from experiments/wikitext2*.py)
+PRODUCERS = {"duo-teacher": "train-duo", "mdlm-sdtt": "distill-sdtt", "duo-dcd": "distill-dcd"}
 
 
 def round_steps(recipe: str) -> int:
@@ -120,8 +122,10 @@ def main() -> None:
             ))  # fmt: skip
     if "eval" in only:
         for name, (model, steps) in evaluations(study, claim).items():
-            if not (model / "flowlm.json").is_file():
-                print(f"[eval-{name}] {model} does not exist yet: skipped (rerun once its stage has finished)")
+            producer = PRODUCERS.get(name.rsplit("-", 1)[0] if name[-1].isdigit() else name)
+            finished = json.loads((claim / "stages.json").read_text()) if (claim / "stages.json").is_file() else {}
+            if producer is not None and not finished.get(producer, {}).get("done"):
+                print(f"[eval-{name}] its stage {producer} has not finished: skipped (rerun once it has)")
                 continue
             folder = claim / "eval" / name
             stages.run(f"eval-{name}", flowlm("eval", str(model), "--steps", steps, "--temperatures", TEMPERATURES,
