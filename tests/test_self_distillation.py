@@ -176,17 +176,21 @@ def test_sdtt_in_two_rounds_and_dcd_through_the_cli(teachers, tmp_path):
     assert student.sample_tokens(2, 4, seed=1, tail="ancestral").shape == (2, 32)
 
 
-def test_refusals(teachers, tmp_path):
-    from test_e2e import cli
+def test_refusals(teachers, tmp_path, capsys):
+    """One-line errors, in-process (``flowlm.cli.main``): a teacher of the wrong method for the recipe, rounds for a
+    recipe without steps to halve, too few teacher steps."""
+    from flowlm.cli import main
 
     for teacher, recipe, wrong in (("flm", "sdtt", "flm model"), ("mdlm", "dcd", "mdlm model"),
                                    ("duo", "psd", "duo model")):  # fmt: skip
-        proc = cli("distill", "--teacher", str(teachers / teacher), "--recipe", recipe, "--steps", "1", "--out",
-                   str(tmp_path / recipe), check=False)  # fmt: skip
-        assert proc.returncode == 2 and wrong in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    proc = cli("distill", "--teacher", str(teachers / "flm"), "--rounds", "2", "--steps", "1", "--out",
-               str(tmp_path / "r"), check=False)  # fmt: skip
-    assert proc.returncode == 2 and "--rounds 2" in proc.stderr
-    proc = cli("distill", "--teacher", str(teachers / "mdlm"), "--recipe", "sdtt", "--steps", "1", "--out",
-               str(tmp_path / "s"), "distill.teacher_steps=1", check=False)  # fmt: skip
-    assert proc.returncode == 2 and "distill.teacher_steps=1" in proc.stderr
+        argv = ["distill", "--teacher", str(teachers / teacher), "--recipe", recipe, "--steps", "1", "--out",
+                str(tmp_path / recipe), "--quiet"]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert wrong in err and "Traceback" not in err and err.count("\n") == 1, err
+    argv = ["distill", "--teacher", str(teachers / "flm"), "--rounds", "2", "--steps", "1", "--out",
+            str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 2 and "--rounds 2" in capsys.readouterr().err
+    argv = ["distill", "--teacher", str(teachers / "mdlm"), "--recipe", "sdtt", "--steps", "1", "--out",
+            str(tmp_path / "s"), "--quiet", "distill.teacher_steps=1"]  # fmt: skip
+    assert main(argv) == 2 and "distill.teacher_steps=1" in capsys.readouterr().err
