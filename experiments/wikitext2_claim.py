@@ -15,8 +15,10 @@ one ``flowlm`` command, printed before it runs; the script is restartable (``<st
   --temperatures``: a Gen PPL–entropy frontier per step count) under the offline judge; FMLM at 1, 2, 4 steps; each
   distilled student at its own step count (round 6: 1 step, 5: 2, 4: 4, 3: 8); the MDLM and DUO teachers at 64 steps.
   ``score-*-ar``: the same samples under the study's AR model as the in-domain judge.
-* ``--report`` prints the raw table (both judges) and ``flowlm compare --entropy`` of the frontiers at the entropy
-  given by ``--entropy`` (default 3.8 nats, near the held-out data's 3.83).
+* ``eval-low-*``: FMLM and the 8-step SDTT student at lower temperatures too (down toward the arg-max's entropy).
+* ``--report`` prints the raw table (both judges), Gen PPL at matched entropies 3.55–3.8 on each model's merged
+  frontiers, and the ``flowlm compare --entropy`` command for the entropy given by ``--entropy`` (default 3.8 nats,
+  near the held-out data's 3.83).
 
     OMP_NUM_THREADS=1 python experiments/wikitext2_claim.py --study runs/wikitext2 --only train-duo,distill-dcd
     OMP_NUM_THREADS=1 python experiments/wikitext2_claim.py --study runs/wikitext2 --only distill-sdtt
@@ -33,10 +35,15 @@ from pathlib import Path
 
 from wikitext2 import MODEL, Stages, flowlm
 
+from flowlm.eval.frontier import at_entropy
+
 ROUNDS, TEACHER_STEPS = 6, 64
 TEACHER_TFE = 2000 * 32 * 3
 ROW_COST = {"sdtt": 5, "dcd": 4}
 TEMPERATURES = "0.8,0.9,1.0"
+# lower temperatures, toward the arg-max's entropy, for the models whose frontiers reach it (eval-low stages)
+LOW_TEMPERATURES = {"fmlm-psd": "0.3,0.5,0.7", "mdlm-sdtt-8": "0.5,0.6,0.7"}
+MATCHED = (3.55, 3.6, 3.7, 3.8)  # entropies (nats) of the merged matched-entropy table
 # the stage whose model an evaluation needs (the others come from experiments/wikitext2*.py)
 PRODUCERS = {"duo-teacher": "train-duo", "mdlm-sdtt": "distill-sdtt", "duo-dcd": "distill-dcd"}
 
@@ -80,6 +87,19 @@ def report(claim: Path, entropy: float) -> None:
                                  f"{r['gen_ppl_ci95'][1]:.0f}]")  # fmt: skip
                 lines.append(f"| {name} | {row['steps']} | {sub.name.split('-')[1]} | {cells[0]} | {cells[1]} | "
                              f"{row['entropy']:.2f} |")  # fmt: skip
+    lines += ["", "Gen PPL (offline judge) at matched entropies, on each model's frontiers (eval and eval-low merged):",
+              "", "| model | steps | " + " | ".join(f"entropy {h}" for h in MATCHED) + " |",
+              "|---|---|" + "---|" * len(MATCHED)]  # fmt: skip
+    for name in evaluations(Path("."), claim):
+        files = [claim / folder / name / "frontier.json" for folder in ("eval", "eval-low")]
+        points = [p for f in files if f.is_file() for p in json.loads(f.read_text())["points"]]
+        for steps in sorted({p["steps"] for p in points}):
+            cells = []
+            for h in MATCHED:
+                hit = at_entropy({"points": points}, steps, h)
+                cells.append("–" if hit is None else f"{hit['gen_ppl']:.0f} [{hit['gen_ppl_ci95'][0]:.0f}–"
+                             f"{hit['gen_ppl_ci95'][1]:.0f}]")  # fmt: skip
+            lines.append(f"| {name} | {steps} | " + " | ".join(cells) + " |")
     (claim / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if frontiers:
@@ -137,6 +157,11 @@ def main() -> None:
                 stages.run(f"score-{name}-T{t}-ar", flowlm("score", *samples, "--judge", str(study / "ar" / "model"),
                                                            "--out", str(claim / "eval" / f"{name}-ar" / sub.name),
                                                            "--quiet"))  # fmt: skip
+            if name in LOW_TEMPERATURES:
+                stages.run(f"eval-low-{name}", flowlm(
+                    "eval", str(model), "--steps", steps, "--temperatures", LOW_TEMPERATURES[name], "--num-samples",
+                    "64", "--seed", "0", "--judge", args.judge, "--quiet", "--out", str(claim / "eval-low" / name),
+                ))  # fmt: skip
 
 
 if __name__ == "__main__":
