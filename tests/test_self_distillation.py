@@ -15,7 +15,8 @@ import math
 import pytest
 import torch
 
-from flowlm.methods.dcd import dcd_loss, gamma_window, trajectory_pair
+from flowlm.methods.dcd import DCD_ALPHAS, dcd_loss, trajectory_pair
+from flowlm.methods.duo import gamma_window
 from flowlm.methods.sdtt import sdtt_loss, sdtt_target
 from flowlm.schedule import get_schedule
 
@@ -123,7 +124,7 @@ def test_dcd_trajectory_pairs_have_uniform_state_marginals_and_share_their_noise
     p_t = torch.tensor([a_t[0].item() + (1 - a_t[0].item()) / V] + [(1 - a_t[0].item()) / V] * (V - 1))
     p_s = torch.tensor([a_s[0].item() + (1 - a_s[0].item()) / V] + [(1 - a_s[0].item()) / V] * (V - 1))
     assert agree > (p_t * p_s).sum().item() + 0.1
-    low, high = gamma_window(V)
+    low, high = gamma_window(V, DCD_ALPHAS)
     ends = torch.exp(-torch.tensor([low, high], dtype=torch.float64) / 2)
     alphas = get_schedule(V).tau_from_t(ends / (1 + ends))
     torch.testing.assert_close(alphas, torch.tensor([0.999, 0.006], dtype=torch.float64), rtol=0, atol=1e-6)

@@ -442,3 +442,20 @@ def dtau_dt(t: torch.Tensor, vocab_size: int) -> torch.Tensor:
     schedule = get_schedule(vocab_size, t.device)
     t = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
     return torch.func.jvp(schedule.tau_from_t, (t,), (torch.ones_like(t),))[1]
+
+
+def time_nodes(vocab_size: int, t_max: float, steps: int, grid: str = "tau") -> list[float]:
+    """Grid ``0 = t_0 < … < t_N = t_max`` as host floats: uniform in τ (``t_k = T⁻¹(τ₁·k/N)``) or in t."""
+    if grid == "t":
+        return [t_max * k / steps for k in range(steps)] + [t_max]
+    schedule = get_schedule(vocab_size, "cpu")
+    tau_max = float(schedule.tau_from_t(torch.tensor(t_max, dtype=torch.float64)))
+    taus = torch.arange(steps + 1, dtype=torch.float64) * (tau_max / steps)
+    nodes = schedule.t_from_tau(taus).tolist()
+    nodes[-1] = t_max
+    return nodes
+
+
+def t_max_of(vocab_size: int, tau_max: float) -> float:
+    """``t₁ = T_V⁻¹(τ₁)`` as a host float."""
+    return float(get_schedule(vocab_size, "cpu").t_from_tau(torch.tensor(tau_max, dtype=torch.float64)))

@@ -140,7 +140,6 @@ class Method:
     needs: tuple[str, ...] = ()
     default_boundary_frac: float | None = None
     default_diag_frac: float = 0.5  # share of diagonal pairs (distill.diag_frac unset); SPEC §3's half
-    distillable: bool = False
     teachers: tuple[str, ...] = ("flm",)  # recorded methods this method distills from (when it needs a teacher)
     halves_steps: bool = False  # a few-step distillation: the student takes half its teacher's distill.teacher_steps
     stage1_provider: bool = False

@@ -20,17 +20,9 @@ from __future__ import annotations
 import torch
 
 from flowlm.methods.common import categorical_divergence, check_divergence, check_rows, stratified_times
-from flowlm.schedule import get_schedule
+from flowlm.methods.duo import gamma_window, gaussian_argmax_latent
 
 DCD_ALPHAS = (0.999, 0.006)  # α at the two ends of the distillation's γ window
-
-
-def gamma_window(vocab_size: int) -> tuple[float, float]:
-    """``(γ_min, γ_max)`` where ``α`` is 0.999 and 0.006 for this vocabulary."""
-    ts = get_schedule(vocab_size, "cpu").t_from_tau(torch.tensor(DCD_ALPHAS, dtype=torch.float64))
-    ratio = ts / (1 - ts)  # α̃/σ̃ = e^{−γ/2}
-    low, high = (-2 * ratio.log()).tolist()
-    return low, high
 
 
 def trajectory_pair(tokens: torch.Tensor, t: torch.Tensor, s: torch.Tensor, vocab_size: int, generator=None,
@@ -38,18 +30,14 @@ def trajectory_pair(tokens: torch.Tensor, t: torch.Tensor, s: torch.Tensor, voca
     """``(z_t, α_t, z_s, α_s)``: arg-max of the Gaussian latents at DUO times ``t`` and ``s`` [B] with one shared
     noise ε [B, L, V] (drawn for ``total`` rows and sliced, ``rows``)."""
     first, total = check_rows(rows, tokens.shape[0])
-    low, high = gamma_window(vocab_size)
+    low, high = gamma_window(vocab_size, DCD_ALPHAS)
     noise = torch.randn((total, *tokens.shape[1:], vocab_size), generator=generator, device=tokens.device)
     noise = noise[first : first + tokens.shape[0]]
     onehot = torch.nn.functional.one_hot(tokens, vocab_size).float()
-    schedule = get_schedule(vocab_size, tokens.device)
     out = []
     for time in (t, s):
-        gamma = low + time.double() * (high - low)
-        scale = torch.sqrt(torch.sigmoid(-gamma)).float().view(-1, 1, 1)
-        spread = torch.sqrt(torch.sigmoid(gamma)).float().view(-1, 1, 1)
-        ratio = torch.exp(-gamma / 2)
-        out += [(scale * onehot + spread * noise).argmax(-1), schedule.tau_from_t(ratio / (1 + ratio)).float()]
+        w, a = gaussian_argmax_latent(onehot, noise, low + time.double() * (high - low), vocab_size)
+        out += [w.argmax(-1), a.float()]
     return tuple(out)
 
 

@@ -100,36 +100,41 @@ def nelbo_per_position(
     return weight * d.clamp(min=0.0)
 
 
+def gamma_window(vocab_size: int, alphas: tuple[float, float]) -> tuple[float, float]:
+    """``(γ_min, γ_max)``: the Gaussian log-SNR values at which the uniform-state ``α`` is ``alphas`` for this
+    vocabulary (``α = T_V(t)`` at ``t/(1 − t) = α̃/σ̃ = e^{−γ/2}``)."""
+    ts = get_schedule(vocab_size, "cpu").t_from_tau(torch.tensor(alphas, dtype=torch.float64))
+    low, high = (-2 * (ts / (1 - ts)).log()).tolist()
+    return low, high
+
+
+def gaussian_argmax_latent(onehot: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor, vocab_size: int):
+    """``(w [B, L, V], α [B])``: the variance-preserving latent ``w = α̃·x + σ̃·ε`` at log-SNR ``gamma`` [B]
+    (``α̃² = sigmoid(−γ)``, ``σ̃² = sigmoid(γ)``) and the ``α`` of the uniform-state law of ``argmax(w)``."""
+    scale = torch.sqrt(torch.sigmoid(-gamma)).float().view(-1, 1, 1)
+    spread = torch.sqrt(torch.sigmoid(gamma)).float().view(-1, 1, 1)
+    ratio = torch.exp(-gamma / 2)
+    a = get_schedule(vocab_size, onehot.device).tau_from_t(ratio / (1 + ratio))
+    return scale * onehot + spread * noise, a
+
+
 @dataclass(frozen=True)
 class Curriculum:
     """The Gaussian relaxation of the first ``curriculum_frac`` of training (module docstring)."""
 
     temperature: float = CURRICULUM_TEMPERATURE
 
-    @staticmethod
-    def window(vocab_size: int) -> tuple[float, float]:
-        """``(γ_min, γ_max)``: the log-SNR values where ``α_t`` is 0.95 and 0.05 for this vocabulary."""
-        schedule = get_schedule(vocab_size, "cpu")
-        ts = schedule.t_from_tau(torch.tensor(CURRICULUM_ALPHAS, dtype=torch.float64))
-        ratio = ts / (1 - ts)  # α̃/σ̃ = e^{−γ/2}
-        gammas = (-2 * ratio.log()).tolist()
-        return gammas[0], gammas[1]
-
     def relax(self, tokens: torch.Tensor, t: torch.Tensor, vocab_size: int, generator=None, rows=None):
         """``(soft input [B, L, V], z = argmax(w) [B, L], α_t [B], α'_t [B])`` at training times ``t`` [B]."""
         first, total = check_rows(rows, tokens.shape[0])
-        low, high = self.window(vocab_size)
+        low, high = gamma_window(vocab_size, CURRICULUM_ALPHAS)
         gamma = low + t.double() * (high - low)
-        ratio = torch.exp(-gamma / 2)  # α̃/σ̃
-        t_flm = ratio / (1 + ratio)
-        a = get_schedule(vocab_size, tokens.device).tau_from_t(t_flm)
-        # dα/dt = T_V'(t_flm) · dt_flm/dratio · dratio/dγ · dγ/dt
-        slope = dtau_dt(t_flm, vocab_size).double() / (1 + ratio) ** 2 * (-ratio / 2) * (high - low)
         noise = torch.randn((total, *tokens.shape[1:], vocab_size), generator=generator, device=tokens.device)
-        noise = noise[first : first + tokens.shape[0]]
-        scale = torch.sqrt(torch.sigmoid(-gamma)).float().view(-1, 1, 1)
-        spread = torch.sqrt(torch.sigmoid(gamma)).float().view(-1, 1, 1)
-        w = scale * torch.nn.functional.one_hot(tokens, vocab_size).float() + spread * noise
+        onehot = torch.nn.functional.one_hot(tokens, vocab_size).float()
+        w, a = gaussian_argmax_latent(onehot, noise[first : first + tokens.shape[0]], gamma, vocab_size)
+        # dα/dt = T_V'(t_flm) · dt_flm/dratio · dratio/dγ · dγ/dt, with ratio = e^{−γ/2} and t_flm = ratio/(1 + ratio)
+        ratio = torch.exp(-gamma / 2)
+        slope = dtau_dt(ratio / (1 + ratio), vocab_size).double() / (1 + ratio) ** 2 * (-ratio / 2) * (high - low)
         return torch.softmax(w / self.temperature, dim=-1), w.argmax(-1), a.float(), slope.float()
 
 

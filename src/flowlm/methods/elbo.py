@@ -60,7 +60,7 @@ import torch
 from flowlm.errors import ConfigError
 from flowlm.methods.common import check_rows, interpolate
 from flowlm.methods.lowrank import input_matrix, input_space
-from flowlm.schedule import get_schedule
+from flowlm.schedule import get_schedule, t_max_of, time_nodes
 
 ELBO_GRIDS = ("tau", "t")
 DEFAULT_ELBO_TAU_MAX = 0.9  # measured: docs/likelihood.md
@@ -95,9 +95,7 @@ class ElboOptions:
 
     def resolve_t_max(self, vocab_size: int) -> float:
         """t₁: ``t_max`` if given, else ``T_V⁻¹(tau_max)`` (float64 host value)."""
-        if self.t_max is not None:
-            return self.t_max
-        return float(get_schedule(vocab_size, "cpu").t_from_tau(torch.tensor(self.tau_max, dtype=torch.float64)))
+        return self.t_max if self.t_max is not None else t_max_of(vocab_size, self.tau_max)
 
 
 def snr(t: torch.Tensor) -> torch.Tensor:
@@ -112,14 +110,9 @@ def t_from_snr(s: torch.Tensor) -> torch.Tensor:
 
 
 def strata(vocab_size: int, t_max: float, points: int, grid: str = "tau") -> torch.Tensor:
-    """Stratum edges ``0 = t_0 < … < t_K = t_max`` [K + 1] (float64): equal steps of τ (``grid='tau'``) or of t."""
-    if grid == "t":
-        return torch.linspace(0.0, t_max, points + 1, dtype=torch.float64)
-    schedule = get_schedule(vocab_size, "cpu")
-    tau_max = schedule.tau_from_t(torch.tensor(t_max, dtype=torch.float64))
-    edges = schedule.t_from_tau(torch.linspace(0.0, 1.0, points + 1, dtype=torch.float64) * tau_max)
-    edges[0], edges[-1] = 0.0, t_max
-    return edges
+    """Stratum edges ``0 = t_0 < … < t_K = t_max`` [K + 1] (float64): equal steps of τ (``grid='tau'``) or of t
+    (:func:`~flowlm.schedule.time_nodes`, the ODE bound's grid)."""
+    return torch.tensor(time_nodes(vocab_size, t_max, points, grid), dtype=torch.float64)
 
 
 def stratified_times(

@@ -61,7 +61,7 @@ from flowlm.methods.common import model_cross_entropy
 from flowlm.methods.elbo import ElboOptions, diffusion_elbo, whitening
 from flowlm.methods.lowrank import input_matrix
 from flowlm.methods.mdlm import T_MIN, mask_tokens
-from flowlm.schedule import get_schedule
+from flowlm.schedule import get_schedule, t_max_of, time_nodes
 
 # A denoiser's logits at a state: ``logits_fn(h [N, L, k] float32, tau [N]) -> logits [N, L, V]``.
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -114,23 +114,6 @@ class FlowBoundOptions:
     def resolve_t_max(self, vocab_size: int) -> float:
         """t₁: ``t_max`` if given, else ``T_V⁻¹(tau_max)``."""
         return self.t_max if self.t_max is not None else t_max_of(vocab_size, self.tau_max)
-
-
-def time_nodes(vocab_size: int, t_max: float, steps: int, grid: str = "tau") -> list[float]:
-    """Grid ``0 = t_0 < … < t_N = t_max`` as host floats: uniform in τ (``t_k = T⁻¹(τ₁·k/N)``) or in t."""
-    if grid == "t":
-        return [t_max * k / steps for k in range(steps + 1)]
-    schedule = get_schedule(vocab_size, "cpu")
-    tau_max = float(schedule.tau_from_t(torch.tensor(t_max, dtype=torch.float64)))
-    taus = torch.arange(steps + 1, dtype=torch.float64) * (tau_max / steps)
-    nodes = schedule.t_from_tau(taus).tolist()
-    nodes[-1] = t_max
-    return nodes
-
-
-def t_max_of(vocab_size: int, tau_max: float) -> float:
-    """``t₁ = T_V⁻¹(τ₁)`` as a host float."""
-    return float(get_schedule(vocab_size, "cpu").t_from_tau(torch.tensor(tau_max, dtype=torch.float64)))
 
 
 def probe_pairs(

@@ -16,7 +16,6 @@ class FlowLanguageModel(Method):
     records = "flm"
     train_method = "flm"
     metric_key, metric_name = "ce", "denoising_ce"  # not a likelihood: never turned into a perplexity
-    distillable = True
     conditional_training = True
     conditioning = "any"
     sampler_name = "euler"
