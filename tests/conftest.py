@@ -36,15 +36,30 @@ def train_loop(net, steps: int, loss_fn, lr: float, betas=(0.9, 0.999)) -> EMA:
     return ema
 
 
+# Session fixtures that train a model: every test that uses one runs in one pytest-xdist worker (``--dist loadgroup``,
+# the default of pyproject.toml), so each is trained once per run, not once per worker.
+TRAINED_FIXTURES = {"markov_flm": "markov-flow", "markov_fmlm": "markov-flow", "markov_discrete": "markov-discrete"}
+
+
+def pytest_collection_modifyitems(items):
+    """Group tests for pytest-xdist: the users of a trained session fixture together (:data:`TRAINED_FIXTURES`), every
+    other test with its module, so a module-scoped fixture is also built once per run."""
+    for item in items:
+        group = next((TRAINED_FIXTURES[f] for f in item.fixturenames if f in TRAINED_FIXTURES), item.module.__name__)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def torch_threads():
     """FLOWLM_TEST_THREADS=N runs every test with N intra-op threads, also those that pin one (CI's
-    float-sensitive step: a thread count changes how reductions are split). Unset: torch's default."""
-    if THREADS_VARIABLE not in os.environ:
-        yield
-        return
+    float-sensitive step: a thread count changes how reductions are split). Unset: torch's default, divided among
+    the pytest-xdist workers (two workers with two threads each on two cores ran 10-30x slower)."""
     n = torch.get_num_threads()
-    torch.set_num_threads(pinned_threads())
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if THREADS_VARIABLE in os.environ:
+        torch.set_num_threads(pinned_threads())
+    elif workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     yield
     torch.set_num_threads(n)
 

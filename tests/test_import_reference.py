@@ -145,12 +145,18 @@ def save_reference(path, weights, config, ema=True, compiled=False, extra_hparam
 
 
 def reference_forward(
-    w: dict, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor | None = None, cap: float | None = None
+    w: dict,
+    x: torch.Tensor,
+    s: torch.Tensor,
+    t: torch.Tensor | None = None,
+    cap: float | None = None,
+    softcap: float | None = 50.0,
 ) -> torch.Tensor:
     """The reference DIT forward written out from its layer definitions: x [B, L, V] -> logits [B, L, V].
 
-    qkv is split as (three, heads, head_dim); rotary rotate-half on q, k; attention logits soft-capped at 50.
-    ``cap``: the v2/v3 ``FLMBase._process_model_output``, ``cap·tanh(a/cap)`` on the head output.
+    qkv is split as (three, heads, head_dim); rotary rotate-half on q, k; attention logits soft-capped at
+    ``softcap`` (FLM's 50; None: MDLM's and DUO's plain softmax). ``cap``: the v2/v3
+    ``FLMBase._process_model_output``, ``cap·tanh(a/cap)`` on the head output.
     """
 
     def temb(prefix, tau):
@@ -185,7 +191,8 @@ def reference_forward(
         qkv = (ln(h, w[f"{p}.norm1.weight"]) * (1 + sc1) + sh1) @ w[f"{p}.attn_qkv.weight"].T
         q, k, v = qkv.view(b, n, 3, HEADS, hd).unbind(2)
         scores = torch.einsum("bihd,bjhd->bhij", rope(q), rope(k)) / math.sqrt(hd)
-        att = torch.einsum("bhij,bjhd->bihd", torch.softmax(50 * torch.tanh(scores / 50), -1), v).reshape(b, n, D)
+        scores = scores if softcap is None else softcap * torch.tanh(scores / softcap)
+        att = torch.einsum("bhij,bjhd->bihd", torch.softmax(scores, -1), v).reshape(b, n, D)
         h = h + g1 * (att @ w[f"{p}.attn_out.weight"].T)
         m = ln(h, w[f"{p}.norm2.weight"]) * (1 + sc2) + sh2
         h = h + g2 * lin(F.gelu(lin(m, f"{p}.mlp.0"), approximate="tanh"), f"{p}.mlp.2")

@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     im = sub.add_parser(
         "import-reference",
         help="convert a model of the reference implementation (.ckpt, or a released Hub model) into a model folder",
-        description="Convert a Lightning .ckpt of the reference FLM/FMLM code, or a released model in its Hub format "
-        "(a folder or a Hub id such as david3684/FMLM-B-OWT, downloaded once) into a flowlm model folder. A .ckpt "
+        description="Convert a Lightning .ckpt of the reference FLM/FMLM code or of the MDLM / SDTT / DUO / DCD "
+        "baselines, or a released model in its Hub format (a folder or a Hub id such as david3684/FMLM-B-OWT or "
+        "kuleshov-group/mdlm-owt, downloaded once) into a flowlm model folder. A .ckpt "
         "is read without running pickled code; the weights must match the network exactly. Settings the model's "
         "config does not settle are errors naming the option to pass.",
     )
@@ -165,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--gamma", type=float, help="default sampling churn of a flow map (default: LM1B 0.8, OWT 1.0)")
     im.add_argument("--seq-len", type=int, help="sequence length (default: the config's model.length)")
     im.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
+    im.add_argument(
+        "--method",
+        choices=("mdlm", "duo"),
+        help="the kind of a discrete-diffusion baseline whose config does not say it (default: read from the config)",
+    )
 
     ev = sub.add_parser(
         "eval",
@@ -341,7 +347,15 @@ def run_import_reference(args: argparse.Namespace) -> None:
     from flowlm.interop.released import import_reference
 
     out = import_reference(
-        args.checkpoint, args.out, args.tokenizer, args.weights, args.logit_cap, args.gamma, args.seq_len, args.revision
+        args.checkpoint,
+        args.out,
+        args.tokenizer,
+        args.weights,
+        args.logit_cap,
+        args.gamma,
+        args.seq_len,
+        args.revision,
+        args.method,
     )
     print(f"model written to {out}")
     print(f"sample from it with: flowlm sample {out} --steps 64")

@@ -31,6 +31,9 @@ from flowlm.errors import ConfigError
 from flowlm.nn.head import head_cross_entropy
 
 ATTENTION_BACKENDS = ("auto", "math", "sdpa", "flex", "flash")
+# What the time embedding reads: the time input itself (None), or "neg_log": −log of it, the DUO reference's
+# σ = −log α_t for a network that is fed α_t (an imported DUO checkpoint; flowlm-trained models read the clock).
+TIME_TRANSFORMS = (None, "neg_log")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class DiTConfig:
     causal: bool = False
     mask_input: bool = False
     end_stretch: bool = False
+    time_transform: str | None = None
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -69,6 +73,8 @@ class DiTConfig:
             raise ConfigError(f"model.time_inputs={self.time_inputs}: use 1 (FLM) or 2 (flow map)")
         if self.end_stretch and self.time_inputs != 2:
             raise ConfigError("model.end_stretch embeds a flow map's end time: it needs time_inputs=2")
+        if self.time_transform not in TIME_TRANSFORMS:
+            raise ConfigError(f"model.time_transform={self.time_transform!r}: use one of {TIME_TRANSFORMS}")
         if self.attn_backend not in ATTENTION_BACKENDS:
             raise ConfigError(f"model.attn_backend={self.attn_backend!r}: use one of {ATTENTION_BACKENDS}")
         for name in ("attn_softcap", "logit_cap"):
@@ -463,8 +469,9 @@ class DiT(nn.Module):
             )
 
     def conditioning(self, tau: torch.Tensor, tau_end: torch.Tensor | None) -> torch.Tensor:
-        """``silu(emb(tau) [+ emb'(tau_end) [+ emb''(stretch(tau_end))]])`` of shape [B, cond_dim]."""
-        emb = self.sigma_map(tau)
+        """``silu(emb(tau) [+ emb'(tau_end) [+ emb''(stretch(tau_end))]])`` of shape [B, cond_dim]; with
+        ``time_transform='neg_log'`` the first embedding reads ``−log tau`` instead."""
+        emb = self.sigma_map(-torch.log(tau.float()) if self.config.time_transform == "neg_log" else tau)
         if tau_end is not None:
             if self.sigma_map_prime is None:
                 raise ConfigError("this model has one time input: tau_end needs a flow-map model (time_inputs=2)")
