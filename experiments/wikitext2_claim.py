@@ -16,6 +16,9 @@ one ``flowlm`` command, printed before it runs; the script is restartable (``<st
   distilled student at its own step count (round 6: 1 step, 5: 2, 4: 4, 3: 8); the MDLM and DUO teachers at 64 steps.
   ``score-*-ar``: the same samples under the study's AR model as the in-domain judge.
 * ``eval-low-*``: FMLM and the 8-step SDTT student at lower temperatures too (down toward the arg-max's entropy).
+* ``eval-ancestral-*`` (its own ``--only`` entry): the DUO teacher and the DCD students with the ancestral tail
+  (``--tail ancestral``: the last step drawn from the Bayes posterior instead of the Greedy-Tail's arg-max), whose
+  entropy reaches the others' (the Greedy-Tail teacher writes 3.2 nats at every temperature tried).
 * ``--report`` prints the raw table (both judges), Gen PPL at matched entropies 3.55–3.8 on each model's merged
   frontiers, and the ``flowlm compare --entropy`` command for the entropy given by ``--entropy`` (default 3.8 nats,
   near the held-out data's 3.83).
@@ -23,6 +26,7 @@ one ``flowlm`` command, printed before it runs; the script is restartable (``<st
     OMP_NUM_THREADS=1 python experiments/wikitext2_claim.py --study runs/wikitext2 --only train-duo,distill-dcd
     OMP_NUM_THREADS=1 python experiments/wikitext2_claim.py --study runs/wikitext2 --only distill-sdtt
     OMP_NUM_THREADS=1 python experiments/wikitext2_claim.py --study runs/wikitext2 --only eval
+    OMP_NUM_THREADS=1 python experiments/wikitext2_claim.py --study runs/wikitext2 --only eval-ancestral
     python experiments/wikitext2_claim.py --study runs/wikitext2 --report
 """
 
@@ -90,8 +94,11 @@ def report(claim: Path, entropy: float) -> None:
     lines += ["", "Gen PPL (offline judge) at matched entropies, on each model's frontiers (eval and eval-low merged):",
               "", "| model | steps | " + " | ".join(f"entropy {h}" for h in MATCHED) + " |",
               "|---|---|" + "---|" * len(MATCHED)]  # fmt: skip
-    for name in evaluations(Path("."), claim):
-        files = [claim / folder / name / "frontier.json" for folder in ("eval", "eval-low")]
+    rows = [(name, name, ("eval", "eval-low")) for name in evaluations(Path("."), claim)]
+    rows += [(name, f"{name} (ancestral tail)", ("eval-ancestral",)) for name in evaluations(Path("."), claim)
+             if name.startswith("duo")]  # fmt: skip
+    for name, title, folders in rows:
+        files = [claim / folder / name / "frontier.json" for folder in folders]
         points = [p for f in files if f.is_file() for p in json.loads(f.read_text())["points"]]
         for steps in sorted({p["steps"] for p in points}):
             cells = []
@@ -99,7 +106,7 @@ def report(claim: Path, entropy: float) -> None:
                 hit = at_entropy({"points": points}, steps, h)
                 cells.append("–" if hit is None else f"{hit['gen_ppl']:.0f} [{hit['gen_ppl_ci95'][0]:.0f}–"
                              f"{hit['gen_ppl_ci95'][1]:.0f}]")  # fmt: skip
-            lines.append(f"| {name} | {steps} | " + " | ".join(cells) + " |")
+            lines.append(f"| {title} | {steps} | " + " | ".join(cells) + " |")
     (claim / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if frontiers:
@@ -112,7 +119,7 @@ def main() -> None:
     parser.add_argument("--study", default="runs/wikitext2", help="output folder of experiments/wikitext2.py")
     parser.add_argument("--data", default=str(here.parents[1] / "shared" / "data" / "wikitext2-valid.txt"))
     parser.add_argument("--only", default="train-duo,distill-sdtt,distill-dcd,eval",
-                        help="comma-separated: train-duo, distill-sdtt, distill-dcd, eval")  # fmt: skip
+                        help="comma-separated: train-duo, distill-sdtt, distill-dcd, eval, eval-ancestral")  # fmt: skip
     parser.add_argument("--judge", default="smollm2-offline", help="the general-purpose judge")
     parser.add_argument("--entropy", type=float, default=3.8, help="entropy (nats) of the matched-entropy table")
     parser.add_argument("--report", action="store_true", help="only print the tables of finished stages")
@@ -140,12 +147,20 @@ def main() -> None:
                 "distill", "--teacher", str(study / teacher), "--recipe", recipe, *rounds, "--quiet",
                 f"distill.teacher_steps={TEACHER_STEPS}", "train.ckpt_every=100", "train.val_every=250",
             ))  # fmt: skip
-    if "eval" in only:
+    if "eval" in only or "eval-ancestral" in only:
         for name, (model, steps) in evaluations(study, claim).items():
             producer = PRODUCERS.get(name.rsplit("-", 1)[0] if name[-1].isdigit() else name)
             finished = json.loads((claim / "stages.json").read_text()) if (claim / "stages.json").is_file() else {}
             if producer is not None and not finished.get(producer, {}).get("done"):
                 print(f"[eval-{name}] its stage {producer} has not finished: skipped (rerun once it has)")
+                continue
+            if "eval-ancestral" in only and name.startswith("duo"):
+                stages.run(f"eval-ancestral-{name}", flowlm(
+                    "eval", str(model), "--steps", steps, "--temperatures", TEMPERATURES, "--tail", "ancestral",
+                    "--num-samples", "64", "--seed", "0", "--judge", args.judge, "--quiet",
+                    "--out", str(claim / "eval-ancestral" / name),
+                ))  # fmt: skip
+            if "eval" not in only:
                 continue
             folder = claim / "eval" / name
             stages.run(f"eval-{name}", flowlm("eval", str(model), "--steps", steps, "--temperatures", TEMPERATURES,
