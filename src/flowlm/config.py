@@ -41,9 +41,9 @@ def _dit(self, vocab_size: int, seq_len: int, options: dict | None = None) -> Di
 
 
 # The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len), without the
-# method's options and without ``end_stretch`` (a flow-map student's, set by distill.end_stretch), derived from
-# DiTConfig so the two can never drift apart.
-_NOT_USER_OPTIONS = ("vocab_size", "seq_len", "causal", "mask_input", "end_stretch")
+# method's options, without ``end_stretch`` (a flow-map student's, set by distill.end_stretch) and ``time_transform``
+# (an imported DUO checkpoint's), derived from DiTConfig so the two can never drift apart.
+_NOT_USER_OPTIONS = ("vocab_size", "seq_len", "causal", "mask_input", "end_stretch", "time_transform")
 ModelConfig = dataclasses.make_dataclass(
     "ModelConfig",
     [(f.name, f.type, field(default=f.default)) for f in fields(DiTConfig) if f.name not in _NOT_USER_OPTIONS],

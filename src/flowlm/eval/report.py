@@ -31,8 +31,8 @@ _COLUMNS = (
     ("judge tokens", "total_tokens", None),
 )
 _PROVENANCE_KEYS = (
-    "checkpoint", "weights_sha256", "checkpoint_step", "method", "sampler", "gamma", "guidance", "temperature", "top_p",
-    "seed", "seq_len",
+    "checkpoint", "weights_sha256", "checkpoint_step", "method", "sampler", "gamma", "guidance", "sc_guidance",
+    "temperature", "top_p", "seed", "seq_len",
     "batch_size", "precision", "code_version", "created", "command",
 )  # fmt: skip
 

@@ -110,19 +110,22 @@ def model_cross_entropy(
     targets: torch.Tensor,
     tau_end: torch.Tensor | None = None,
     embedded: bool = False,
+    self_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token cross-entropy [B, L] of ``model(x, tau[, tau_end], embedded=...)`` against token ids [B, L].
+    """Per-token cross-entropy [B, L] of ``model(x, tau[, tau_end], embedded=...)`` against token ids [B, L]
+    (``self_cond``: a self-conditioning estimate, passed on when given; :meth:`flowlm.nn.dit.DiT.forward`).
 
     A flowlm :class:`~flowlm.nn.dit.DiT` is called with ``targets`` and computes its output layer, cap and
     cross-entropy in row chunks (no [B·L, V] logits kept for backward). Other callables, and a DiT behind
     ``torch.compile`` (whose compiled graph is kept as it was), go through the logits and
     :func:`token_cross_entropy`; both give the same values and gradients.
     """
+    extra = {} if self_cond is None else {"self_cond": self_cond}
     if isinstance(model, DiT):
-        return model(x, tau, tau_end, embedded=embedded, targets=targets)
+        return model(x, tau, tau_end, embedded=embedded, targets=targets, **extra)
     if embedded:
-        return token_cross_entropy(model(x, tau, tau_end, embedded=True), targets)
-    return token_cross_entropy(model(x, tau) if tau_end is None else model(x, tau, tau_end), targets)
+        return token_cross_entropy(model(x, tau, tau_end, embedded=True, **extra), targets)
+    return token_cross_entropy(model(x, tau, **extra) if tau_end is None else model(x, tau, tau_end, **extra), targets)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -5,6 +5,15 @@ The network is any callable ``model(x [B, L, V], tau [B]) -> logits [B, L, V]``;
 states live (:mod:`flowlm.methods.lowrank`): ``naive`` builds full [B, L, V] states, ``lowrank`` the
 exact projections ``x @ W`` [B, L, d] of a flowlm DiT, ``auto`` (default) the latter when V > d and a call
 sees at least d/2 tokens.
+
+Self-conditioning (a DiT with ``self_condition``; issue 26): the network also reads its previous estimate of the
+clean sequence, the denoiser's distribution ``p`` projected by the input matrix, ``p @ W`` [B, L, d]
+(:meth:`flowlm.nn.dit.DiT.project_estimate`; no estimate = zeros). Training uses the two-pass scheme: each sequence
+with probability :data:`SELF_CONDITION_SHARE` gets the estimate of a first, gradient-free pass at the same state,
+the others zeros; the loss is the cross-entropy of the second pass. The samplers carry the estimate from step to
+step (the first step has none). Self-conditioning guidance ``w`` (``sc_guidance``) extrapolates in logit space from
+the prediction without the estimate to the one with it, ``ℓ_0 + w·(ℓ_p − ℓ_0)`` (``w = 1``: the plain
+self-conditioned prediction; two network calls a step), as FMLM*'s guidance does in its velocity space.
 """
 
 from __future__ import annotations
@@ -29,6 +38,28 @@ from flowlm.methods.lowrank import NaiveInputs, input_space
 from flowlm.methods.tempering import OFF, Tempering
 from flowlm.schedule import get_schedule
 
+SELF_CONDITION_SHARE = 0.5  # share of training sequences that get a first pass's estimate (the rest: zeros)
+ESTIMATE_CHUNK = 1 << 25  # logits entries per chunk of the first pass (bounds its [rows, L, V] memory)
+
+
+def self_conditioned(model) -> bool:
+    """Whether ``model`` reads a self-conditioning estimate (a DiT trained with ``model.self_condition``)."""
+    return bool(getattr(getattr(model, "config", None), "self_condition", False))
+
+
+@torch.no_grad()
+def first_pass_estimate(model, space, x_t: torch.Tensor, tau: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
+    """The two-pass scheme's estimate [B, L, d]: ``project_estimate(softmax(logits))`` of a gradient-free pass at the
+    states ``x_t`` for the rows where ``use`` [B] is true, zeros elsewhere. Computed in row chunks."""
+    rows = use.nonzero().squeeze(-1)
+    width = model.config.hidden_size
+    out = torch.zeros(*x_t.shape[:2], width, device=x_t.device, dtype=model.vocab_embed.embedding.dtype)
+    chunk = max(1, ESTIMATE_CHUNK // (x_t.shape[1] * model.config.vocab_size))
+    for part in rows.split(chunk):
+        probs = torch.softmax(space.logits(model, x_t[part], tau[part]).float(), dim=-1)
+        out[part] = model.project_estimate(probs).to(out.dtype)
+    return out
+
 
 def flm_loss(
     model,
@@ -48,6 +79,8 @@ def flm_loss(
     rows [first, first + B) are kept (data parallelism; None: this batch alone).
     ``clean`` [B, L] (bool, conditional training): those positions are given clean (their one-hot, t = 1)
     and left out of the loss, so the network learns to use clean context.
+    A self-conditioned model is trained with the two-pass scheme (module docstring); the share of sequences given
+    an estimate is drawn per sequence of the global micro-batch, after the noise.
     Returns ``loss`` (what to minimize), ``ce`` (the unweighted token cross-entropy, detached),
     ``per_sequence`` (its per-sequence means [B], detached) and ``tau`` [B].
     """
@@ -63,7 +96,11 @@ def flm_loss(
     if clean is not None:
         x_t = torch.where(clean[..., None], x1.to(x_t.dtype), x_t)
         mask = ~clean if mask is None else mask & ~clean
-    ce = space.cross_entropy(model, x_t, tau, tokens)
+    estimate = None
+    if self_conditioned(model):
+        use = (torch.rand(total, generator=generator, device=device) < SELF_CONDITION_SHARE)[first : first + batch]
+        estimate = first_pass_estimate(model, space, x_t, tau, use)
+    ce = space.cross_entropy(model, x_t, tau, tokens, self_cond=estimate)
     mean_ce = masked_mean(ce, mask)
     per_sequence = per_sequence_mean(ce, mask)
     loss = mean_ce if weighting is None else LossWeighting.apply(per_sequence, weighting(tau))
@@ -90,22 +127,47 @@ def dropout_active(model: nn.Module):
             m.train(mode)
 
 
+def flm_logits(model, x: torch.Tensor, tau: torch.Tensor, inputs, estimate=None, sc_guidance=None) -> torch.Tensor:
+    """The network's logits [B, L, V] at states ``x`` and times ``tau`` [B] (``inputs``: their state space), given
+    a self-conditioning ``estimate`` [B, L, d] (None: none); with ``sc_guidance`` w and an estimate,
+    ``ℓ_0 + w·(ℓ_p − ℓ_0)`` (module docstring)."""
+    logits = inputs.logits(model, x, tau, self_cond=estimate)
+    if sc_guidance is None or estimate is None:
+        return logits
+    plain = inputs.logits(model, x, tau)
+    return plain + sc_guidance * (logits - plain)
+
+
 def flm_denoise(
-    model, x: torch.Tensor, tau: float, guidance: float | None = None, inputs=None, tempering: Tempering = OFF
+    model,
+    x: torch.Tensor,
+    tau: float,
+    guidance: float | None = None,
+    inputs=None,
+    tempering: Tempering = OFF,
+    estimate: torch.Tensor | None = None,
+    sc_guidance: float | None = None,
 ) -> torch.Tensor:
     """Denoiser ``D(x, τ)`` [B, L, V] at one scalar τ; with autoguidance
     ``D_weak + η·(D − D_weak)`` where the weak model is the same network with dropout active.
     ``inputs``: the state space of ``x`` (default: full [B, L, V] states). ``tempering``: temperature and top-p of
-    the returned distribution (:mod:`flowlm.methods.tempering`; of the guided mixture, clamped at 0, with guidance)."""
+    the returned distribution (:mod:`flowlm.methods.tempering`; of the guided mixture, clamped at 0, with guidance).
+    ``estimate``, ``sc_guidance``: self-conditioning (:func:`flm_logits`)."""
     inputs = NaiveInputs() if inputs is None else inputs
     tau_vec = torch.full((x.shape[0],), float(tau), device=x.device)
-    logits = inputs.logits(model, x, tau_vec)
+    logits = flm_logits(model, x, tau_vec, inputs, estimate, sc_guidance)
     if guidance is None:
         return tempering.probs(logits)
     probs = torch.softmax(logits, dim=-1)
     with dropout_active(model):
-        weak = torch.softmax(inputs.logits(model, x, tau_vec), dim=-1)
+        weak = torch.softmax(flm_logits(model, x, tau_vec, inputs, estimate, sc_guidance), dim=-1)
     return tempering.reshape(weak + guidance * (probs - weak))
+
+
+def next_estimate(model, denoised: torch.Tensor) -> torch.Tensor | None:
+    """The estimate the next sampler step gives a self-conditioned model: its denoiser output, projected (None for
+    other models)."""
+    return model.project_estimate(denoised) if self_conditioned(model) else None
 
 
 def time_grid(vocab_size: int, steps: int) -> tuple[list[float], list[float]]:
@@ -127,11 +189,13 @@ def flm_endpoint(model, x: torch.Tensor, tau_start: float, vocab_size: int, step
     inputs = NaiveInputs() if inputs is None else inputs
     taus = tau_start + (1.0 - tau_start) * torch.arange(steps + 1, dtype=torch.float64) / steps
     ts = get_schedule(vocab_size, "cpu").t_from_tau(taus).tolist()
+    estimate = None
     for k in range(steps - 1):
-        denoised = flm_denoise(model, x, float(taus[k]), None, inputs)
+        denoised = flm_denoise(model, x, float(taus[k]), None, inputs, estimate=estimate)
+        estimate = next_estimate(model, denoised)
         x = x + (ts[k + 1] - ts[k]) * velocity(inputs.embed(denoised).to(x.dtype), x, ts[k])
         x = x if hold is None else hold(x)
-    return flm_denoise(model, x, float(taus[steps - 1]), None, inputs).float()
+    return flm_denoise(model, x, float(taus[steps - 1]), None, inputs, estimate=estimate).float()
 
 
 @torch.no_grad()
@@ -148,6 +212,7 @@ def flm_sample(
     input_noise: str = "auto",
     condition: Condition | None = None,
     tempering: Tempering = OFF,
+    sc_guidance: float | None = None,
 ) -> torch.Tensor:
     """Euler sampler with the last-step jump; returns tokens [num_samples, seq_len].
 
@@ -159,8 +224,12 @@ def flm_sample(
     ``condition`` (:mod:`flowlm.methods.condition`): known positions are on their exact path whenever the
     network sees the state, and keep their ids in the output. ``tempering`` (off by default): every step's denoiser
     is tempered, and the last step draws each token from it instead of the arg-max (:mod:`flowlm.methods.tempering`).
+    A self-conditioned model gets each step's denoiser output as the next step's estimate; ``sc_guidance`` w
+    (module docstring) needs such a model.
     """
     check_steps(steps)
+    if sc_guidance is not None and not self_conditioned(model):
+        raise ConfigError("sc_guidance needs a self-conditioned model (trained with model.self_condition=true)")
     space = input_space(input_noise, [model], vocab_size, tokens=num_samples * seq_len * steps)
     if x0 is None:
         x = space.noise(num_samples, seq_len, vocab_size, generator, device)
@@ -169,12 +238,15 @@ def flm_sample(
     if condition is not None:
         start, target = x, space.tokens(condition.ids, vocab_size)
     taus, ts = time_grid(vocab_size, steps)
+    estimate = None
     for k in range(steps - 1):
         if condition is not None:
             x = condition.hold(x, start, target, ts[k])
-        denoised = flm_denoise(model, x, taus[k], guidance, space, tempering)
+        denoised = flm_denoise(model, x, taus[k], guidance, space, tempering, estimate, sc_guidance)
+        estimate = next_estimate(model, denoised)
         x = x + (ts[k + 1] - ts[k]) * velocity(space.embed(denoised), x, ts[k])
     if condition is not None:
         x = condition.hold(x, start, target, ts[steps - 1])
-    tokens = tempering.tokens(flm_denoise(model, x, taus[steps - 1], guidance, space, tempering), generator)
+    last = flm_denoise(model, x, taus[steps - 1], guidance, space, tempering, estimate, sc_guidance)
+    tokens = tempering.tokens(last, generator)
     return tokens if condition is None else condition.fill(tokens)

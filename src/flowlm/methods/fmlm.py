@@ -154,10 +154,13 @@ def _two_time_copy(teacher: DiT, **overrides) -> DiT:
         raise ConfigError(f"the teacher must be a flowlm DiT (got {type(teacher).__name__})")
     if teacher.config.time_inputs != 1:
         raise ConfigError("the teacher must be an FLM (time_inputs=1): distill flow maps from an FLM checkpoint")
-    cfg = dataclasses.replace(teacher.config, time_inputs=2, **overrides)
+    # A self-conditioned teacher is distilled as the distillation calls it, without an estimate: the student reads
+    # none, so it has no self-conditioning map.
+    cfg = dataclasses.replace(teacher.config, time_inputs=2, self_condition=False, **overrides)
     ref = next(teacher.parameters())
     net = DiT(cfg).to(device=ref.device, dtype=ref.dtype)
-    missing, unexpected = net.load_state_dict(teacher.state_dict(), strict=False)
+    state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("self_cond.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(("sigma_map_prime.", "end_map.")) for k in missing):
         raise ConfigError(f"teacher weights do not fit a flow-map DiT (missing {missing}, unexpected {unexpected})")
     with torch.no_grad():

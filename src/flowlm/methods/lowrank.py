@@ -109,12 +109,15 @@ class NaiveInputs:
         """A [.., V] vector (probabilities, raw outputs, a given x₀) as a state: itself."""
         return values
 
-    def logits(self, model, x: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
-        return model(x, tau) if tau_end is None else model(x, tau, tau_end)
+    def logits(self, model, x: torch.Tensor, tau: torch.Tensor, tau_end=None, self_cond=None) -> torch.Tensor:
+        """The model's logits at state x (``self_cond``: a self-conditioning estimate, passed on when given)."""
+        extra = {} if self_cond is None else {"self_cond": self_cond}
+        return model(x, tau, **extra) if tau_end is None else model(x, tau, tau_end, **extra)
 
-    def cross_entropy(self, model, x: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None):
+    def cross_entropy(self, model, x: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None,
+                      self_cond=None):  # fmt: skip
         """Per-token cross-entropy [B, L] of the model's logits at state x against token ids (chunked head)."""
-        return model_cross_entropy(model, x, tau, targets, tau_end)
+        return model_cross_entropy(model, x, tau, targets, tau_end, self_cond=self_cond)
 
 
 class LowRankInputs:
@@ -167,12 +170,16 @@ class LowRankInputs:
         """``values @ M`` [.., k] for a [.., V] tensor (the only V-sized matmul: the head's cost)."""
         return values @ self.matrix.to(values.dtype)
 
-    def logits(self, model, h: torch.Tensor, tau: torch.Tensor, tau_end: torch.Tensor | None = None) -> torch.Tensor:
-        return model(h[..., self.slots[id(model)]], tau, tau_end, embedded=True)
+    def logits(self, model, h: torch.Tensor, tau: torch.Tensor, tau_end=None, self_cond=None) -> torch.Tensor:
+        """The model's logits at state h (``self_cond``: a self-conditioning estimate, passed on when given)."""
+        extra = {} if self_cond is None else {"self_cond": self_cond}
+        return model(h[..., self.slots[id(model)]], tau, tau_end, embedded=True, **extra)
 
-    def cross_entropy(self, model, h: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None):
+    def cross_entropy(self, model, h: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None,
+                      self_cond=None):  # fmt: skip
         """Per-token cross-entropy [B, L] of the model's logits at state h against token ids (chunked head)."""
-        return model_cross_entropy(model, h[..., self.slots[id(model)]], tau, targets, tau_end, embedded=True)
+        return model_cross_entropy(model, h[..., self.slots[id(model)]], tau, targets, tau_end, embedded=True,
+                                   self_cond=self_cond)  # fmt: skip
 
 
 def input_space(mode: str, models: Sequence, vocab_size: int, tokens: int | None = None) -> NaiveInputs | LowRankInputs:

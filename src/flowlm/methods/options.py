@@ -1,5 +1,6 @@
-"""Sampler options shared by the built-in methods: autoguidance ``guidance`` (FLM), churn ``gamma`` (flow maps), and
-``temperature`` / ``top_p`` (every sampler that predicts a distribution: :mod:`flowlm.methods.tempering`)."""
+"""Sampler options shared by the built-in methods: autoguidance ``guidance`` and self-conditioning guidance
+``sc_guidance`` (FLM), churn ``gamma`` (flow maps), and ``temperature`` / ``top_p`` (every sampler that predicts a
+distribution: :mod:`flowlm.methods.tempering`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ GUIDANCE = Option(
     check=check_guidance,
     help="autoguidance strength η: D_weak + η·(D − D_weak), the weak model being the network with dropout active",
     refusal="autoguidance applies to FLM models; for an FMLM model use gamma",
+)
+def check_sc_guidance(value: Any) -> float:
+    """Self-conditioning guidance scale w: a finite real number (1: no guidance)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"sc_guidance={value!r}: the self-conditioning guidance scale must be a finite number")
+    return float(value)
+
+
+SC_GUIDANCE = Option(
+    name="sc_guidance",
+    default=None,
+    check=check_sc_guidance,
+    help="self-conditioning guidance w of a self-conditioned FLM: logits l0 + w·(lp − l0), lp with the previous "
+    "estimate and l0 without (1: none; two network calls a step; unset: off)",
+    refusal="sc_guidance applies to self-conditioned FLM models (model.self_condition=true)",
 )
 GAMMA = Option(
     name="gamma",

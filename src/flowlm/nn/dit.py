@@ -58,6 +58,7 @@ class DiTConfig:
     mask_input: bool = False
     end_stretch: bool = False
     time_transform: str | None = None
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -447,6 +448,11 @@ class DiT(nn.Module):
         self.end_map = TimestepEmbedder(cfg.cond_dim) if cfg.end_stretch else None
         if self.end_map is not None:
             zero_last_time_layer(self.end_map)
+        # Self-conditioning: the previous estimate enters projected by the input matrix, p @ W [B, L, d]
+        # (project_estimate), through a d x d map that starts at zero, so training starts from the plain network.
+        self.self_cond = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False) if cfg.self_condition else None
+        if self.self_cond is not None:
+            nn.init.zeros_(self.self_cond.weight)
         self.rotary_emb = Rotary(cfg.head_dim)
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.n_blocks))
         self.output_layer = FinalLayer(cfg)
@@ -480,6 +486,11 @@ class DiT(nn.Module):
                 emb = emb + self.end_map(end_stretch_clock(tau_end, self.config.vocab_size))
         return F.silu(emb)
 
+    def project_estimate(self, probs: torch.Tensor) -> torch.Tensor:
+        """A self-conditioning estimate, the denoiser's distribution [B, L, V], as the network reads it:
+        ``p @ W`` [B, L, d] (W: the input matrix's first V rows), what ``forward(..., self_cond=)`` takes."""
+        return probs.to(self.vocab_embed.embedding.dtype) @ self.vocab_embed.embedding[: self.config.vocab_size]
+
     def new_cache(self) -> KVCache:
         """An empty :class:`KVCache` of ``seq_len`` positions (causal models only)."""
         if not self.config.causal:
@@ -493,6 +504,7 @@ class DiT(nn.Module):
         tau_end: torch.Tensor | None = None,
         cache: KVCache | None = None,
         embedded: bool = False,
+        self_cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The body without the output layer: ``(h [B, L, d], c [B, cond_dim])``, the last block's output and
         the conditioning, with the arguments of :meth:`forward`. ``self.output_layer(h, c)`` gives the logits
@@ -502,6 +514,16 @@ class DiT(nn.Module):
             h = x.to(self.vocab_embed.embedding.dtype)
         else:
             h = self.embed(x)
+        if self_cond is not None:
+            if self.self_cond is None:
+                raise ConfigError(
+                    "a self-conditioning estimate was passed to a model trained without it: train with "
+                    "model.self_condition=true, or call it without self_cond"
+                )
+            if self_cond.shape != h.shape:
+                raise ConfigError(f"self_cond has shape {tuple(self_cond.shape)}: pass project_estimate(p), "
+                                  f"{tuple(h.shape)}")  # fmt: skip
+            h = h + self.self_cond(self_cond.to(h.dtype))
         seq = h.shape[1]
         start = 0
         if cache is not None:
@@ -530,6 +552,7 @@ class DiT(nn.Module):
         cache: KVCache | None = None,
         embedded: bool = False,
         targets: torch.Tensor | None = None,
+        self_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of tokens / a state ``x``; with ``embedded=True`` ``x`` is the projected input ``x @ W``
         [B, L, d] (the low-rank path of :mod:`flowlm.methods.lowrank`); ``cache``: AR decoding (``x`` then holds
@@ -537,8 +560,11 @@ class DiT(nn.Module):
 
         With ``targets`` (token ids [B, L]) the result is instead the per-token cross-entropy [B, L] of those
         logits, computed by :meth:`FinalLayer.cross_entropy` in row chunks: no [B·L, V] tensor is kept for
-        backward (the training losses' head)."""
-        h, c = self.forward_features(x, tau, tau_end, cache, embedded)
+        backward (the training losses' head).
+
+        ``self_cond`` (models with ``self_condition``): the previous estimate of the clean sequence as
+        :meth:`project_estimate` gives it, [B, L, d]; None is the zero estimate (no previous one)."""
+        h, c = self.forward_features(x, tau, tau_end, cache, embedded, self_cond)
         if targets is not None:
             return self.output_layer.cross_entropy(h, c, targets, self.config.logit_cap)
         return cap_logits(self.output_layer(h, c).float(), self.config.logit_cap)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flowlm.errors import ConfigError
 from flowlm.methods.base import Method, clean_positions
-from flowlm.methods.flm import flm_loss, flm_sample
+from flowlm.methods.flm import flm_loss, flm_sample, self_conditioned
 from flowlm.methods.likelihood import flow_bound_draws, validation_elbo
-from flowlm.methods.options import GUIDANCE, TEMPERING, tempering
+from flowlm.methods.options import GUIDANCE, SC_GUIDANCE, TEMPERING, tempering
 
 
 class FlowLanguageModel(Method):
@@ -19,7 +19,7 @@ class FlowLanguageModel(Method):
     conditional_training = True
     conditioning = "any"
     sampler_name = "euler"
-    options = (GUIDANCE, *TEMPERING)
+    options = (GUIDANCE, SC_GUIDANCE, *TEMPERING)
     suggested_steps = 1024
     likelihoods = {
         "elbo": "diffusion ELBO of its stochastic sampler, in the network's input space (docs/likelihood.md)",
@@ -41,7 +41,7 @@ class FlowLanguageModel(Method):
 
     def sample(self, request):
         options = {"guidance": request.options["guidance"], "input_noise": request.input_noise,
-                   "tempering": tempering(request.options)}  # fmt: skip
+                   "tempering": tempering(request.options), "sc_guidance": request.options["sc_guidance"]}  # fmt: skip
         return flm_sample(request.net, *request.sizes, **request.draws, **options)
 
     def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
@@ -51,6 +51,11 @@ class FlowLanguageModel(Method):
         return validation_elbo(net, tokens, ctx, generator, rows)
 
     def check_request(self, model, options):
+        if options["sc_guidance"] is not None and not self_conditioned(model.net):
+            raise ConfigError(
+                f"sc_guidance={options['sc_guidance']}: {model.path} was trained without self-conditioning, so it has "
+                "no estimate to guide with; leave sc_guidance unset, or train with model.self_condition=true"
+            )
         if options["guidance"] is not None and not getattr(model.net.config, "dropout", 0.0):
             raise ConfigError(
                 f"guidance={options['guidance']}: autoguidance contrasts the model with itself under dropout, and "
