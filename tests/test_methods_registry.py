@@ -151,7 +151,11 @@ def test_option_rules():
     known = registry.sampler_options()
     flm, fmlm, ar = registry.get("flm"), registry.get("fmlm"), registry.get("ar")
     off = {"temperature": None, "top_p": None}  # tempering, an option of every built-in sampler but v1 stage 1
-    assert flm.resolve_options({}, known) == {"guidance": None, **off}
+    flm_off = {"guidance": None, "sc_guidance": None, **off}
+    assert flm.resolve_options({}, known) == flm_off
+    assert flm.resolve_options({"sc_guidance": 2}, known) == {**flm_off, "sc_guidance": 2.0}
+    with pytest.raises(ConfigError, match="sc_guidance applies to self-conditioned FLM models"):
+        fmlm.resolve_options({"sc_guidance": 2.0}, known)
     assert fmlm.resolve_options({"gamma": 0.5}, known) == {"gamma": 0.5, "gamma_mode": "paper", **off}
     assert fmlm.resolve_options({"gamma_mode": "exact"}, known) == {"gamma": 0.0, "gamma_mode": "exact", **off}
     assert ar.resolve_options({"temperature": 0.7, "top_p": 0.9}, known) == {"temperature": 0.7, "top_p": 0.9}
@@ -162,8 +166,8 @@ def test_option_rules():
         registry.get("fmlm-v1-stage1").resolve_options({"temperature": 0.8}, known)
     with pytest.raises(ConfigError, match="gamma_mode='exactly'"):
         fmlm.resolve_options({"gamma_mode": "exactly"}, known)
-    assert flm.resolve_options({"gamma_mode": "paper"}, known) == {"guidance": None, **off}  # its off value
-    assert flm.resolve_options({"gamma": 0.0}, known) == {"guidance": None, **off}  # gamma's "off" value is accepted
+    assert flm.resolve_options({"gamma_mode": "paper"}, known) == flm_off  # its off value
+    assert flm.resolve_options({"gamma": 0.0}, known) == flm_off  # gamma's "off" value is accepted
     with pytest.raises(ConfigError, match="gamma is the churn"):
         flm.resolve_options({"gamma": 0.3}, known)
     with pytest.raises(ConfigError, match="autoguidance applies to FLM models"):
