@@ -32,9 +32,15 @@ from pathlib import Path
 import torch
 
 from flowlm.errors import CheckpointError
-from flowlm.interop.reference import ReferenceCheckpoint, dit_config, select_weights, to_flowlm_state
+from flowlm.interop.reference import (
+    ReferenceCheckpoint,
+    dit_config,
+    save_imported,
+    select_weights,
+    to_flowlm_state,
+)
 from flowlm.nn.dit import DiT, DiTConfig
-from flowlm.training.checkpoint import load_state_strict, provenance, save_model, sha256_file
+from flowlm.training.checkpoint import load_state_strict
 
 FAMILIES = ("mdlm", "duo")
 DUO_ALGOS = ("duo", "duo_base", "distillation")
@@ -149,37 +155,12 @@ def convert_discrete(
     seq_len: int | None = None,
 ) -> Path:
     """Write the MDLM / DUO checkpoint ``ckpt`` as a flowlm model folder at ``out``."""
-    from flowlm.config import RunConfig
     from flowlm.data import load_tokenizer
-    from flowlm.interop.reference import TOKENIZERS, corpus_of
+    from flowlm.interop.reference import TOKENIZERS
 
     spec = tokenizer or tokenizer_name(ckpt.config)
     if not spec:
         raise CheckpointError(f"{ckpt.path} does not name its tokenizer: pass --tokenizer")
     tok = load_tokenizer(TOKENIZERS.get(str(spec), str(spec)))
     net = build_discrete(ckpt, family, tok, weights, seq_len)
-    cfg = net.config
-    run = RunConfig()
-    run.data.tokenizer, run.data.seq_len = tok.spec, cfg.seq_len
-    run.data.corpus = corpus_of(ckpt.config) or run.data.corpus
-    for key, value in cfg.to_dict().items():
-        if hasattr(run.model, key):
-            setattr(run.model, key, value)
-    run.train.method = family
-    released = ckpt.released
-    meta = provenance(
-        method=family,
-        model=cfg.to_dict(),
-        run=run.to_dict(),
-        tokenizer={"spec": tok.spec, "name": tok.name, "vocab_size": tok.vocab_size},
-        vocab_size=cfg.vocab_size,
-        step=ckpt.step,
-        weights="released" if released else weights,
-        ema_decay=ckpt.ema_decay if weights == "ema" and not released else None,
-        imported_from={
-            **(ckpt.source or {"path": str(ckpt.path), "sha256": sha256_file(ckpt.path)}),
-            "algo": family,
-            "config": ckpt.config,
-        },
-    )
-    return save_model(Path(out), net.state_dict(), meta, tok)
+    return save_imported(ckpt, net, tok, out, family, family, weights, family)

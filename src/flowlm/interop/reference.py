@@ -273,7 +273,7 @@ def build_model(
     return net.eval()
 
 
-def _run_config(ckpt: ReferenceCheckpoint, cfg: DiTConfig, tokenizer, method: str) -> dict:
+def _run_config(ckpt: ReferenceCheckpoint, cfg: DiTConfig, tokenizer, train_method: str) -> dict:
     from flowlm.config import RunConfig
 
     run = RunConfig()
@@ -283,8 +283,34 @@ def _run_config(ckpt: ReferenceCheckpoint, cfg: DiTConfig, tokenizer, method: st
     for key, value in cfg.to_dict().items():
         if hasattr(run.model, key):
             setattr(run.model, key, value)
-    run.train.method = "flm"  # a distillation config needs a teacher; the method is recorded separately
+    run.train.method = train_method
     return run.to_dict()
+
+
+def save_imported(
+    ckpt: ReferenceCheckpoint, net: DiT, tokenizer, out: str | Path, method: str, train_method: str, weights: str,
+    algo: str, **extra,
+) -> Path:  # fmt: skip
+    """Write the imported network ``net`` as a flowlm model folder, with its provenance (``imported_from``)."""
+    cfg = net.config
+    released = ckpt.released
+    meta = provenance(
+        method=method,
+        model=cfg.to_dict(),
+        run=_run_config(ckpt, cfg, tokenizer, train_method),
+        tokenizer={"spec": tokenizer.spec, "name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
+        vocab_size=cfg.vocab_size,
+        step=ckpt.step,
+        weights="released" if released else weights,
+        ema_decay=ckpt.ema_decay if weights == "ema" and not released else None,
+        imported_from={
+            **(ckpt.source or {"path": str(ckpt.path), "sha256": sha256_file(ckpt.path)}),
+            "algo": algo,
+            "config": ckpt.config,
+        },
+        **extra,
+    )
+    return save_model(Path(out), net.state_dict(), meta, tokenizer)
 
 
 def convert(
@@ -314,21 +340,5 @@ def convert(
     flow_map = cfg.time_inputs == 2  # the second time embedding: a flow map, sampled with churn γ
     method = "fmlm" if flow_map else "flm"
     extra = {"sampler_defaults": {"gamma": default_gamma(ckpt.config, ckpt.path, gamma)}} if flow_map else {}
-    released = ckpt.released
-    meta = provenance(
-        method=method,
-        model=cfg.to_dict(),
-        run=_run_config(ckpt, cfg, tok, method),
-        tokenizer={"spec": tok.spec, "name": tok.name, "vocab_size": tok.vocab_size},
-        vocab_size=cfg.vocab_size,
-        step=ckpt.step,
-        weights="released" if released else weights,
-        ema_decay=ckpt.ema_decay if weights == "ema" and not released else None,
-        imported_from={
-            **(ckpt.source or {"path": str(ckpt.path), "sha256": sha256_file(ckpt.path)}),
-            "algo": ckpt.algo,
-            "config": ckpt.config,
-        },
-        **extra,
-    )
-    return save_model(Path(out), net.state_dict(), meta, tok)
+    # train.method flm: a distillation config needs a teacher; the method is recorded separately
+    return save_imported(ckpt, net, tok, out, method, "flm", weights, ckpt.algo, **extra)
