@@ -67,6 +67,22 @@ def test_each_step_reads_the_last_steps_denoiser():
     assert len(seen) == 2  # the fit report's and the boundary teacher's sampler carries it too
 
 
+def test_the_lowrank_sampler_carries_the_same_estimate_as_the_naive_one():
+    """On the low-rank path the state's ``p @ W`` doubles as the next estimate; from one x0 both paths follow the
+    same trajectory, so the estimates the network reads agree to float32 rounding of a V-term sum."""
+    _, net = pair(scale=1.0)
+    x0 = torch.randn(4, L, V, generator=torch.Generator().manual_seed(5))
+    seen = {mode: [] for mode in ("naive", "lowrank")}
+    for mode, found in seen.items():
+        handle = net.self_cond.register_forward_hook(lambda _m, args, _out, found=found: found.append(args[0].clone()))
+        flm_sample(net, 4, L, V, 4, x0=x0, input_noise=mode)
+        handle.remove()
+    assert len(seen["naive"]) == len(seen["lowrank"]) == 3
+    eps = torch.finfo(torch.float32).eps
+    for a, b in zip(seen["naive"], seen["lowrank"], strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=64 * V * eps * float(net.vocab_embed.embedding.abs().max()))
+
+
 def test_two_pass_training_gives_the_estimate_to_half_the_sequences_without_gradient():
     """Each sequence gets, with probability 1/2, the projected prediction of a gradient-free first pass at its own
     state, the others zeros; the map learns from the second pass."""

@@ -164,10 +164,16 @@ def flm_denoise(
     return tempering.reshape(weak + guidance * (probs - weak))
 
 
-def next_estimate(model, denoised: torch.Tensor) -> torch.Tensor | None:
-    """The estimate the next sampler step gives a self-conditioned model: its denoiser output, projected (None for
-    other models)."""
-    return model.project_estimate(denoised) if self_conditioned(model) else None
+def embed_step(model, inputs, denoised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A sampler step's denoiser output [B, L, V] as a state (``inputs.embed``) and as the estimate the next step
+    gives a self-conditioned model (None for other models). On the low-rank path of one network the two are the
+    same product ``p @ W``, computed once."""
+    embedded = inputs.embed(denoised)
+    if not self_conditioned(model):
+        return embedded, None
+    if inputs.lowrank and inputs.width == model.config.hidden_size:
+        return embedded, embedded
+    return embedded, model.project_estimate(denoised)
 
 
 def time_grid(vocab_size: int, steps: int) -> tuple[list[float], list[float]]:
@@ -192,8 +198,8 @@ def flm_endpoint(model, x: torch.Tensor, tau_start: float, vocab_size: int, step
     estimate = None
     for k in range(steps - 1):
         denoised = flm_denoise(model, x, float(taus[k]), None, inputs, estimate=estimate)
-        estimate = next_estimate(model, denoised)
-        x = x + (ts[k + 1] - ts[k]) * velocity(inputs.embed(denoised).to(x.dtype), x, ts[k])
+        embedded, estimate = embed_step(model, inputs, denoised)
+        x = x + (ts[k + 1] - ts[k]) * velocity(embedded.to(x.dtype), x, ts[k])
         x = x if hold is None else hold(x)
     return flm_denoise(model, x, float(taus[steps - 1]), None, inputs, estimate=estimate).float()
 
@@ -243,8 +249,8 @@ def flm_sample(
         if condition is not None:
             x = condition.hold(x, start, target, ts[k])
         denoised = flm_denoise(model, x, taus[k], guidance, space, tempering, estimate, sc_guidance)
-        estimate = next_estimate(model, denoised)
-        x = x + (ts[k + 1] - ts[k]) * velocity(space.embed(denoised), x, ts[k])
+        embedded, estimate = embed_step(model, space, denoised)
+        x = x + (ts[k + 1] - ts[k]) * velocity(embedded, x, ts[k])
     if condition is not None:
         x = condition.hold(x, start, target, ts[steps - 1])
     last = flm_denoise(model, x, taus[steps - 1], guidance, space, tempering, estimate, sc_guidance)
