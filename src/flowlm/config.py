@@ -41,9 +41,10 @@ def _dit(self, vocab_size: int, seq_len: int, options: dict | None = None) -> Di
 
 
 # The DiT options without ``vocab_size``/``seq_len`` (they come from the tokenizer and data.seq_len), without the
-# method's options, without ``end_stretch`` (a flow-map student's, set by distill.end_stretch) and ``time_transform``
-# (an imported DUO checkpoint's), derived from DiTConfig so the two can never drift apart.
-_NOT_USER_OPTIONS = ("vocab_size", "seq_len", "causal", "mask_input", "end_stretch", "time_transform")
+# method's options, without ``end_stretch`` (a flow-map student's, set by distill.end_stretch), ``time_transform``
+# (an imported DUO checkpoint's) and ``guidance_input`` (set by the fixed-point recipe), derived from DiTConfig so the
+# two can never drift apart.
+_NOT_USER_OPTIONS = ("vocab_size", "seq_len", "causal", "mask_input", "end_stretch", "time_transform", "guidance_input")
 ModelConfig = dataclasses.make_dataclass(
     "ModelConfig",
     [(f.name, f.type, field(default=f.default)) for f in fields(DiTConfig) if f.name not in _NOT_USER_OPTIONS],
@@ -121,6 +122,10 @@ class DistillConfig:
      ``teacher_steps`` (sdtt, dcd): the step count of the
     teacher's sampler; the student learns to take half as many (default 1024, SDTT's first round; DCD's reference
     starts at 512). ``divergence`` (sdtt, dcd): ``kl-reverse`` (KL(student ‖ teacher), default) or ``kl-forward``.
+    ``fp_iterations`` (fixed-point): the teacher calls of each fixed-point target (Picard iterations of the guided
+    self-conditioning map, ``flowlm.methods.fixed_point``). ``sc_guidance_min`` / ``sc_guidance_max`` (fixed-point, and
+    psd from a fixed-point denoiser): the range of the guidance scale w drawn in training, ``1 + w`` log-uniform (the
+    reference's 0.5 to 5).
     """
 
     teacher: str | None = None
@@ -135,6 +140,9 @@ class DistillConfig:
     boundary_teacher_steps: int = 0
     teacher_steps: int = 1024
     divergence: str = "kl-reverse"
+    fp_iterations: int = 8
+    sc_guidance_min: float = 0.5
+    sc_guidance_max: float = 5.0
 
     def resolved_diag_frac(self) -> float:
         if self.diag_frac is not None:
@@ -404,6 +412,10 @@ def validate(cfg: RunConfig) -> None:
     from flowlm.methods.common import check_divergence
 
     check_divergence(d.divergence)
+    from flowlm.methods.fixed_point import check_guidance_range, check_iterations
+
+    check_iterations(d.fp_iterations)
+    check_guidance_range(d.sc_guidance_min, d.sc_guidance_max)
     steps = d.boundary_teacher_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 4096:
         raise ConfigError(f"distill.boundary_teacher_steps={steps!r}: use a whole number of teacher steps, 0 to 4096")

@@ -263,6 +263,16 @@ class Method:
     def check_request(self, model, options: Mapping[str, Any]) -> None:
         """Checks of resolved options against the loaded model (e.g. guidance needs dropout)."""
 
+    def check_teacher(self, model_config: Mapping[str, Any], path: str) -> None:
+        """Checks of a distillation's teacher network (its ``flowlm.json`` model config) beyond its method. By default
+        a teacher that takes a guidance scale (a fixed-point denoiser) is refused: only PSD passes w on."""
+        if model_config.get("guidance_input", False):
+            raise ConfigError(
+                f"the teacher {path} is a fixed-point denoiser, which takes the guidance scale w as an input; the "
+                f"{self.recipe} recipe would distill it at w = 1 only: use --recipe psd, which trains the flow map "
+                "over the range of w"
+            )
+
     def check_condition(self, condition: Condition | None) -> None:
         """Refuse known positions this method's sampler cannot honour (see :attr:`conditioning`)."""
         if condition is None or not bool(condition.mask.any()):

@@ -92,6 +92,12 @@ def factor_gram(gram: torch.Tensor, jitter: float) -> tuple[torch.Tensor, torch.
     return factor, level * scale
 
 
+def _extra(self_cond, guidance) -> dict:
+    """The optional keyword arguments of a network call: only those given (plain callables take neither)."""
+    extra = {} if self_cond is None else {"self_cond": self_cond}
+    return extra if guidance is None else {**extra, "guidance": guidance}
+
+
 class NaiveInputs:
     """States are full tensors [B, L, V]; each network projects ``x @ W`` itself (the oracle path)."""
 
@@ -109,9 +115,11 @@ class NaiveInputs:
         """A [.., V] vector (probabilities, raw outputs, a given x₀) as a state: itself."""
         return values
 
-    def logits(self, model, x: torch.Tensor, tau: torch.Tensor, tau_end=None, self_cond=None) -> torch.Tensor:
-        """The model's logits at state x (``self_cond``: a self-conditioning estimate, passed on when given)."""
-        extra = {} if self_cond is None else {"self_cond": self_cond}
+    def logits(self, model, x: torch.Tensor, tau: torch.Tensor, tau_end=None, self_cond=None,
+               guidance=None) -> torch.Tensor:  # fmt: skip
+        """The model's logits at state x (``self_cond``: a self-conditioning estimate; ``guidance``: the guidance
+        scale w [B] of a model that reads one; each passed on when given)."""
+        extra = _extra(self_cond, guidance)
         return model(x, tau, **extra) if tau_end is None else model(x, tau, tau_end, **extra)
 
     def cross_entropy(self, model, x: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None,
@@ -170,10 +178,10 @@ class LowRankInputs:
         """``values @ M`` [.., k] for a [.., V] tensor (the only V-sized matmul: the head's cost)."""
         return values @ self.matrix.to(values.dtype)
 
-    def logits(self, model, h: torch.Tensor, tau: torch.Tensor, tau_end=None, self_cond=None) -> torch.Tensor:
-        """The model's logits at state h (``self_cond``: a self-conditioning estimate, passed on when given)."""
-        extra = {} if self_cond is None else {"self_cond": self_cond}
-        return model(h[..., self.slots[id(model)]], tau, tau_end, embedded=True, **extra)
+    def logits(self, model, h: torch.Tensor, tau: torch.Tensor, tau_end=None, self_cond=None,
+               guidance=None) -> torch.Tensor:  # fmt: skip
+        """The model's logits at state h (``self_cond``, ``guidance``: as :meth:`NaiveInputs.logits`)."""
+        return model(h[..., self.slots[id(model)]], tau, tau_end, embedded=True, **_extra(self_cond, guidance))
 
     def cross_entropy(self, model, h: torch.Tensor, tau: torch.Tensor, targets: torch.Tensor, tau_end=None,
                       self_cond=None):  # fmt: skip

@@ -38,9 +38,11 @@ SC_GUIDANCE = Option(
     name="sc_guidance",
     default=None,
     check=check_sc_guidance,
-    help="self-conditioning guidance w of a self-conditioned FLM: logits l0 + w·(lp − l0), lp with the previous "
-    "estimate and l0 without (1: none; two network calls a step; unset: off)",
-    refusal="sc_guidance applies to self-conditioned FLM models (model.self_condition=true)",
+    help="self-conditioning guidance w: for a self-conditioned FLM the logits l0 + w·(lp − l0), lp with the previous "
+    "estimate and l0 without (two network calls a step); for a fixed-point denoiser and its flow map the w it was "
+    "trained to take (one call a step). 1: none; unset: off (1 for the latter)",
+    refusal="sc_guidance applies to self-conditioned FLM models (model.self_condition=true), fixed-point denoisers "
+    "and their flow maps",
 )
 GAMMA = Option(
     name="gamma",

@@ -20,6 +20,7 @@ The baselines use two options that the flow models leave off: ``mask_input`` (MD
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cache
 
@@ -59,6 +60,7 @@ class DiTConfig:
     end_stretch: bool = False
     time_transform: str | None = None
     self_condition: bool = False
+    guidance_input: bool = False
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -453,6 +455,13 @@ class DiT(nn.Module):
         self.self_cond = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False) if cfg.self_condition else None
         if self.self_cond is not None:
             nn.init.zeros_(self.self_cond.weight)
+        # Fixed-point denoisers and their flow maps (issue 26): the self-conditioning guidance scale w is an input,
+        # embedded like a time and added to the conditioning; zero last layer, so a new one adds nothing. Between
+        # calls that pass no w, the network reads ``bound_guidance`` (1: no guidance; set by ``guidance_bound``).
+        self.guidance_map = TimestepEmbedder(cfg.cond_dim) if cfg.guidance_input else None
+        if self.guidance_map is not None:
+            zero_last_time_layer(self.guidance_map)
+            self.register_buffer("bound_guidance", torch.ones(()), persistent=False)
         self.rotary_emb = Rotary(cfg.head_dim)
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.n_blocks))
         self.output_layer = FinalLayer(cfg)
@@ -474,10 +483,19 @@ class DiT(nn.Module):
                 f"use at most {cfg.seq_len} positions or train a model with a longer model.seq_len"
             )
 
-    def conditioning(self, tau: torch.Tensor, tau_end: torch.Tensor | None) -> torch.Tensor:
-        """``silu(emb(tau) [+ emb'(tau_end) [+ emb''(stretch(tau_end))]])`` of shape [B, cond_dim]; with
-        ``time_transform='neg_log'`` the first embedding reads ``−log tau`` instead."""
+    def conditioning(self, tau: torch.Tensor, tau_end: torch.Tensor | None, guidance=None) -> torch.Tensor:
+        """``silu(emb(tau) [+ emb'(tau_end) [+ emb''(stretch(tau_end))]] [+ emb_w(w)])`` of shape [B, cond_dim]; with
+        ``time_transform='neg_log'`` the first embedding reads ``−log tau`` instead. ``guidance`` (models with
+        ``guidance_input``): w, [B] or a number; None reads ``bound_guidance``."""
         emb = self.sigma_map(-torch.log(tau.float()) if self.config.time_transform == "neg_log" else tau)
+        if self.guidance_map is not None:
+            w = self.bound_guidance if guidance is None else torch.as_tensor(guidance, device=tau.device)
+            emb = emb + self.guidance_map(w.float().expand(tau.shape[0]))
+        elif guidance is not None:
+            raise ConfigError(
+                "a guidance scale was passed to a model that does not read one: only fixed-point denoisers and the "
+                "flow maps distilled from them (model.guidance_input) take w as an input"
+            )
         if tau_end is not None:
             if self.sigma_map_prime is None:
                 raise ConfigError("this model has one time input: tau_end needs a flow-map model (time_inputs=2)")
@@ -505,6 +523,7 @@ class DiT(nn.Module):
         cache: KVCache | None = None,
         embedded: bool = False,
         self_cond: torch.Tensor | None = None,
+        guidance=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The body without the output layer: ``(h [B, L, d], c [B, cond_dim])``, the last block's output and
         the conditioning, with the arguments of :meth:`forward`. ``self.output_layer(h, c)`` gives the logits
@@ -536,7 +555,7 @@ class DiT(nn.Module):
                 )
         if self.pos_embed is not None:
             h = h + self.pos_embed[start : start + seq]
-        c = self.conditioning(tau, tau_end)
+        c = self.conditioning(tau, tau_end, guidance)
         cos, sin = self.rotary_emb.cos_sin(seq, h.device, start)
         for block in self.blocks:
             h = block(h, cos, sin, c, cache)
@@ -553,6 +572,7 @@ class DiT(nn.Module):
         embedded: bool = False,
         targets: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
+        guidance=None,
     ) -> torch.Tensor:
         """Logits of tokens / a state ``x``; with ``embedded=True`` ``x`` is the projected input ``x @ W``
         [B, L, d] (the low-rank path of :mod:`flowlm.methods.lowrank`); ``cache``: AR decoding (``x`` then holds
@@ -563,8 +583,10 @@ class DiT(nn.Module):
         backward (the training losses' head).
 
         ``self_cond`` (models with ``self_condition``): the previous estimate of the clean sequence as
-        :meth:`project_estimate` gives it, [B, L, d]; None is the zero estimate (no previous one)."""
-        h, c = self.forward_features(x, tau, tau_end, cache, embedded, self_cond)
+        :meth:`project_estimate` gives it, [B, L, d]; None is the zero estimate (no previous one). ``guidance``
+        (models with ``guidance_input``): the self-conditioning guidance scale w, [B] or a number (None: the value
+        bound by :func:`guidance_bound`, 1 outside it)."""
+        h, c = self.forward_features(x, tau, tau_end, cache, embedded, self_cond, guidance)
         if targets is not None:
             return self.output_layer.cross_entropy(h, c, targets, self.config.logit_cap)
         return cap_logits(self.output_layer(h, c).float(), self.config.logit_cap)
@@ -581,6 +603,28 @@ def zero_last_time_layer(embedder: TimestepEmbedder) -> None:
     """Zero the last linear layer of a time embedder, so it adds nothing at initialization."""
     nn.init.zeros_(embedder.mlp[2].weight)
     nn.init.zeros_(embedder.mlp[2].bias)
+
+
+def reads_guidance(model) -> bool:
+    """Whether ``model`` (a DiT, also behind ``torch.compile``) takes the self-conditioning guidance scale w as an
+    input (``model.guidance_input``)."""
+    return getattr(getattr(model, "_orig_mod", model), "guidance_map", None) is not None
+
+
+@contextmanager
+def guidance_bound(models, w):
+    """Within the block, the networks of ``models`` that read a guidance scale (:func:`reads_guidance`) read ``w``
+    (a number or a 0-d tensor; no host synchronisation) in every call that passes none; restored afterwards. Others are
+    left alone. Used where the calls sit deep inside shared code (the samplers, the PSD loss)."""
+    nets = [net for net in (getattr(m, "_orig_mod", m) for m in models) if reads_guidance(net)]
+    saved = [net.bound_guidance.clone() for net in nets]
+    for net in nets:
+        net.bound_guidance.fill_(w)
+    try:
+        yield
+    finally:
+        for net, value in zip(nets, saved, strict=True):
+            net.bound_guidance.copy_(value)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -221,6 +221,8 @@ def check_teacher_method(path: str, meta: dict, student=None) -> None:
             f"the teacher {path} is a {method.records} model, which is not distilled{recipe}: distill a "
             f"{' or '.join(allowed)} model (trained by flowlm train --method {allowed[0]})"
         )
+    if student is not None:
+        student.check_teacher(meta.get("model") or {}, path)
 
 
 def load_frozen(cfg: RunConfig):

@@ -2,6 +2,7 @@
 
 from flowlm.methods.builtin.ar import AR
 from flowlm.methods.builtin.duo import DUO
+from flowlm.methods.builtin.fixed_point import FIXED_POINT
 from flowlm.methods.builtin.flm import FLM
 from flowlm.methods.builtin.lsd import LSD
 from flowlm.methods.builtin.lsd_reference import LSD_REFERENCE
@@ -11,4 +12,4 @@ from flowlm.methods.builtin.self_distillation import DCD, SDTT
 from flowlm.methods.builtin.v1_stage1 import V1_STAGE1
 from flowlm.methods.builtin.v1_stage2 import V1_STAGE2
 
-BUILTIN = (FLM, PSD, V1_STAGE1, V1_STAGE2, LSD, LSD_REFERENCE, MDLM, DUO, AR, SDTT, DCD)
+BUILTIN = (FLM, PSD, V1_STAGE1, V1_STAGE2, LSD, LSD_REFERENCE, MDLM, DUO, AR, SDTT, DCD, FIXED_POINT)

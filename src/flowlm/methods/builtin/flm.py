@@ -7,6 +7,7 @@ from flowlm.methods.base import Method, clean_positions
 from flowlm.methods.flm import flm_loss, flm_sample, self_conditioned
 from flowlm.methods.likelihood import flow_bound_draws, validation_elbo
 from flowlm.methods.options import GUIDANCE, SC_GUIDANCE, TEMPERING, tempering
+from flowlm.nn.dit import guidance_bound, reads_guidance
 
 
 class FlowLanguageModel(Method):
@@ -41,8 +42,12 @@ class FlowLanguageModel(Method):
 
     def sample(self, request):
         options = {"guidance": request.options["guidance"], "input_noise": request.input_noise,
-                   "tempering": tempering(request.options), "sc_guidance": request.options["sc_guidance"]}  # fmt: skip
-        return flm_sample(request.net, *request.sizes, **request.draws, **options)
+                   "tempering": tempering(request.options)}  # fmt: skip
+        w = request.options["sc_guidance"]
+        if reads_guidance(request.net):  # a fixed-point denoiser: w is an input of every call (1: none)
+            with guidance_bound([request.net], 1.0 if w is None else w):
+                return flm_sample(request.net, *request.sizes, **request.draws, **options)
+        return flm_sample(request.net, *request.sizes, **request.draws, **options, sc_guidance=w)
 
     def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
         return flow_bound_draws(net, tokens, vocab_size, draws, options, generator)
@@ -51,7 +56,7 @@ class FlowLanguageModel(Method):
         return validation_elbo(net, tokens, ctx, generator, rows)
 
     def check_request(self, model, options):
-        if options["sc_guidance"] is not None and not self_conditioned(model.net):
+        if options["sc_guidance"] is not None and not (self_conditioned(model.net) or reads_guidance(model.net)):
             raise ConfigError(
                 f"sc_guidance={options['sc_guidance']}: {model.path} was trained without self-conditioning, so it has "
                 "no estimate to guide with; leave sc_guidance unset, or train with model.self_condition=true"

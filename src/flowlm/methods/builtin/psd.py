@@ -3,10 +3,13 @@ one or a few steps by the flow-map (γ) sampler."""
 
 from __future__ import annotations
 
+from flowlm.errors import ConfigError
 from flowlm.methods.base import Method, clean_positions
+from flowlm.methods.fixed_point import guidance_draws
 from flowlm.methods.fmlm import curriculum_jump, fmlm_sample, init_student, psd_loss
 from flowlm.methods.likelihood import flow_bound_draws, validation_elbo
-from flowlm.methods.options import GAMMA, GAMMA_MODE, TEMPERING, tempering
+from flowlm.methods.options import GAMMA, GAMMA_MODE, SC_GUIDANCE, TEMPERING, tempering
+from flowlm.nn.dit import guidance_bound, reads_guidance
 
 
 def distill_arguments(ctx, generator, sample_offset, rows, tokens) -> dict:
@@ -36,7 +39,7 @@ class FlowMap(Method):
     conditional_training = True  # clean context in the loss, the teacher's train.condition_frac by default
     conditioning = "any"
     sampler_name = "flow-map"
-    options = (GAMMA, GAMMA_MODE, *TEMPERING)
+    options = (GAMMA, GAMMA_MODE, SC_GUIDANCE, *TEMPERING)
     suggested_steps = 1
     card_options = ", gamma=0.8"  # the paper's LM1B churn; gamma=0 is deterministic
     # The flow map's own tangent field: d/dt X_{s,t}(x) at t = s is (δ_{s,s}(x) − x)/(1 − s), the velocity its
@@ -54,8 +57,17 @@ class FlowMap(Method):
 
     def sample(self, request):
         churn = {"gamma": request.options["gamma"], "gamma_mode": request.options["gamma_mode"]}
-        return fmlm_sample(request.net, *request.sizes, **churn, **request.draws, input_noise=request.input_noise,
-                           tempering=tempering(request.options))  # fmt: skip
+        w = request.options["sc_guidance"]
+        with guidance_bound([request.net], 1.0 if w is None else w):  # a map from a fixed-point denoiser reads w
+            return fmlm_sample(request.net, *request.sizes, **churn, **request.draws, input_noise=request.input_noise,
+                               tempering=tempering(request.options))  # fmt: skip
+
+    def check_request(self, model, options):
+        if options["sc_guidance"] is not None and not reads_guidance(model.net):
+            raise ConfigError(
+                f"sc_guidance={options['sc_guidance']}: {model.path} takes no guidance scale; only a flow map "
+                "distilled from a fixed-point denoiser (flowlm distill --recipe fixed-point, then --recipe psd) reads w"
+            )
 
     def nll_bound(self, net, tokens, vocab_size, *, draws, options, generator=None):
         return flow_bound_draws(net, tokens, vocab_size, draws, options, generator, two_times=True)
@@ -71,12 +83,20 @@ class ProgressiveSelfDistillation(FlowMap):
     metric_key, metric_name = "ce", "denoising_ce"
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
+        teacher, d, t = ctx.frozen[0], ctx.cfg.distill, ctx.cfg.train
+        # A fixed-point denoiser teacher: one w per global micro-batch, drawn first and bound to teacher and student
+        # alike (the calls sit deep in the PSD target and sampler code, on row slices).
+        w = guidance_draws(1, d.sc_guidance_min, d.sc_guidance_max, generator, tokens.device)[0] if reads_guidance(
+            teacher) else 1.0  # fmt: skip
         arguments = distill_arguments(ctx, generator, sample_offset, rows, tokens)
-        d, t = ctx.cfg.distill, ctx.cfg.train
         jump = curriculum_jump(sample_offset, t.max_steps * t.batch_size, d.curriculum_frac)
-        return psd_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, diag_frac=d.resolved_diag_frac(),
-                        target_dropout=d.target_dropout, draw=d.pairs, max_jump=jump,
-                        boundary_teacher_steps=d.boundary_teacher_steps, **arguments)  # fmt: skip
+        with guidance_bound([net, teacher], w):
+            return psd_loss(net, teacher, tokens, ctx.vocab_size, diag_frac=d.resolved_diag_frac(),
+                            target_dropout=d.target_dropout, draw=d.pairs, max_jump=jump,
+                            boundary_teacher_steps=d.boundary_teacher_steps, **arguments)  # fmt: skip
+
+    def check_teacher(self, model_config, path):
+        """Any FLM, fixed-point denoisers included: their w is drawn per micro-batch and passed to both networks."""
 
 
 PSD = ProgressiveSelfDistillation()
