@@ -115,14 +115,19 @@ def test_a_registered_method_trains_samples_evaluates_and_loads(toy, tmp_path, j
 def test_unknown_and_unregistered_methods_are_one_line_errors(tmp_path, capsys):
     assert main(["train", "--method", "toy", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "unknown method 'toy': choose one of flm, fmlm, mdlm, duo, ar, sdtt, dcd" in err and "\n" not in err.strip()
+    assert "unknown method 'toy': choose one of flm, fmlm, mdlm, duo, ar, sdtt, dcd, fixed-point" in err
+    assert "\n" not in err.strip()
     with pytest.raises(CheckpointError, match="holds a 'toy' model, which this flowlm cannot sample"):
         registry.for_recorded("toy")
 
 
 def test_lookups_of_the_builtin_methods():
-    assert registry.train_methods() == ["flm", "fmlm", "mdlm", "duo", "ar", "sdtt", "dcd"]
-    assert registry.distillation_recipes() == ["psd", "v1-stage1", "v1-stage2", "lsd-teacher", "lsd-ref", "sdtt", "dcd"]
+    assert registry.train_methods() == ["flm", "fmlm", "mdlm", "duo", "ar", "sdtt", "dcd", "fixed-point"]
+    assert registry.distillation_recipes() == ["psd", "v1-stage1", "v1-stage2", "lsd-teacher", "lsd-ref", "sdtt", "dcd",
+                                               "fixed-point"]  # fmt: skip
+    # a fixed-point denoiser writes an "flm" model that its recorded recipe tells apart; a plain FLM records none
+    assert registry.for_recorded("flm").name == "flm" and registry.for_recorded("flm", "fixed-point").name == (
+        "flm-fixed-point")  # fmt: skip
     # distilled discrete models keep their teacher's method (and sampler), their recorded recipe picks the recipe
     assert registry.for_recorded("mdlm").name == "mdlm" and registry.for_recorded("mdlm", "sdtt").name == "mdlm-sdtt"
     assert registry.for_recorded("duo", "dcd").name == "duo-dcd" and registry.for_recorded("duo").name == "duo"
@@ -137,7 +142,7 @@ def test_lookups_of_the_builtin_methods():
     assert registry.for_recorded("fmlm", "lsd").name == "fmlm-lsd-teacher"
     assert registry.for_recipe("lsd") is registry.for_recipe("lsd-teacher") is registry.for_training("fmlm", "lsd")
     assert registry.for_recorded("fmlm", "lsd-ref").name == "fmlm-lsd-ref"
-    choices = "psd, v1-stage1, v1-stage2, lsd-teacher, lsd-ref, sdtt, dcd"
+    choices = "psd, v1-stage1, v1-stage2, lsd-teacher, lsd-ref, sdtt, dcd, fixed-point"
     with pytest.raises(ConfigError, match=f"distill.recipe='nope': choose one of {choices}"):
         registry.for_recipe("nope")
     assert registry.get("mdlm").dit_options == {"mask_input": True, "logit_cap": None}
@@ -155,9 +160,12 @@ def test_option_rules():
     assert flm.resolve_options({}, known) == flm_off
     assert flm.resolve_options({"sc_guidance": 2}, known) == {**flm_off, "sc_guidance": 2.0}
     with pytest.raises(ConfigError, match="sc_guidance applies to self-conditioned FLM models"):
-        fmlm.resolve_options({"sc_guidance": 2.0}, known)
-    assert fmlm.resolve_options({"gamma": 0.5}, known) == {"gamma": 0.5, "gamma_mode": "paper", **off}
-    assert fmlm.resolve_options({"gamma_mode": "exact"}, known) == {"gamma": 0.0, "gamma_mode": "exact", **off}
+        ar.resolve_options({"sc_guidance": 2.0}, known)
+    # a flow map takes it (a map of a fixed-point denoiser reads w; check_request refuses it for the others)
+    map_off = {"gamma": 0.0, "gamma_mode": "paper", "sc_guidance": None, **off}
+    assert fmlm.resolve_options({"sc_guidance": 2.0}, known) == {**map_off, "sc_guidance": 2.0}
+    assert fmlm.resolve_options({"gamma": 0.5}, known) == {**map_off, "gamma": 0.5}
+    assert fmlm.resolve_options({"gamma_mode": "exact"}, known) == {**map_off, "gamma_mode": "exact"}
     assert ar.resolve_options({"temperature": 0.7, "top_p": 0.9}, known) == {"temperature": 0.7, "top_p": 0.9}
     for name, bad in (("temperature", 0.0), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("top_p", "0.9")):
         with pytest.raises(ConfigError, match=f"{name}="):

@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Lagrangian targets with the teacher at the landing point). Both Lagrangian recipes are experimental: on "
         "WikiText-2 their 1-step maps lose most (lsd-teacher) or a third (lsd-ref) of the teacher's entropy "
         "(docs/results.md); sdtt (an MDLM teacher: self-distillation through time); dcd (a DUO teacher: discrete "
-        "consistency distillation)",
+        "consistency distillation); fixed-point (a self-conditioned FLM teacher: the FLM that predicts the fixed point "
+        "of its guided self-conditioning in one call and takes the guidance scale w as an input; distill that with psd "
+        "for a flow map that takes w, docs/self_conditioning.md)",
     )
     di.add_argument(
         "--rounds", type=int, default=1,
