@@ -6,15 +6,15 @@ pairs, 0 for the language, ± a 95% binomial interval over 30,000 pairs; entropy
 
 * Teachers (``markov_selfcond.train``): the plain FLM (1,500 steps) and the self-conditioned FLM at the same compute
   (1,286 steps).
-* ``probe``: how fast the Picard iteration of the guided self-conditioning map converges on the self-conditioned
-  teacher: the mean total-variation change of the K-th iterate, K = 2..32, at w = 1, 2, 5 (512 data sequences at
-  stratified times).
+* ``probe``: how fast the iteration of the guided self-conditioning map converges on the self-conditioned teacher: the
+  fixed-point residual after K = 2..32 teacher calls, plain (β = 1) and damped (β = ½), at w = 1, 2, 3, 5 (512 data
+  sequences at stratified times).
 * Distillation compute, counted in teacher-forward equivalents (TFE) per row, a backward costing two forwards:
   PSD costs 4.5 per row on average, a fixed-point step K + 3 (K teacher calls, the student's forward and backward).
   Budget per chain: 6,750 TFE per row of batch 128, i.e.
   - ``psd``: PSD from the plain FLM, 1,500 steps;
-  - ``fp``: the fixed-point denoiser, 250 steps at K = 8 (2,750), then ``fp-psd``: PSD from it, w drawn per
-    micro-batch on [0.5, 5], 889 steps (4,000).
+  - ``fp``: the fixed-point denoiser, 250 steps at K = 8, β = ½ (2,750; ``--damping 1``: plain Picard, ``fp-b1``),
+    then ``fp-psd``: PSD from it, w drawn per micro-batch on [0.5, 5], 889 steps (4,000).
 * Sampled, 2,000 sequences each (seed 1): flow maps at 1, 2 and 4 steps (``fp-psd`` at w = 1, 2, 3 and 5); the
   teachers at 64 steps (the self-conditioned one also at ``sc_guidance`` 2) and the fixed-point denoiser at 64 steps
   for every w.
@@ -73,13 +73,13 @@ def distill_psd(teacher: DiT, chain: MarkovChain, steps: int, seed: int, guided:
     return student.eval().requires_grad_(False)
 
 
-def distill_fixed_point(teacher: DiT, chain: MarkovChain, seed: int) -> DiT:
+def distill_fixed_point(teacher: DiT, chain: MarkovChain, seed: int, damping: float) -> DiT:
     g = torch.Generator().manual_seed(seed)
     student = init_fixed_point_student(teacher).train()
 
     def loss(_step):
         out = fixed_point_loss(student, teacher, chain.sample(BATCH, LENGTH, g), K, generator=g,
-                               iterations=ITERATIONS, guidance_range=GUIDANCE_RANGE)  # fmt: skip
+                               iterations=ITERATIONS, damping=damping, guidance_range=GUIDANCE_RANGE)  # fmt: skip
         return out["loss"]
 
     ema = train_loop(student, FP_STEPS, loss, 1e-3, betas=(0.9, 0.95))
@@ -89,23 +89,24 @@ def distill_fixed_point(teacher: DiT, chain: MarkovChain, seed: int) -> DiT:
 
 @torch.no_grad()
 def probe(teacher: DiT, chain: MarkovChain) -> dict:
-    """Mean TV change of the K-th Picard iterate, by w and K, on data states at stratified times."""
+    """Mean fixed-point residual of the K-th iterate, by damping β, w and K, on data states at stratified times."""
     g = torch.Generator().manual_seed(5)
     tokens = chain.sample(512, LENGTH, g)
     tau = stratified_times(512, g)
     t = get_schedule(K, "cpu").t_from_tau(tau)
     x = interpolate(torch.randn(512, LENGTH, K, generator=g), torch.nn.functional.one_hot(tokens, K).float(), t)
     out = {}
-    for w in (1.0, 2.0, 5.0):
-        for k in (2, 4, 8, 16, 32):
-            _, change = fixed_point_target(teacher, NaiveInputs(), x, tau, torch.full((512,), w), k)
-            out[f"w={w}|K={k}"] = float(change.mean())
+    for beta in (1.0, 0.5):
+        for w in (1.0, 2.0, 3.0, 5.0):
+            for k in (2, 4, 8, 16, 32):
+                _, residual = fixed_point_target(teacher, NaiveInputs(), x, tau, torch.full((512,), w), k, beta)
+                out[f"beta={beta}|w={w}|K={k}"] = float(residual.mean())
     return out
 
 
 class Study:
-    def __init__(self, out: Path, seed: int):
-        self.out, self.seed = out, seed
+    def __init__(self, out: Path, seed: int, damping: float):
+        self.out, self.seed, self.damping = out, seed, damping
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / "results.json"
         self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
@@ -137,13 +138,14 @@ class Study:
         chain, seed = self.chain, self.seed
         flm = self.model("flm", lambda: train_teacher(chain, False, seed))
         sc = self.model("flm-sc", lambda: train_teacher(chain, True, seed))
-        if f"probe|{seed}" not in self.results:
+        if f"probe|{seed}" not in self.results or "beta=0.5|w=5.0|K=8" not in self.results[f"probe|{seed}"]:
             self.results[f"probe|{seed}"] = probe(sc, chain)
             self.save()
             print("probe", self.results[f"probe|{seed}"], flush=True)
         psd = self.model("psd", lambda: distill_psd(flm, chain, PSD_STEPS, seed, guided=False))
-        fp = self.model("fp", lambda: distill_fixed_point(sc, chain, seed))
-        fp_psd = self.model("fp-psd", lambda: distill_psd(fp, chain, FP_PSD_STEPS, seed, guided=True))
+        tag = "fp" if self.damping == 0.5 else f"fp-b{self.damping:g}"
+        fp = self.model(tag, lambda: distill_fixed_point(sc, chain, seed, self.damping))
+        fp_psd = self.model(f"{tag}-psd", lambda: distill_psd(fp, chain, FP_PSD_STEPS, seed, guided=True))
 
         def gen():
             return torch.Generator().manual_seed(1)
@@ -155,7 +157,7 @@ class Study:
                     with guidance_bound([fp_psd], w):
                         return fmlm_sample(fp_psd, SAMPLES, LENGTH, K, s, generator=gen())
 
-                self.evaluate("fp-psd", steps, w, draw)
+                self.evaluate(f"{tag}-psd", steps, w, draw)
         self.evaluate("flm", 64, None, lambda: flm_sample(flm, SAMPLES, LENGTH, K, 64, generator=gen()))
         for w in (None, 2.0):
             self.evaluate("flm-sc", 64, w, lambda w=w: flm_sample(sc, SAMPLES, LENGTH, K, 64, generator=gen(),
@@ -165,7 +167,7 @@ class Study:
                 with guidance_bound([fp], w):
                     return flm_sample(fp, SAMPLES, LENGTH, K, 64, generator=gen())
 
-            self.evaluate("fp", 64, w, draw)
+            self.evaluate(tag, 64, w, draw)
 
 
 def report(results: dict) -> str:
@@ -178,11 +180,12 @@ def report(results: dict) -> str:
                      f"| {r['entropy']:.3f} |")  # fmt: skip
     for key, probe_result in results.items():
         if key.startswith("probe"):
-            lines += ["", f"Picard change (mean TV of the K-th iterate), seed {key.split('|')[1]}:", "",
-                      "| w | K=2 | K=4 | K=8 | K=16 | K=32 |", "|---|---|---|---|---|---|"]  # fmt: skip
-            for w in ("1.0", "2.0", "5.0"):
-                cells = [f"{probe_result[f'w={w}|K={k}']:.2e}" for k in (2, 4, 8, 16, 32)]
-                lines.append(f"| {w} | " + " | ".join(cells) + " |")
+            lines += ["", f"Fixed-point residual ½|F(p) − p|₁ after K teacher calls, seed {key.split('|')[1]}:", "",
+                      "| β | w | K=2 | K=4 | K=8 | K=16 | K=32 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+            for beta in ("1.0", "0.5"):
+                for w in ("1.0", "2.0", "3.0", "5.0"):
+                    cells = [f"{probe_result[f'beta={beta}|w={w}|K={k}']:.1e}" for k in (2, 4, 8, 16, 32)]
+                    lines.append(f"| {beta} | {w} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -190,9 +193,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/markov-fixedpoint"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--damping", type=float, default=0.5, help="β of the fixed-point iteration (models fp-b<β> "
+                        "unless ½)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="print the tables from results.json")
     args = parser.parse_args()
-    study = Study(args.out, args.seed)
+    study = Study(args.out, args.seed, args.damping)
     if not args.report:
         with single_thread():
             study.run()

@@ -51,27 +51,45 @@ def toy(scale: float, seed: int = 0):
     return ToyTeacher(scale * torch.randn(V, V, generator=g)), x
 
 
-def test_the_target_follows_the_picard_iteration_and_converges_to_a_fixed_point():
+def test_the_target_follows_the_damped_picard_iteration_and_converges_to_a_fixed_point():
     teacher, x = toy(0.3)
     w = torch.tensor([0.0, 1.0, 2.5])
     tau = torch.rand(3)
-    p, change = fixed_point_target(teacher, NaiveInputs(), x, tau, w, iterations=3)
-    assert teacher.calls == 3  # K teacher calls: one without an estimate, K − 1 with one
-    expected = torch.softmax(x, -1)
-    for _ in range(2):
-        expected_prev = expected
-        expected = torch.softmax(x + w.view(-1, 1, 1) * (expected @ teacher.matrix), -1)
-    torch.testing.assert_close(p, expected)
-    torch.testing.assert_close(change, 0.5 * (expected - expected_prev).abs().sum(-1).mean(-1))
-    torch.testing.assert_close(p[0], torch.softmax(x[0], -1))  # w = 0: the estimate is ignored
-    # the map is a contraction at this scale (|w·M| well under 1 in the relevant norm): the iterate converges, and
-    # the reported change falls geometrically with K
-    changes = [float(fixed_point_target(teacher, NaiveInputs(), x, tau, w, k)[1].max()) for k in (4, 8, 16)]
-    assert changes[0] > changes[1] > changes[2]
-    p, change = fixed_point_target(teacher, NaiveInputs(), x, tau, w, iterations=60)
-    again = torch.softmax(x + w.view(-1, 1, 1) * (p @ teacher.matrix), -1)
+
+    def mapped(p):
+        return torch.softmax(x + w.view(-1, 1, 1) * (p @ teacher.matrix), -1)
+
+    for beta in (1.0, 0.5):
+        teacher.calls = 0
+        p, residual = fixed_point_target(teacher, NaiveInputs(), x, tau, w, iterations=3, damping=beta)
+        assert teacher.calls == 3  # K teacher calls: one without an estimate, K − 1 with one
+        expected = torch.softmax(x, -1)
+        for _ in range(2):
+            last = expected
+            expected = (1 - beta) * last + beta * mapped(last)
+        torch.testing.assert_close(p, expected)
+        torch.testing.assert_close(residual, 0.5 * (mapped(last) - last).abs().sum(-1).mean(-1))
+        torch.testing.assert_close(p[0], torch.softmax(x[0], -1))  # w = 0: the estimate is ignored
+    # a contraction at this scale: the residual falls with K and the iterate reaches the fixed point
+    residuals = [float(fixed_point_target(teacher, NaiveInputs(), x, tau, w, k)[1].max()) for k in (4, 8, 16)]
+    assert residuals[0] > residuals[1] > residuals[2]
+    p, residual = fixed_point_target(teacher, NaiveInputs(), x, tau, w, iterations=60, damping=1.0)
     eps = torch.finfo(torch.float32).eps
-    assert float((again - p).abs().max()) < 64 * eps and float(change.max()) < 64 * eps
+    assert float((mapped(p) - p).abs().max()) < 64 * eps and float(residual.max()) < 64 * eps
+
+
+def test_damping_reaches_a_fixed_point_where_plain_picard_oscillates():
+    """F(p) = softmax(x − 20·p) (the estimate pushes its own tokens down) has one fixed point, but its
+    Jacobian has eigenvalues below −1: plain Picard flips between two distributions, the damped step converges."""
+    teacher, x = toy(0.0)
+    teacher.matrix = -20.0 * torch.eye(V)
+    x = torch.zeros(1, L, V)
+    x[..., 0] = 1.0
+    w, tau = torch.ones(1), torch.zeros(1)
+    _, plain = fixed_point_target(teacher, NaiveInputs(), x, tau, w, iterations=64, damping=1.0)
+    p, damped = fixed_point_target(teacher, NaiveInputs(), x, tau, w, iterations=64, damping=0.25)
+    assert float(plain) > 0.1 and float(damped) < 1e-5
+    torch.testing.assert_close(p, torch.softmax(x - 20.0 * p, -1), rtol=0, atol=1e-5)
 
 
 def sc_teacher(seed: int = 0) -> DiT:
@@ -86,12 +104,12 @@ def sc_teacher(seed: int = 0) -> DiT:
 def test_the_dit_target_is_a_fixed_point_of_the_guided_self_conditioned_teacher():
     teacher = sc_teacher()
     x, tau, w = 3 * torch.randn(2, L, V), torch.tensor([0.3, 0.8]), torch.tensor([1.0, 3.0])
-    p, change = fixed_point_target(teacher, NaiveInputs(), x, tau, w, iterations=40)
+    p, residual = fixed_point_target(teacher, NaiveInputs(), x, tau, w, iterations=40)
     with torch.no_grad():
         plain = teacher(x, tau)
         guided = plain + w.view(-1, 1, 1) * (teacher(x, tau, self_cond=teacher.project_estimate(p)) - plain)
     step = (torch.softmax(guided, -1) - p).abs().max()
-    assert float(step) < 1e-4 and float(change.max()) < 1e-4, (float(step), change)
+    assert float(step) < 1e-4 and float(residual.max()) < 1e-4, (float(step), residual)
 
 
 def test_the_student_takes_w_and_starts_as_the_teacher_without_an_estimate():
@@ -145,7 +163,7 @@ def test_the_loss_trains_only_the_student_with_k_teacher_calls_and_one_w_per_seq
     assert all(p.grad is None or not p.grad.any() for p in teacher.parameters())  # (lowrank: zeros through the stack)
     grad = student.guidance_map.mlp[2].weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0
-    assert float(out["kl"]) >= -1e-5 and float(out["change"]) >= 0 and float(out["ce"]) >= float(out["kl"])
+    assert float(out["kl"]) >= -1e-5 and float(out["residual"]) >= 0 and float(out["ce"]) >= float(out["kl"])
     assert teacher.training is False
 
 

@@ -122,10 +122,10 @@ class DistillConfig:
      ``teacher_steps`` (sdtt, dcd): the step count of the
     teacher's sampler; the student learns to take half as many (default 1024, SDTT's first round; DCD's reference
     starts at 512). ``divergence`` (sdtt, dcd): ``kl-reverse`` (KL(student ‖ teacher), default) or ``kl-forward``.
-    ``fp_iterations`` (fixed-point): the teacher calls of each fixed-point target (Picard iterations of the guided
-    self-conditioning map, ``flowlm.methods.fixed_point``). ``sc_guidance_min`` / ``sc_guidance_max`` (fixed-point, and
-    psd from a fixed-point denoiser): the range of the guidance scale w drawn in training, ``1 + w`` log-uniform (the
-    reference's 0.5 to 5).
+    ``fp_iterations`` and ``fp_damping`` (fixed-point): the teacher calls of each fixed-point target and the step β of
+    its damped Picard iteration of the guided self-conditioning map (``flowlm.methods.fixed_point``).
+    ``sc_guidance_min`` / ``sc_guidance_max`` (fixed-point, and psd from a fixed-point denoiser): the range of the
+    guidance scale w drawn in training, ``1 + w`` log-uniform (the reference's 0.5 to 5).
     """
 
     teacher: str | None = None
@@ -141,6 +141,7 @@ class DistillConfig:
     teacher_steps: int = 1024
     divergence: str = "kl-reverse"
     fp_iterations: int = 8
+    fp_damping: float = 0.5
     sc_guidance_min: float = 0.5
     sc_guidance_max: float = 5.0
 
@@ -412,9 +413,10 @@ def validate(cfg: RunConfig) -> None:
     from flowlm.methods.common import check_divergence
 
     check_divergence(d.divergence)
-    from flowlm.methods.fixed_point import check_guidance_range, check_iterations
+    from flowlm.methods.fixed_point import check_damping, check_guidance_range, check_iterations
 
     check_iterations(d.fp_iterations)
+    check_damping(d.fp_damping)
     check_guidance_range(d.sc_guidance_min, d.sc_guidance_max)
     steps = d.boundary_teacher_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 4096:

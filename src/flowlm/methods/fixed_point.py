@@ -13,9 +13,11 @@ carried across steps, which is what makes it a teacher that PSD can distill into
 
 Port decisions (docs/self_conditioning.md):
 
-* Picard iteration ``p_{j+1} = F_w(p_j)`` from the zero estimate (``p_1 = F_w(0) = softmax(ℓ₀)``), ``K`` teacher calls
-  in all; the reference runs 20 Anderson-accelerated steps. Picard iterates stay on the simplex (an Anderson mix of
-  distributions with signed weights need not); the last step's change is returned so a run shows whether K sufficed.
+* Damped Picard iteration ``p_{j+1} = (1 − β)·p_j + β·F_w(p_j)`` from the zero estimate (``p_1 = F_w(0) =
+  softmax(ℓ₀)``), ``K`` teacher calls in all; the reference runs 20 Anderson-accelerated steps with mixing 0.9. The
+  iterates stay on the simplex (an Anderson mix of distributions with signed weights need not). Plain Picard (β = 1)
+  oscillates on a Markov-language teacher at w ≥ 3 (residual 0.45 at w = 5 for any K), β = ½ converges there
+  (docs/results.md). The fixed-point residual is returned so a run shows whether K sufficed.
 * The student is trained on the cold path only (one forward from no estimate, the path it is sampled on) with the
   cross-entropy against ``p*`` (= KL(p* ‖ D*) plus the target's entropy), where the reference regresses latent
   vectors with a mean-square error and also trains warm-started phases of its own iteration.
@@ -46,6 +48,7 @@ from flowlm.nn.dit import DiT, zero_last_time_layer
 from flowlm.schedule import get_schedule
 
 FIXED_POINT_ITERATIONS = 8
+FIXED_POINT_DAMPING = 0.5
 GUIDANCE_RANGE = (0.5, 5.0)  # the reference's training range of w
 
 
@@ -58,6 +61,16 @@ def check_guidance_range(low, high) -> tuple[float, float]:
             "guidance scale w drawn in training needs finite numbers with 0 <= min <= max (the reference: 0.5 and 5)"
         )
     return float(low), float(high)
+
+
+def check_damping(value) -> float:
+    """β, the step of the damped iteration: a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(
+            f"distill.fp_damping={value!r}: the step of the damped fixed-point iteration, in (0, 1] (1: plain Picard; "
+            f"default {FIXED_POINT_DAMPING})"
+        )
+    return float(value)
 
 
 def check_iterations(value) -> int:
@@ -78,22 +91,31 @@ def guidance_draws(n: int, low: float, high: float, generator=None, device=None)
 
 @torch.no_grad()
 def fixed_point_target(
-    teacher, space, x: torch.Tensor, tau: torch.Tensor, w: torch.Tensor, iterations: int = FIXED_POINT_ITERATIONS
+    teacher,
+    space,
+    x: torch.Tensor,
+    tau: torch.Tensor,
+    w: torch.Tensor,
+    iterations: int = FIXED_POINT_ITERATIONS,
+    damping: float = FIXED_POINT_DAMPING,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Picard iterate ``p_K`` [B, L, V] (float32) of ``F_w`` (module docstring) at states ``x`` (in the space of
-    ``space``), times ``tau`` [B] and scales ``w`` [B], and the last step's change: the total-variation distance
-    ``½·|p_K − p_{K−1}|₁`` averaged over each sequence's positions [B]. ``iterations`` = K teacher calls. The teacher's
-    mode is the caller's (eval: no dropout)."""
+    ``space``), times ``tau`` [B] and scales ``w`` [B], and the fixed-point residual of the last mapped iterate: the
+    total-variation distance ``½·|F_w(p_{K−1}) − p_{K−1}|₁`` averaged over each sequence's positions [B] (0 at a fixed
+    point). ``iterations`` = K teacher calls. ``damping`` β
+    in (0, 1]: each step is ``p ← (1 − β)·p + β·F_w(p)`` (1: plain Picard), a mix of distributions, so still one; it
+    has the same fixed points and converges where an undamped iteration oscillates. The teacher's mode is the caller's
+    (eval: no dropout)."""
     plain = space.logits(teacher, x, tau).float()
     p = torch.softmax(plain, dim=-1)
     scale = w.to(plain.dtype).view(-1, 1, 1)
-    change = torch.zeros(x.shape[0], device=x.device)
+    residual = torch.zeros(x.shape[0], device=x.device)
     for _ in range(iterations - 1):
         with_estimate = space.logits(teacher, x, tau, self_cond=teacher.project_estimate(p)).float()
-        nxt = torch.softmax(plain + scale * (with_estimate - plain), dim=-1)
-        change = 0.5 * (nxt - p).abs().sum(-1).mean(-1)
-        p = nxt
-    return p, change
+        mapped = torch.softmax(plain + scale * (with_estimate - plain), dim=-1)
+        residual = 0.5 * (mapped - p).abs().sum(-1).mean(-1)
+        p = mapped if damping == 1.0 else torch.lerp(p, mapped, damping)
+    return p, residual
 
 
 def init_fixed_point_student(teacher: DiT) -> DiT:
@@ -126,6 +148,7 @@ def fixed_point_loss(
     vocab_size: int,
     generator: torch.Generator | None = None,
     iterations: int = FIXED_POINT_ITERATIONS,
+    damping: float = FIXED_POINT_DAMPING,
     guidance_range: tuple[float, float] = GUIDANCE_RANGE,
     weighting: LossWeighting | None = None,
     mask: torch.Tensor | None = None,
@@ -140,7 +163,7 @@ def fixed_point_loss(
     ``w`` [B] (:func:`guidance_draws` on ``guidance_range``); the teacher runs in eval mode under ``no_grad``.
     ``rows``, ``clean``, ``mask``, ``weighting`` as for the FLM loss. Loss: the token cross-entropy against ``p*``.
     Returns ``loss``, ``ce`` and ``kl`` (the cross-entropy less the target's entropy, KL(p* ‖ D*); detached),
-    ``change`` (the target's last Picard step, mean total variation; detached), ``per_sequence`` [B] and ``tau``.
+    ``residual`` (the target's fixed-point residual, mean total variation; detached), ``per_sequence`` [B] and ``tau``.
     """
     batch, seq = tokens.shape
     device = tokens.device
@@ -159,7 +182,7 @@ def fixed_point_loss(
     was_training = teacher.training
     teacher.eval()
     try:
-        target, change = fixed_point_target(teacher, space, x_t, tau, w, iterations)
+        target, residual = fixed_point_target(teacher, space, x_t, tau, w, iterations, damping)
     finally:
         teacher.train(was_training)
     logits = space.logits(student, x_t, tau, guidance=w)
@@ -170,5 +193,5 @@ def fixed_point_loss(
     with torch.no_grad():
         entropy = -(target * torch.log(target.clamp_min(torch.finfo(target.dtype).tiny))).sum(-1)
         kl = masked_mean(ce.detach() - entropy, mask)
-    return {"loss": loss, "ce": mean_ce.detach(), "kl": kl, "change": change.mean(), "per_sequence":
+    return {"loss": loss, "ce": mean_ce.detach(), "kl": kl, "residual": residual.mean(), "per_sequence":
             per_sequence.detach(), "tau": tau}  # fmt: skip

@@ -28,10 +28,11 @@ class FixedPointDenoiser(FlowLanguageModel):
 
     def loss(self, net, tokens, ctx, *, generator=None, sample_offset=0, rows=None):
         d = ctx.cfg.distill
-        return fixed_point_loss(net, ctx.frozen[0], tokens, ctx.vocab_size, generator=generator,
-                                iterations=d.fp_iterations, guidance_range=(d.sc_guidance_min, d.sc_guidance_max),
-                                weighting=ctx.weighting, input_noise=ctx.cfg.train.input_noise, rows=rows,
-                                clean=clean_positions(ctx.cfg, tokens, generator, rows))  # fmt: skip
+        return fixed_point_loss(
+            net, ctx.frozen[0], tokens, ctx.vocab_size, generator=generator, iterations=d.fp_iterations,
+            damping=d.fp_damping, guidance_range=(d.sc_guidance_min, d.sc_guidance_max), weighting=ctx.weighting,
+            input_noise=ctx.cfg.train.input_noise, rows=rows, clean=clean_positions(ctx.cfg, tokens, generator, rows),
+        )  # fmt: skip
 
     def check_teacher(self, model_config, path):
         if not model_config.get("self_condition", False):
