@@ -16,6 +16,9 @@ counts it; the FLM's training is 2,000 × 32 × 3 = 192,000 TFE. Each chain gets
 * ``eval``: 64 samples, seed 0, the offline judge and the AR judge on the same samples (``flowlm score``): both flow
   maps at 1, 2 and 4 steps (the fixed-point map at w = 1, 3 and 5), the fixed-point denoiser and both teachers at 256
   Euler steps (the denoiser at w = 1 and 3).
+* ``frontier``: the flow maps (PSD; the fixed-point map at w = 1 and 3) at temperatures 0.5, 0.7 and 0.9, offline
+  judge (``flowlm eval --temperatures``), so that Gen PPL can be read at matched entropies (the untempered maps sit
+  below the teacher's entropy).
 
     OMP_NUM_THREADS=1 python experiments/wikitext2_fixedpoint.py --study runs/wikitext2 --only distill-psd
     OMP_NUM_THREADS=1 python experiments/wikitext2_fixedpoint.py --study runs/wikitext2 --only distill-fp,distill-fp-psd
@@ -32,6 +35,8 @@ from pathlib import Path
 
 from wikitext2 import Stages, flowlm
 
+from flowlm.eval.frontier import at_entropy
+
 TEACHER_TFE, BATCH = 2000 * 32 * 3, 32
 BUDGET = 1.5 * TEACHER_TFE
 ITERATIONS = 8
@@ -40,6 +45,7 @@ PSD_STEPS = round(BUDGET / (BATCH * 4.5))
 FP_STEPS = round(0.5 * TEACHER_TFE / (BATCH * (ITERATIONS + 3)))
 FP_PSD_STEPS = round((BUDGET - FP_STEPS * BATCH * (ITERATIONS + 3)) / (BATCH * 4.5))
 MAP_STEPS, MAP_WS, EULER_STEPS, EULER_WS = "1,2,4", ("1", "3", "5"), "256", ("1", "3")
+TEMPERATURES, FRONTIERS, MATCHED = "0.5,0.7,0.9", ("psd", "fp-psd-w1", "fp-psd-w3"), (3.6, 3.7, 3.8)
 
 
 def evaluations(study: Path) -> dict[str, tuple[Path, str, list[str]]]:
@@ -72,6 +78,18 @@ def report(study: Path) -> None:
                                                         "ar_ci95": None if judged is None else judged["gen_ppl_ci95"],
                                                         "entropy": row["entropy"]}  # fmt: skip
             lines.append(f"| {name} | {row['steps']} | {cell(row)} | {cell(judged)} | {row['entropy']:.2f} |")
+    lines += ["", "Offline-judge Gen PPL at matched entropy, on each map's temperature frontier:", "",
+              "| model | steps | " + " | ".join(f"entropy {h}" for h in MATCHED) + " |",
+              "|---|---|" + "---|" * len(MATCHED)]  # fmt: skip
+    for name in FRONTIERS:
+        path = out / "frontier" / name / "frontier.json"
+        if not path.is_file():
+            continue
+        frontier = json.loads(path.read_text())
+        for steps in sorted({p["steps"] for p in frontier["points"]}):
+            hits = [at_entropy(frontier, steps, h) for h in MATCHED]
+            table.setdefault("matched", {}).setdefault(name, {})[steps] = hits
+            lines.append(f"| {name} | {steps} | " + " | ".join("–" if h is None else cell(h) for h in hits) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(table, indent=1))
     print("\n".join(lines))
@@ -81,8 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = Path(__file__).resolve().parent
     parser.add_argument("--study", default="runs/wikitext2", help="output folder of experiments/wikitext2.py")
-    parser.add_argument("--only", default="distill-psd,distill-fp,distill-fp-psd,eval",
-                        help="comma-separated: distill-psd, distill-fp, distill-fp-psd, eval")  # fmt: skip
+    parser.add_argument("--only", default="distill-psd,distill-fp,distill-fp-psd,eval,frontier",
+                        help="comma-separated: distill-psd, distill-fp, distill-fp-psd, eval, frontier")  # fmt: skip
     parser.add_argument("--judge", default="smollm2-offline")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--data", default=str(here.parents[1] / "shared" / "data" / "wikitext2-valid.txt"))
@@ -95,7 +113,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out)
     only = set(args.only.split(","))
-    for teacher in ("flm", "flm-sc"):
+    needed = {"flm": bool(only & {"distill-psd", "eval"}), "flm-sc": bool(only & {"distill-fp", "eval"})}
+    for teacher in (name for name, need in needed.items() if need):
         if not (study / teacher / "model" / "flowlm.json").is_file():
             sys.exit(f"no {teacher} model in {study}: run wikitext2.py --only train-flm and wikitext2_selfcond.py "
                      "--only train first")  # fmt: skip
@@ -119,6 +138,13 @@ def main() -> None:
             samples = sorted(str(f) for f in folder.glob("samples_*.jsonl"))
             stages.run(f"score-{name}-ar", flowlm("score", *samples, "--judge", str(ar_judge), "--quiet", "--out",
                                                   str(out / "eval" / f"{name}-ar")))  # fmt: skip
+    if "frontier" in only:
+        rows = evaluations(study)
+        for name in FRONTIERS:
+            model, steps, extra = rows[name]
+            stages.run(f"frontier-{name}", flowlm("eval", str(model), "--steps", steps, *extra, "--temperatures",
+                                                  TEMPERATURES, "--num-samples", "64", "--seed", "0", "--judge",
+                                                  args.judge, "--quiet", "--out", str(out / "frontier" / name)))
 
 
 if __name__ == "__main__":
