@@ -73,7 +73,7 @@ def distill_psd(teacher: DiT, chain: MarkovChain, steps: int, seed: int, guided:
     return student.eval().requires_grad_(False)
 
 
-def distill_fixed_point(teacher: DiT, chain: MarkovChain, seed: int, damping: float) -> DiT:
+def distill_fixed_point(teacher: DiT, chain: MarkovChain, seed: int, damping: float, steps: int) -> DiT:
     g = torch.Generator().manual_seed(seed)
     student = init_fixed_point_student(teacher).train()
 
@@ -82,7 +82,7 @@ def distill_fixed_point(teacher: DiT, chain: MarkovChain, seed: int, damping: fl
                                iterations=ITERATIONS, damping=damping, guidance_range=GUIDANCE_RANGE)  # fmt: skip
         return out["loss"]
 
-    ema = train_loop(student, FP_STEPS, loss, 1e-3, betas=(0.9, 0.95))
+    ema = train_loop(student, steps, loss, 1e-3, betas=(0.9, 0.95))
     student.load_state_dict(ema.weights())
     return student.eval().requires_grad_(False)
 
@@ -105,8 +105,8 @@ def probe(teacher: DiT, chain: MarkovChain) -> dict:
 
 
 class Study:
-    def __init__(self, out: Path, seed: int, damping: float):
-        self.out, self.seed, self.damping = out, seed, damping
+    def __init__(self, out: Path, seed: int, damping: float, fp_steps: int):
+        self.out, self.seed, self.damping, self.fp_steps = out, seed, damping, fp_steps
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / "results.json"
         self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
@@ -143,8 +143,9 @@ class Study:
             self.save()
             print("probe", self.results[f"probe|{seed}"], flush=True)
         psd = self.model("psd", lambda: distill_psd(flm, chain, PSD_STEPS, seed, guided=False))
-        tag = "fp" if self.damping == 0.5 else f"fp-b{self.damping:g}"
-        fp = self.model(tag, lambda: distill_fixed_point(sc, chain, seed, self.damping))
+        tag = ("fp" if self.damping == 0.5 else f"fp-b{self.damping:g}") + (
+            "" if self.fp_steps == FP_STEPS else f"-s{self.fp_steps}")  # fmt: skip
+        fp = self.model(tag, lambda: distill_fixed_point(sc, chain, seed, self.damping, self.fp_steps))
         fp_psd = self.model(f"{tag}-psd", lambda: distill_psd(fp, chain, FP_PSD_STEPS, seed, guided=True))
 
         def gen():
@@ -195,9 +196,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--damping", type=float, default=0.5, help="β of the fixed-point iteration (models fp-b<β> "
                         "unless ½)")  # fmt: skip
+    parser.add_argument("--fp-steps", type=int, default=FP_STEPS, help="steps of the fixed-point stage (a diagnostic "
+                        f"beyond the equal-compute budget unless {FP_STEPS}: models fp-s<steps>)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="print the tables from results.json")
     args = parser.parse_args()
-    study = Study(args.out, args.seed, args.damping)
+    study = Study(args.out, args.seed, args.damping, args.fp_steps)
     if not args.report:
         with single_thread():
             study.run()

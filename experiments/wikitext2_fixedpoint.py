@@ -19,6 +19,8 @@ counts it; the FLM's training is 2,000 × 32 × 3 = 192,000 TFE. Each chain gets
 * ``frontier``: the flow maps (PSD; the fixed-point map at w = 1 and 3) at temperatures 0.5, 0.7 and 0.9, offline
   judge (``flowlm eval --temperatures``), so that Gen PPL can be read at matched entropies (the untempered maps sit
   below the teacher's entropy).
+* ``frontier-teachers``: the plain and the self-conditioned FLM at 256 steps and temperatures 0.8, 0.9 and 1.0, the
+  matched-entropy comparison of part 1 (their untempered rows differ by 0.05 nats).
 
     OMP_NUM_THREADS=1 python experiments/wikitext2_fixedpoint.py --study runs/wikitext2 --only distill-psd
     OMP_NUM_THREADS=1 python experiments/wikitext2_fixedpoint.py --study runs/wikitext2 --only distill-fp,distill-fp-psd
@@ -46,6 +48,7 @@ FP_STEPS = round(0.5 * TEACHER_TFE / (BATCH * (ITERATIONS + 3)))
 FP_PSD_STEPS = round((BUDGET - FP_STEPS * BATCH * (ITERATIONS + 3)) / (BATCH * 4.5))
 MAP_STEPS, MAP_WS, EULER_STEPS, EULER_WS = "1,2,4", ("1", "3", "5"), "256", ("1", "3")
 TEMPERATURES, FRONTIERS, MATCHED = "0.5,0.7,0.9", ("psd", "fp-psd-w1", "fp-psd-w3"), (3.6, 3.7, 3.8)
+TEACHER_TEMPERATURES, TEACHER_FRONTIERS = "0.8,0.9,1.0", ("flm", "flm-sc")
 
 
 def evaluations(study: Path) -> dict[str, tuple[Path, str, list[str]]]:
@@ -81,7 +84,7 @@ def report(study: Path) -> None:
     lines += ["", "Offline-judge Gen PPL at matched entropy, on each map's temperature frontier:", "",
               "| model | steps | " + " | ".join(f"entropy {h}" for h in MATCHED) + " |",
               "|---|---|" + "---|" * len(MATCHED)]  # fmt: skip
-    for name in FRONTIERS:
+    for name in (*FRONTIERS, *TEACHER_FRONTIERS):
         path = out / "frontier" / name / "frontier.json"
         if not path.is_file():
             continue
@@ -100,7 +103,8 @@ def main() -> None:
     here = Path(__file__).resolve().parent
     parser.add_argument("--study", default="runs/wikitext2", help="output folder of experiments/wikitext2.py")
     parser.add_argument("--only", default="distill-psd,distill-fp,distill-fp-psd,eval,frontier",
-                        help="comma-separated: distill-psd, distill-fp, distill-fp-psd, eval, frontier")  # fmt: skip
+                        help="comma-separated: distill-psd, distill-fp, distill-fp-psd, eval, frontier, "
+                        "frontier-teachers")  # fmt: skip
     parser.add_argument("--judge", default="smollm2-offline")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--data", default=str(here.parents[1] / "shared" / "data" / "wikitext2-valid.txt"))
@@ -138,12 +142,15 @@ def main() -> None:
             samples = sorted(str(f) for f in folder.glob("samples_*.jsonl"))
             stages.run(f"score-{name}-ar", flowlm("score", *samples, "--judge", str(ar_judge), "--quiet", "--out",
                                                   str(out / "eval" / f"{name}-ar")))  # fmt: skip
-    if "frontier" in only:
-        rows = evaluations(study)
-        for name in FRONTIERS:
+    rows = evaluations(study)
+    frontiers = {"frontier": (FRONTIERS, TEMPERATURES), "frontier-teachers": (TEACHER_FRONTIERS, TEACHER_TEMPERATURES)}
+    for stage, (names, temperatures) in frontiers.items():
+        if stage not in only:
+            continue
+        for name in names:
             model, steps, extra = rows[name]
             stages.run(f"frontier-{name}", flowlm("eval", str(model), "--steps", steps, *extra, "--temperatures",
-                                                  TEMPERATURES, "--num-samples", "64", "--seed", "0", "--judge",
+                                                  temperatures, "--num-samples", "64", "--seed", "0", "--judge",
                                                   args.judge, "--quiet", "--out", str(out / "frontier" / name)))
 
 
