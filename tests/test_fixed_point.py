@@ -163,7 +163,8 @@ def test_the_loss_trains_only_the_student_with_k_teacher_calls_and_one_w_per_seq
     assert all(p.grad is None or not p.grad.any() for p in teacher.parameters())  # (lowrank: zeros through the stack)
     grad = student.guidance_map.mlp[2].weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0
-    assert float(out["kl"]) >= -1e-5 and float(out["residual"]) >= 0 and float(out["ce"]) >= float(out["kl"])
+    assert float(out["kl"]) >= -1e-5 and float(out["ce"]) >= float(out["kl"])
+    assert float(out["fixed_point_residual"]) >= 0
     assert teacher.training is False
 
 
@@ -221,6 +222,8 @@ def test_cli_distills_a_fixed_point_denoiser_and_its_flow_map_and_samples_them_a
     meta = json.loads((tmp_path / "fp" / "model" / "flowlm.json").read_text())
     assert meta["method"] == "flm" and meta["recipe"] == "fixed-point"
     assert meta["model"]["guidance_input"] is True and meta["model"]["self_condition"] is False
+    header = next((tmp_path / "fp" / "logs").glob("*/metrics.csv")).read_text().splitlines()[0]
+    assert "train/fixed_point_kl" in header and "train/fixed_point_residual" in header
     fp = flowlm.load(tmp_path / "fp")
     assert fp.method_def.name == "flm-fixed-point"
     assert sampled("fp", 4, "3") == fp.sample_tokens(2, 4, seed=1, sc_guidance=3.0).tolist()

@@ -10,7 +10,8 @@ the config, the Hub code, evaluation and the model card ask it, never compare me
 - **network**: ``dit_options`` (DiT options fixed by the method: ``causal``, ``mask_input``, …),
   ``time_inputs`` (1, or 2 for a flow map) and :meth:`build_network`;
 - **training**: :meth:`loss` with the harness's ``generator`` / ``sample_offset`` / ``rows`` arguments, the
-  validation metric (``metric_key`` in the loss dict, ``metric_name`` in the logs) and ``perplexity_name``
+  validation metric (``metric_key`` in the loss dict, ``metric_name`` in the logs; ``logged``: more entries logged in
+  training) and ``perplexity_name``
   (set only when the metric is a likelihood, so that its exp is logged), ``needs`` (frozen networks besides
   its own: ``teacher``, ``stage1``);
 - **sampling**: ``sampler_name`` (provenance), ``takes_steps``, ``options`` (:class:`Option`: default,
@@ -129,6 +130,7 @@ class Method:
     # training
     metric_key: str = "loss"
     metric_name: str = "loss"
+    logged: tuple[str, ...] = ()  # other (detached, 0-d) entries of the loss dict logged in training as train/<key>
     perplexity_name: str | None = None
     learnable_weighting: bool = True
     conditional_training: bool = False  # train.condition_frac > 0 allowed (clean context in the loss)

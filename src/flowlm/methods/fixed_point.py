@@ -163,7 +163,7 @@ def fixed_point_loss(
     ``w`` [B] (:func:`guidance_draws` on ``guidance_range``); the teacher runs in eval mode under ``no_grad``.
     ``rows``, ``clean``, ``mask``, ``weighting`` as for the FLM loss. Loss: the token cross-entropy against ``p*``.
     Returns ``loss``, ``ce`` and ``kl`` (the cross-entropy less the target's entropy, KL(p* ‖ D*); detached),
-    ``residual`` (the target's fixed-point residual, mean total variation; detached), ``per_sequence`` [B] and ``tau``.
+    ``fixed_point_residual`` (the target's, mean total variation; detached), ``per_sequence`` [B] and ``tau``.
     """
     batch, seq = tokens.shape
     device = tokens.device
@@ -193,5 +193,5 @@ def fixed_point_loss(
     with torch.no_grad():
         entropy = -(target * torch.log(target.clamp_min(torch.finfo(target.dtype).tiny))).sum(-1)
         kl = masked_mean(ce.detach() - entropy, mask)
-    return {"loss": loss, "ce": mean_ce.detach(), "kl": kl, "residual": residual.mean(), "per_sequence":
+    return {"loss": loss, "ce": mean_ce.detach(), "kl": kl, "fixed_point_residual": residual.mean(), "per_sequence":
             per_sequence.detach(), "tau": tau}  # fmt: skip

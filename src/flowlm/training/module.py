@@ -151,6 +151,8 @@ class FlowLMModule(L.LightningModule):
         # Mean over ranks (equal-sized slices): the loss of the whole global micro-batch.
         self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
         self.log(f"train/{self.metric_name}", out[self.metric_key], sync_dist=True)
+        for key in self.method.logged:
+            self.log(f"train/{key}", out[key], sync_dist=True)
         return loss
 
     @property

@@ -22,6 +22,7 @@ class FixedPointDenoiser(FlowLanguageModel):
     needs = ("teacher",)
     default_boundary_frac = 0.0  # no pairs of times: the flow-map split options do not apply
     metric_key, metric_name = "kl", "fixed_point_kl"
+    logged = ("fixed_point_residual",)
 
     def build_network(self, cfg, vocab_size, frozen=()):
         return init_fixed_point_student(frozen[0]).train()
