@@ -15,6 +15,9 @@ pairs, 0 for the language, ± a 95% binomial interval over 30,000 pairs; entropy
   - ``psd``: PSD from the plain FLM, 1,500 steps;
   - ``fp``: the fixed-point denoiser, 250 steps at K = 8, β = ½ (2,750; ``--damping 1``: plain Picard, ``fp-b1``),
     then ``fp-psd``: PSD from it, w drawn per micro-batch on [0.5, 5], 889 steps (4,000).
+* Diagnostics of the fixed-point stage: ``fit``, KL(p* ‖ student) and KL(p* ‖ teacher without an estimate) at data
+  states; ``exact-fp``, the Euler sampler whose denoiser is the fixed-point target itself (8 teacher calls a step),
+  what a perfectly fitted student would give, at w = 1 and 2, 64 steps.
 * Sampled, 2,000 sequences each (seed 1): flow maps at 1, 2 and 4 steps (``fp-psd`` at w = 1, 2, 3 and 5); the
   teachers at 64 steps (the self-conditioned one also at ``sc_guidance`` 2) and the fixed-point denoiser at 64 steps
   for every w.
@@ -41,9 +44,9 @@ from markov import MarkovChain, single_thread
 from markov_claim import measure
 from markov_selfcond import train as train_teacher
 
-from flowlm.methods.common import interpolate, stratified_times
+from flowlm.methods.common import interpolate, stratified_times, velocity
 from flowlm.methods.fixed_point import fixed_point_loss, fixed_point_target, guidance_draws, init_fixed_point_student
-from flowlm.methods.flm import flm_sample
+from flowlm.methods.flm import flm_sample, time_grid
 from flowlm.methods.fmlm import fmlm_sample, init_student, psd_loss
 from flowlm.methods.lowrank import NaiveInputs
 from flowlm.nn.dit import DiT, guidance_bound
@@ -87,14 +90,49 @@ def distill_fixed_point(teacher: DiT, chain: MarkovChain, seed: int, damping: fl
     return student.eval().requires_grad_(False)
 
 
+def data_states(chain: MarkovChain, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """States [n, L, K] of ``n`` true sequences at stratified times, and the times [n] (fixed seed)."""
+    g = torch.Generator().manual_seed(5)
+    tokens = chain.sample(n, LENGTH, g)
+    tau = stratified_times(n, g)
+    t = get_schedule(K, "cpu").t_from_tau(tau)
+    return interpolate(torch.randn(n, LENGTH, K, generator=g), torch.nn.functional.one_hot(tokens, K).float(), t), tau
+
+
+@torch.no_grad()
+def exact_fixed_point_sample(teacher: DiT, w: float, steps: int = 64) -> torch.Tensor:
+    """The Euler sampler whose denoiser is the teacher's fixed-point target itself (K = 8 calls a step, β = ½): what
+    a perfectly fitted fixed-point denoiser would sample. Seed 1, as every other row."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(SAMPLES, LENGTH, K, generator=g)
+    taus, ts = time_grid(K, steps)
+    scale = torch.full((SAMPLES,), w)
+    for k in range(steps):
+        p, _ = fixed_point_target(teacher, NaiveInputs(), x, torch.full((SAMPLES,), taus[k]), scale, ITERATIONS, 0.5)
+        if k < steps - 1:
+            x = x + (ts[k + 1] - ts[k]) * velocity(p, x, ts[k])
+    return p.argmax(-1)
+
+
+@torch.no_grad()
+def fit(teacher: DiT, student: DiT, chain: MarkovChain) -> dict:
+    """KL(p* ‖ ·) per position, averaged over data states: of the fixed-point student and of the teacher without an
+    estimate (where the student starts), at w = 1, 2, 3."""
+    x, tau = data_states(chain)
+    out = {}
+    for w in (1.0, 2.0, 3.0):
+        scale = torch.full((x.shape[0],), w)
+        target, _ = fixed_point_target(teacher, NaiveInputs(), x, tau, scale, ITERATIONS, 0.5)
+        for name, logits in (("student", student(x, tau, guidance=scale)), ("start", teacher(x, tau))):
+            log_q = torch.log_softmax(logits, -1)
+            out[f"{name}|w={w}"] = float((target * (target.clamp_min(1e-30).log() - log_q)).sum(-1).mean())
+    return out
+
+
 @torch.no_grad()
 def probe(teacher: DiT, chain: MarkovChain) -> dict:
     """Mean fixed-point residual of the K-th iterate, by damping β, w and K, on data states at stratified times."""
-    g = torch.Generator().manual_seed(5)
-    tokens = chain.sample(512, LENGTH, g)
-    tau = stratified_times(512, g)
-    t = get_schedule(K, "cpu").t_from_tau(tau)
-    x = interpolate(torch.randn(512, LENGTH, K, generator=g), torch.nn.functional.one_hot(tokens, K).float(), t)
+    x, tau = data_states(chain)
     out = {}
     for beta in (1.0, 0.5):
         for w in (1.0, 2.0, 3.0, 5.0):
@@ -169,16 +207,31 @@ class Study:
                     return flm_sample(fp, SAMPLES, LENGTH, K, 64, generator=gen())
 
             self.evaluate(tag, 64, w, draw)
+        if f"fit|{tag}|{seed}" not in self.results:
+            self.results[f"fit|{tag}|{seed}"] = fit(sc, fp, chain)
+            self.save()
+        for w in (1.0, 2.0):
+            self.evaluate("exact-fp", 64, w, lambda w=w: exact_fixed_point_sample(sc, w))
 
 
 def report(results: dict) -> str:
     lines = ["| model | seed | steps | w | invalid share ± 95% | entropy |", "|---|---|---|---|---|---|"]
     for key, r in results.items():
-        if key.startswith("probe"):
+        if key.startswith(("probe", "fit")):
             continue
         name, seed, steps, w = key.split("|")
         lines.append(f"| {name} | {seed} | {steps} | {'—' if w == 'None' else w} | {r['invalid']:.4f} ± {r['ci']:.4f} "
                      f"| {r['entropy']:.3f} |")  # fmt: skip
+    lines += ["", "KL(p* ‖ ·) at data states (K = 8, β = ½): the fixed-point student, and the teacher without an "
+              "estimate (its start):", "", "| student | seed | w = 1 | w = 2 | w = 3 |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for key, r in results.items():
+        if key.startswith("fit"):
+            _, tag, seed = key.split("|")
+            for name in ("student", "start"):
+                cells = [f"{r[f'{name}|w={w}']:.4f}" for w in (1.0, 2.0, 3.0)]
+                lines.append(f"| {tag if name == 'student' else 'start (teacher, no estimate)'} | {seed} | "
+                             + " | ".join(cells) + " |")  # fmt: skip
     for key, probe_result in results.items():
         if key.startswith("probe"):
             lines += ["", f"Fixed-point residual ½|F(p) − p|₁ after K teacher calls, seed {key.split('|')[1]}:", "",
