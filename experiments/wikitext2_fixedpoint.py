@@ -106,6 +106,8 @@ def main() -> None:
                         help="comma-separated: distill-psd, distill-fp, distill-fp-psd, eval, frontier, "
                         "frontier-teachers")  # fmt: skip
     parser.add_argument("--judge", default="smollm2-offline")
+    parser.add_argument("--names", help="eval and frontier stages: only these models (comma-separated names of the "
+                        "report; default all), so that two processes can share the cores")  # fmt: skip
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--data", default=str(here.parents[1] / "shared" / "data" / "wikitext2-valid.txt"))
     args = parser.parse_args()
@@ -133,9 +135,12 @@ def main() -> None:
     if "distill-fp-psd" in only:
         stages.run("distill-fp-psd", flowlm("distill", "--teacher", str(out / "fp" / "model"), "--out",
                                             str(out / "fp-psd"), "--steps", str(FP_PSD_STEPS), *common, *PSD_OPTIONS))
+    names = set(args.names.split(",")) if args.names else None
     if "eval" in only:
         ar_judge = study / "ar" / "model"
         for name, (model, steps, extra) in evaluations(study).items():
+            if names is not None and name not in names:
+                continue
             folder = out / "eval" / name
             stages.run(f"eval-{name}", flowlm("eval", str(model), "--steps", steps, *extra, "--num-samples", "64",
                                               "--seed", "0", "--judge", args.judge, "--quiet", "--out", str(folder)))
@@ -144,10 +149,12 @@ def main() -> None:
                                                   str(out / "eval" / f"{name}-ar")))  # fmt: skip
     rows = evaluations(study)
     frontiers = {"frontier": (FRONTIERS, TEMPERATURES), "frontier-teachers": (TEACHER_FRONTIERS, TEACHER_TEMPERATURES)}
-    for stage, (names, temperatures) in frontiers.items():
+    for stage, (chosen, temperatures) in frontiers.items():
         if stage not in only:
             continue
-        for name in names:
+        for name in chosen:
+            if names is not None and name not in names:
+                continue
             model, steps, extra = rows[name]
             stages.run(f"frontier-{name}", flowlm("eval", str(model), "--steps", steps, *extra, "--temperatures",
                                                   temperatures, "--num-samples", "64", "--seed", "0", "--judge",
