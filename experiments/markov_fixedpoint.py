@@ -31,8 +31,6 @@ Restartable (models ``*.pt`` and ``results.json`` under ``--out``). One intra-op
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
@@ -41,6 +39,7 @@ from conftest import MARKOV_K as K
 from conftest import MARKOV_LENGTH as LENGTH
 from conftest import train_loop
 from markov import MarkovChain, single_thread
+from markov_claim import Study as ClaimStudy
 from markov_claim import measure
 from markov_selfcond import train as train_teacher
 
@@ -142,28 +141,15 @@ def probe(teacher: DiT, chain: MarkovChain) -> dict:
     return out
 
 
-class Study:
-    def __init__(self, out: Path, seed: int, damping: float, fp_steps: int):
-        self.out, self.seed, self.damping, self.fp_steps = out, seed, damping, fp_steps
-        out.mkdir(parents=True, exist_ok=True)
-        self.path = out / "results.json"
-        self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.chain = MarkovChain(K)
+class Study(ClaimStudy):
+    """The claim study's results file and model cache, with every model named by its training seed."""
 
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1))
-        tmp.replace(self.path)
+    def __init__(self, out: Path, seed: int, damping: float, fp_steps: int):
+        super().__init__(out)
+        self.seed, self.damping, self.fp_steps = seed, damping, fp_steps
 
     def model(self, name: str, build) -> DiT:
-        path = self.out / f"{name}-seed{self.seed}.pt"
-        if path.exists():
-            return torch.load(path, weights_only=False)
-        start = time.perf_counter()
-        net = build()
-        torch.save(net, path)
-        print(f"{name} seed {self.seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
-        return net
+        return super().model(f"{name}-seed{self.seed}", build)
 
     def evaluate(self, name: str, steps: int, w: float | None, draw) -> None:
         key = f"{name}|{self.seed}|{steps}|{w}"
